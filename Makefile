@@ -1,0 +1,75 @@
+# Every target installs what it needs first, so each one works on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when the dependency pins change.
+INSTALLED := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# dvc runs stage commands through the shell: make it find the venv's python first.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help install run train test lint format mlflow-ui lock clean
+
+help:
+	@echo "make run        install, train if models/model.joblib is missing, start the service"
+	@echo "make test       install the dev dependencies and run the whole suite"
+	@echo "make train      dvc repro: prepare -> train -> evaluate"
+	@echo "make mlflow-ui  open the local MLflow store on http://127.0.0.1:5000"
+	@echo "make lint       ruff check and format check"
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	touch $@
+
+install: $(INSTALLED)
+
+models/model.joblib: | $(INSTALLED)
+	$(BIN)/dvc repro
+
+train: $(INSTALLED)
+	$(BIN)/dvc repro
+
+run: $(INSTALLED) models/model.joblib
+	@echo "Model:   models/model.joblib (metadata in models/model.json)"
+	@echo "Metrics: $$($(BIN)/dvc metrics show 2>/dev/null | tail -n +1)"
+	@echo "MLflow:  runs in mlruns/mlflow.db; browse them with 'make mlflow-ui'"
+
+test: $(INSTALLED)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+mlflow-ui: $(INSTALLED)
+	mkdir -p mlruns
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
+
+# Refresh requirements.lock from a clean install of the pins in pyproject.toml.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet ".[train,dev]"
+	.venv-lock/bin/pip freeze --exclude mlops-api-predictor > requirements.lock && rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The DVC remote: bucket and endpoint from DVC_REMOTE_URL / DVC_S3_ENDPOINT_URL (see .env.example).
+.PHONY: push pull
+push: $(INSTALLED)
+	$(BIN)/python -m app.pipeline.remote
+	$(BIN)/dvc push
+
+pull: $(INSTALLED)
+	$(BIN)/python -m app.pipeline.remote
+	$(BIN)/dvc pull

@@ -1,0 +1,116 @@
+"""The models train can fit, each wrapped with the preprocessing that makes it accept raw columns.
+
+Pipelines select columns by position, not by name: serving then passes a numpy array built
+straight from the validated request, with no DataFrame per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVC, SVR
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+from app.core.artifacts import Feature
+
+Factory = Callable[[], BaseEstimator]
+
+CLASSIFIERS: dict[str, Factory] = {
+    "logistic_regression": lambda: LogisticRegression(max_iter=1000),
+    "random_forest": lambda: RandomForestClassifier(n_estimators=100),
+    # Calibrated so the API can answer class probabilities for every candidate.
+    "svc": lambda: CalibratedClassifierCV(SVC(), ensemble=False),
+    "decision_tree": DecisionTreeClassifier,
+    "gradient_boosting": GradientBoostingClassifier,
+    "knn": KNeighborsClassifier,
+}
+
+REGRESSORS: dict[str, Factory] = {
+    "linear_regression": LinearRegression,
+    "ridge": Ridge,
+    "random_forest": lambda: RandomForestRegressor(n_estimators=100),
+    "svr": SVR,
+    "decision_tree": DecisionTreeRegressor,
+    "gradient_boosting": GradientBoostingRegressor,
+    "knn": KNeighborsRegressor,
+}
+
+ALL_CANDIDATES = set(CLASSIFIERS) | set(REGRESSORS)
+_BY_TASK = {"classification": CLASSIFIERS, "regression": REGRESSORS}
+
+
+def build_estimator(name: str, task: str, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
+    """The bare estimator; raises ValueError naming the candidate or hyperparameter at fault."""
+    registry = _BY_TASK[task]
+    if name not in registry:
+        raise ValueError(
+            f"train.candidates: '{name}' does not do {task} (use one of {', '.join(sorted(registry))})"
+        )
+    estimator = registry[name]()
+    known = estimator.get_params()
+    settings = {}
+    for key, value in hyperparameters.items():
+        # A wrapped estimator (svc's calibration) takes its inner model's names as they are.
+        resolved = key if key in known else f"estimator__{key}"
+        if resolved not in known:
+            raise ValueError(f"train.candidates.{name}: unknown hyperparameter '{key}'")
+        settings[resolved] = value
+    for seeded in ("random_state", "estimator__random_state"):
+        if seeded in known and seeded not in settings:
+            settings[seeded] = seed
+    estimator.set_params(**settings)
+    return estimator
+
+
+def build_preprocessing(features: list[Feature]) -> ColumnTransformer:
+    numeric = [i for i, f in enumerate(features) if f.type == "numeric"]
+    categorical = [i for i, f in enumerate(features) if f.type == "categorical"]
+    transformers = []
+    if numeric:
+        transformers.append(
+            (
+                "numeric",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric,
+            )
+        )
+    if categorical:
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            )
+        )
+    return ColumnTransformer(transformers, remainder="drop")
+
+
+def build_pipeline(
+    name: str, task: str, hyperparameters: dict[str, Any], features: list[Feature], seed: int
+) -> Pipeline:
+    return Pipeline(
+        [
+            ("preprocess", build_preprocessing(features)),
+            ("model", build_estimator(name, task, hyperparameters, seed)),
+        ]
+    )

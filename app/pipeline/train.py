@@ -1,0 +1,294 @@
+"""Stage 2: fit every candidate, track each as an MLflow run, and crown the best one champion.
+
+    python -m app.pipeline.train [--params params.yaml]
+
+The champion is chosen by cross-validation on the training split (the test split stays
+unseen until evaluation); `train.champion` in params can force one, e.g. for benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from app.core.artifacts import (
+    CANDIDATES_DIR,
+    METADATA_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    CandidateInfo,
+    DatasetSchema,
+    ModelMetadata,
+    matrix_dtype,
+    sha256_of,
+    write_json_atomic,
+)
+from app.pipeline import layout, tracking
+from app.pipeline.candidates import build_pipeline
+from app.pipeline.dataset import read_split
+from app.pipeline.errors import PipelineError, run_stage
+from app.pipeline.metrics import ALL_METRICS, classification_metrics, regression_metrics, resolve_metric
+from app.pipeline.params import DEFAULT_PARAMS, Params
+
+
+@dataclass
+class Fitted:
+    name: str
+    pipeline: Pipeline
+    hyperparameters: dict[str, Any]
+    cv_score: float
+    metrics: dict[str, float]
+    run_id: str | None = None
+    model_uri: str | None = None
+
+
+def load_schema(processed: Path = layout.PROCESSED_DIR) -> DatasetSchema:
+    path = processed / layout.SCHEMA_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the prepare stage first")
+    return DatasetSchema.model_validate_json(path.read_text())
+
+
+def split_xy(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray]:
+    features = frame[[f.name for f in schema.features]].to_numpy(dtype=matrix_dtype(schema.features))
+    return features, frame[schema.target].to_numpy()
+
+
+def test_metrics(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, float]:
+    predicted = pipeline.predict(x)
+    if schema.task == "regression":
+        return regression_metrics(y, predicted)
+    proba = pipeline.predict_proba(x) if hasattr(pipeline, "predict_proba") else None
+    return classification_metrics(y, predicted, proba, list(pipeline.classes_))
+
+
+def _folds(params: Params, schema: DatasetSchema, y: np.ndarray) -> StratifiedKFold | KFold:
+    if schema.task == "classification":
+        smallest = int(pd.Series(y).value_counts().min())
+        n_splits = max(2, min(params.train.cv_folds, smallest))
+        return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=params.seed)
+    return KFold(n_splits=min(params.train.cv_folds, len(y)), shuffle=True, random_state=params.seed)
+
+
+def fit_candidates(params: Params, schema: DatasetSchema, metric: str) -> list[Fitted]:
+    train = read_split(layout.PROCESSED_DIR / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
+    test = read_split(layout.PROCESSED_DIR / layout.TEST_FILE, schema.features, schema.target, schema.task)
+    x_train, y_train = split_xy(train, schema)
+    x_test, y_test = split_xy(test, schema)
+    folds = _folds(params, schema, y_train)
+    sign = 1 if ALL_METRICS[metric].greater_is_better else -1
+
+    fitted = []
+    for name, hyperparameters in params.train.candidates.items():
+        try:
+            pipeline = build_pipeline(name, schema.task, hyperparameters, schema.features, params.seed)
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(str(exc)) from None
+        print(f"train: fitting {name} ({folds.get_n_splits()}-fold CV on {len(y_train)} rows)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            try:
+                scores = cross_val_score(
+                    pipeline, x_train, y_train, cv=folds, scoring=ALL_METRICS[metric].scorer
+                )
+                pipeline.fit(x_train, y_train)
+            except ValueError as exc:
+                raise PipelineError(f"train.candidates.{name}: {exc}".replace("\n", " ")) from None
+        fitted.append(
+            Fitted(
+                name=name,
+                pipeline=pipeline,
+                hyperparameters=hyperparameters,
+                cv_score=round(float(sign * np.mean(scores)), 6),
+                metrics=test_metrics(pipeline, x_test, y_test, schema),
+            )
+        )
+    return fitted
+
+
+def choose_champion(fitted: list[Fitted], metric: str, forced: str | None) -> Fitted:
+    if forced is not None:
+        for candidate in fitted:
+            if candidate.name == forced:
+                return candidate
+        raise PipelineError(f"train.champion: '{forced}' is not one of train.candidates")
+    better = ALL_METRICS[metric].greater_is_better
+    # Stable: on a tie the candidate listed first in params wins.
+    return sorted(fitted, key=lambda c: -c.cv_score if better else c.cv_score)[0]
+
+
+def track(fitted: list[Fitted], params: Params, schema: DatasetSchema, metric: str, commit: str) -> str:
+    """One MLflow run per candidate; returns the experiment id."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from skops.io import dumps as skops_dumps
+    from skops.io import get_untrusted_types
+
+    experiment_id = tracking.configure(params.train.experiment)
+    train = read_split(layout.PROCESSED_DIR / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
+    example = train[[f.name for f in schema.features]].head(5)
+    requirements = [
+        f"scikit-learn=={sklearn.__version__}",
+        f"numpy=={np.__version__}",
+        f"joblib=={joblib.__version__}",
+    ]
+    for candidate in fitted:
+        with warnings.catch_warnings(), mlflow.start_run(run_name=candidate.name) as run:
+            warnings.simplefilter("ignore")
+            mlflow.set_tags(
+                {
+                    "candidate": candidate.name,
+                    "git_commit": commit,
+                    "data_md5": schema.data_md5,
+                    "task": schema.task,
+                }
+            )
+            mlflow.log_params(
+                {
+                    "candidate": candidate.name,
+                    "seed": params.seed,
+                    "metric": metric,
+                    "data_source": schema.source,
+                    "test_size": params.data.test_size,
+                    "cv_folds": params.train.cv_folds,
+                }
+                | {f"hp_{k}": v for k, v in candidate.hyperparameters.items()}
+            )
+            mlflow.log_metrics(
+                {f"cv_{metric}": candidate.cv_score} | {f"test_{k}": v for k, v in candidate.metrics.items()}
+            )
+            x_example = example.to_numpy(dtype=matrix_dtype(schema.features))
+            signature = infer_signature(example, candidate.pipeline.predict(x_example))
+            info = mlflow.sklearn.log_model(
+                candidate.pipeline,
+                name="model",
+                signature=signature,
+                input_example=example,
+                pip_requirements=requirements,
+                # skops (MLflow's safe format) asks which types to trust: this pipeline was fitted
+                # a moment ago in this process, so all of its own types are.
+                skops_trusted_types=get_untrusted_types(data=skops_dumps(candidate.pipeline)),
+            )
+            candidate.run_id = run.info.run_id
+            candidate.model_uri = info.model_uri
+    return experiment_id
+
+
+def register(champion: Fitted, name: str) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = mlflow.register_model(champion.model_uri, name).version
+    client = MlflowClient()
+    client.set_registered_model_alias(name, "champion", version)
+    client.set_tag(champion.run_id, "champion", "true")
+    return str(version)
+
+
+def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
+    columns = sorted({k for c in fitted for k in c.metrics})
+    header = ["candidate", f"cv_{metric}", *[f"test_{k}" for k in columns]]
+    rows = [
+        [
+            ("* " if c is champion else "  ") + c.name,
+            f"{c.cv_score:.4f}",
+            *[f"{c.metrics.get(k, float('nan')):.4f}" for k in columns],
+        ]
+        for c in fitted
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("train: " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"train: * champion: {champion.name} (best cv_{metric})")
+
+
+def train(params: Params) -> ModelMetadata:
+    schema = load_schema()
+    try:
+        metric = resolve_metric(params.train.metric, schema.task)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    fitted = fit_candidates(params, schema, metric)
+    champion = choose_champion(fitted, metric, params.train.champion)
+    print_table(fitted, champion, metric)
+
+    commit = tracking.git_commit()
+    trained_at = datetime.now(UTC)
+    experiment_id = track(fitted, params, schema, metric, commit)
+    registered_version = register(champion, params.train.registered_model)
+
+    with layout.staged_output(layout.MODELS_DIR) as out:
+        (out / CANDIDATES_DIR).mkdir()
+        infos = []
+        for candidate in fitted:
+            path = Path(CANDIDATES_DIR) / f"{candidate.name}.joblib"
+            joblib.dump(candidate.pipeline, out / path)
+            infos.append(
+                CandidateInfo(
+                    name=candidate.name,
+                    path=str(path),
+                    sha256=sha256_of(out / path),
+                    mlflow_run_id=candidate.run_id,
+                    cv_score=candidate.cv_score,
+                    metrics=candidate.metrics,
+                )
+            )
+        shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
+        shutil.copyfile(layout.PROCESSED_DIR / layout.PROFILE_FILE, out / PROFILE_FILE)
+        metadata = ModelMetadata(
+            version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
+            name=champion.name,
+            task=schema.task,
+            target=schema.target,
+            features=schema.features,
+            classes=schema.classes,
+            metric=metric,
+            metrics=champion.metrics,
+            params=params.model_dump(mode="json"),
+            trained_at=trained_at.isoformat(timespec="seconds"),
+            git_commit=commit,
+            data_md5=schema.data_md5,
+            sha256=sha256_of(out / MODEL_FILE),
+            mlflow_run_id=champion.run_id,
+            mlflow_experiment=experiment_id,
+            registered_model=params.train.registered_model,
+            registered_version=registered_version,
+            python_version=platform.python_version(),
+            sklearn_version=sklearn.__version__,
+            candidates=infos,
+        )
+        write_json_atomic(out / METADATA_FILE, metadata)
+
+    print(
+        f"train: model {layout.MODELS_DIR / MODEL_FILE} "
+        f"(version {metadata.version}, sha256 {metadata.sha256[:12]}...)"
+    )
+    print(
+        f"train: MLflow {tracking.tracking_uri()}: experiment '{params.train.experiment}', "
+        f"registered '{params.train.registered_model}' v{registered_version} @champion"
+    )
+    return metadata
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    args = parser.parse_args()
+    run_stage("train", lambda: train(Params.load(args.params)))
+
+
+if __name__ == "__main__":
+    main()
