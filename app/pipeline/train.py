@@ -91,12 +91,18 @@ def fit_candidates(params: Params, schema: DatasetSchema, metric: str) -> list[F
     folds = _folds(params, schema, y_train)
     sign = 1 if ALL_METRICS[metric].greater_is_better else -1
 
-    fitted = []
+    # Build every candidate first: a bad name or hyperparameter fails before any fitting.
+    pipelines = {}
     for name, hyperparameters in params.train.candidates.items():
         try:
-            pipeline = build_pipeline(name, schema.task, hyperparameters, schema.features, params.seed)
+            pipelines[name] = build_pipeline(name, schema.task, hyperparameters, schema.features, params.seed)
         except (ValueError, TypeError) as exc:
             raise PipelineError(str(exc)) from None
+    if params.train.champion is not None and params.train.champion not in pipelines:
+        raise PipelineError(f"train.champion: '{params.train.champion}' is not one of train.candidates")
+
+    fitted = []
+    for name, pipeline in pipelines.items():
         print(f"train: fitting {name} ({folds.get_n_splits()}-fold CV on {len(y_train)} rows)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
@@ -111,7 +117,7 @@ def fit_candidates(params: Params, schema: DatasetSchema, metric: str) -> list[F
             Fitted(
                 name=name,
                 pipeline=pipeline,
-                hyperparameters=hyperparameters,
+                hyperparameters=params.train.candidates[name],
                 cv_score=round(float(sign * np.mean(scores)), 6),
                 metrics=test_metrics(pipeline, x_test, y_test, schema),
             )
