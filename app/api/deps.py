@@ -1,0 +1,101 @@
+"""What routes depend on, as Annotated aliases. State lives on app.state, set by the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.lockout import LoginThrottle
+from app.core.security import SCOPES, InvalidToken, TokenClaims, decode_access_token
+from app.db import crud
+from app.db.models import User
+from app.db.session import Database
+from app.serving.predictor import Predictor
+from app.serving.registry import ModelRegistry
+
+_BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_throttle(request: Request) -> LoginThrottle:
+    return request.app.state.throttle
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
+
+
+def get_session(database: DatabaseDep) -> Iterator[Session]:
+    with database.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_predictor(registry: RegistryDep) -> Predictor:
+    # One read of the reference: this request uses this model even if a reload swaps it meanwhile.
+    predictor = registry.current
+    if predictor is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {registry.error}")
+    return predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="token", scopes=SCOPES)
+TokenDep = Annotated[str, Depends(oauth2_scheme)]
+
+
+def current_claims(
+    security_scopes: SecurityScopes, token: TokenDep, settings: SettingsDep, request: Request
+) -> TokenClaims:
+    """The verified token: no database access, the token carries the scopes."""
+    try:
+        claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
+    except InvalidToken:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
+        ) from None
+    request.state.user = claims.sub
+    missing = [s for s in security_scopes.scopes if s not in claims.scopes]
+    if missing:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"Not enough permissions: this needs the scope {' '.join(missing)}",
+            headers={"WWW-Authenticate": f'Bearer scope="{security_scopes.scope_str}"'},
+        )
+    return claims
+
+
+ClaimsDep = Annotated[TokenClaims, Security(current_claims)]
+AdminClaimsDep = Annotated[TokenClaims, Security(current_claims, scopes=["admin"])]
+
+
+def current_admin(claims: AdminClaimsDep, session: SessionDep) -> User:
+    """Admin actions are rare and powerful: check the user still exists and is enabled."""
+    user = crud.get_user(session, claims.sub)
+    if user is None or user.disabled or "admin" not in user.scope_list:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)
+    return user
+
+
+AdminDep = Annotated[User, Depends(current_admin)]

@@ -1,0 +1,191 @@
+"""Predictions: JSON rows or a CSV file in, one model call per request.
+
+The routes are plain `def`: FastAPI runs them in its thread pool, so validation and the
+sklearn call never block the event loop. The body is read by an async dependency first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Security, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from app.api.deps import PredictorDep, current_claims
+from app.serving.predictor import Predictor
+
+router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
+
+# Far above 1000 rows of any reasonable width; a guard against memory abuse, not a quota.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class Prediction(BaseModel):
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+
+
+async def read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+    return await request.body()
+
+
+async def read_csv_upload(request: Request) -> bytes:
+    """The CSV as bytes: a multipart upload (field `file`) or a text/csv body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "send the CSV as the form field 'file'"
+            )
+        data = await upload.read(MAX_BODY_BYTES + 1)
+        await form.close()
+    else:
+        data = await read_body(request)
+    if len(data) > MAX_BODY_BYTES:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "CSV too large")
+    return data
+
+
+# The JSON body's schema depends on the loaded model: create_app fills it in /openapi.json.
+PREDICT_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+    }
+}
+CSV_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse({"model_version": predictor.version, "predictions": predictions})
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    openapi_extra=PREDICT_BODY_DOC,
+    responses={422: {"description": "Invalid rows: each error names the row and the field"}},
+)
+def predict(body: Annotated[bytes, Depends(read_body)], predictor: PredictorDep) -> Response:
+    """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
+    matrix = predictor.schema.parse_json(body)
+    return _response(predictor, predictor.predict(matrix))
+
+
+def _error(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+def read_csv(data: bytes, predictor: Predictor) -> tuple[list[str], list[dict[str, Any]], list[int]]:
+    """Header, records (empty cells as None) and each record's line number; raises 422 naming the line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _error(f"the CSV is not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if not any(header):
+            raise _error("line 1: the CSV is empty: the first line must name the feature columns")
+        expected = [f.name for f in predictor.metadata.features]
+        duplicates = sorted({n for n in header if header.count(n) > 1})
+        missing = [n for n in expected if n not in header]
+        unexpected = [n for n in header if n not in expected]
+        if duplicates or missing or unexpected:
+            problems = [
+                f"{label} column(s) {', '.join(names)}"
+                for label, names in (
+                    ("duplicate", duplicates),
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                )
+                if names
+            ]
+            raise _error(f"line 1: {'; '.join(problems)} (expected: {', '.join(expected)})")
+        records: list[dict[str, Any]] = []
+        lines: list[int] = []
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank lines, e.g. a trailing newline
+            if len(row) != len(header):
+                raise _error(f"line {reader.line_num}: expected {len(header)} fields, found {len(row)}")
+            if len(records) == predictor.schema.max_rows:
+                raise _error(f"line {reader.line_num}: more than {predictor.schema.max_rows} rows")
+            records.append({name: (v.strip() or None) for name, v in zip(header, row, strict=True)})
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise _error(f"line {reader.line_num}: malformed CSV: {exc}") from None
+    if not records:
+        raise _error("the CSV has a header but no rows")
+    return header, records, lines
+
+
+def _csv_response(
+    predictor: Predictor, header: list[str], records: list[dict[str, Any]], predictions: list[dict[str, Any]]
+) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if predictor.metadata.task == "regression":
+        writer.writerow([*header, "prediction"])
+        for record, p in zip(records, predictions, strict=True):
+            writer.writerow([*(record[n] or "" for n in header), p["value"]])
+    else:
+        classes = predictor.metadata.classes or list((predictions[0]["probabilities"] or {}).keys())
+        writer.writerow([*header, "label", *(f"proba_{c}" for c in classes)])
+        for record, p in zip(records, predictions, strict=True):
+            probabilities = p["probabilities"] or {}
+            writer.writerow(
+                [*(record[n] or "" for n in header), p["label"], *(probabilities.get(c, "") for c in classes)]
+            )
+    return Response(out.getvalue(), media_type="text/csv", headers={"X-Model-Version": predictor.version})
+
+
+@router.post(
+    "/predict/csv",
+    openapi_extra=CSV_BODY_DOC,
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when Accept asks for text/csv"},
+        422: {"description": "Malformed CSV (the error names the line) or invalid values"},
+    },
+)
+def predict_csv(
+    data: Annotated[bytes, Depends(read_csv_upload)], request: Request, predictor: PredictorDep
+) -> Response:
+    """A CSV with a header naming the feature columns. Answers CSV when `Accept: text/csv`."""
+    header, records, lines = read_csv(data, predictor)
+    matrix = predictor.schema.parse_records(records, lines)
+    predictions = predictor.predict(matrix)
+    if "text/csv" in request.headers.get("accept", ""):
+        return _csv_response(predictor, header, records, predictions)
+    return _response(predictor, predictions)

@@ -1,0 +1,119 @@
+"""Manage API users.
+
+python -m app.cli users create alice --scope predict      (prompts for the password)
+python -m app.cli users list | disable NAME | enable NAME | reset-password NAME | delete NAME
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.core.config import get_settings, settings_error
+from app.core.security import SCOPES
+from app.db import crud
+from app.db.session import Database
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+users = typer.Typer(no_args_is_help=True, help="Create, list, disable, reset or delete users.")
+cli.add_typer(users, name="users")
+
+PasswordOption = Annotated[
+    str,
+    typer.Option(prompt=True, confirmation_prompt=True, hide_input=True, envvar="PREDICTOR_NEW_PASSWORD"),
+]
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise typer.Exit(_fail(settings_error(exc))) from None
+    database = Database(settings.database_url)
+    try:
+        database.migrate()
+        with database.session() as session:
+            yield session
+    except crud.UserError as exc:
+        raise typer.Exit(_fail(str(exc))) from None
+    finally:
+        database.dispose()
+
+
+def _fail(message: str) -> int:
+    typer.echo(f"users: error: {message}", err=True)
+    return 1
+
+
+@users.command()
+def create(
+    username: str,
+    password: PasswordOption,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", "-s", help=f"Repeatable: {', '.join(SCOPES)}")
+    ] = None,
+) -> None:
+    """Create a user (scope predict unless given)."""
+    with _session() as session:
+        user = crud.create_user(session, username, password, scope or ["predict"])
+    typer.echo(f"created {user.username} (scopes: {user.scopes})")
+
+
+@users.command("list")
+def list_() -> None:
+    """List users with their scopes."""
+    with _session() as session:
+        rows = crud.list_users(session)
+    if not rows:
+        typer.echo("no users")
+    for user in rows:
+        state = "disabled" if user.disabled else "active"
+        typer.echo(
+            f"{user.username:<24} {user.scopes:<16} {state:<8} created {user.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@users.command()
+def disable(username: str) -> None:
+    """Refuse new tokens to a user (tokens already issued last until they expire)."""
+    with _session() as session:
+        crud.set_disabled(session, username, True)
+    typer.echo(f"disabled {username}")
+
+
+@users.command()
+def enable(username: str) -> None:
+    """Re-enable a disabled user."""
+    with _session() as session:
+        crud.set_disabled(session, username, False)
+    typer.echo(f"enabled {username}")
+
+
+@users.command("reset-password")
+def reset_password(username: str, password: PasswordOption) -> None:
+    """Set a new password."""
+    with _session() as session:
+        crud.set_password(session, username, password)
+    typer.echo(f"password reset for {username}")
+
+
+@users.command()
+def delete(
+    username: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
+) -> None:
+    """Delete a user."""
+    if not yes:
+        typer.confirm(f"Delete {username}?", abort=True)
+    with _session() as session:
+        crud.delete_user(session, username)
+    typer.echo(f"deleted {username}")
+
+
+if __name__ == "__main__":
+    cli()

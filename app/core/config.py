@@ -1,0 +1,70 @@
+"""Settings for the API, read from the environment and `.env`, once per process.
+
+Nothing here runs at import time: call get_settings() (cached) where a setting is needed,
+and get_settings.cache_clear() in tests after changing the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The values .env.example ships with: fine on a laptop, refused in production.
+EXAMPLE_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105
+EXAMPLE_ADMIN_PASSWORD = "admin-change-me"  # noqa: S105
+DEFAULT_DATABASE_URL = "sqlite:///var/predictor.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", hide_input_in_errors=True, protected_namespaces=()
+    )
+
+    app_env: Literal["development", "production"] = "development"
+    secret_key: SecretStr = SecretStr(EXAMPLE_SECRET_KEY)
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    database_url: str = DEFAULT_DATABASE_URL
+    model_dir: Path = Path("models")
+    admin_username: str = "admin"
+    admin_password: SecretStr = SecretStr(EXAMPLE_ADMIN_PASSWORD)
+    max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    # Login throttling: this many failures for one username within the window lock it out.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=15 * 60, ge=1)
+    # Off when a parent process (python -m app.serve) already migrated before forking workers.
+    migrate_on_startup: bool = True
+    log_level: str = "INFO"
+    # The server, for python -m app.serve.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if self.app_env != "production":
+            return self
+        secret = self.secret_key.get_secret_value()
+        if not secret.strip():
+            raise ValueError("SECRET_KEY is empty: set a long random value for production")
+        if secret == EXAMPLE_SECRET_KEY:
+            raise ValueError("SECRET_KEY is the example value: set a long random value for production")
+        if self.admin_password.get_secret_value() == EXAMPLE_ADMIN_PASSWORD:
+            raise ValueError("ADMIN_PASSWORD is the example value: set a real one for production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line that says what is wrong with the configuration (never the values)."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"configuration error: {field.upper() + ': ' if field else ''}{message}"

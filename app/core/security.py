@@ -1,0 +1,105 @@
+"""Password hashing and access tokens: the only module that knows which libraries do them.
+
+No FastAPI here: the API maps InvalidToken to 401, the CLI uses the hashing directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from uuid import uuid4
+
+from jose import JWTError, jwt
+from passlib.context import CryptContext
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+ALGORITHM = "HS256"
+SCOPES: dict[str, str] = {
+    "predict": "Ask the model for predictions and read its metadata.",
+    "admin": "Reload the model and manage users.",
+}
+DEFAULT_SCOPES = ("predict",)
+
+# argon2 only: passlib's bcrypt handler breaks with bcrypt >= 4.1.
+_passwords = CryptContext(schemes=["argon2"], deprecated="auto")
+
+
+class InvalidToken(Exception):
+    """The token is malformed, tampered with, expired or signed with another key."""
+
+
+class TokenClaims(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sub: str
+    scopes: tuple[str, ...] = ()
+    iat: int
+    exp: int
+    jti: str
+
+
+def hash_password(password: str) -> str:
+    return _passwords.hash(password)
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        return _passwords.verify(password, hashed)
+    except (ValueError, TypeError):
+        # A corrupt or unknown hash in the database: a failed login, not a crash.
+        return False
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def verify_password_or_dummy(password: str, hashed: str | None) -> bool:
+    """Verify against the user's hash, or a dummy one when there is no user.
+
+    Both paths cost one argon2 verification, so the answer time does not tell a caller
+    whether the username exists.
+    """
+    if hashed is None:
+        verify_password(password, _dummy_hash())
+        return False
+    return verify_password(password, hashed)
+
+
+def warm_up() -> None:
+    """Compute the dummy hash now, so the first login with an unknown name is not slower."""
+    _dummy_hash()
+
+
+def create_access_token(
+    subject: str,
+    scopes: list[str] | tuple[str, ...],
+    *,
+    secret: str,
+    expires: timedelta,
+    now: datetime | None = None,
+) -> str:
+    issued = now or datetime.now(UTC)
+    claims = {
+        "sub": subject,
+        "scopes": list(scopes),
+        "iat": issued,
+        "exp": issued + expires,
+        "jti": uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_access_token(token: str, *, secret: str) -> TokenClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require_exp": True, "require_sub": True, "require_iat": True, "require_jti": True},
+        )
+        return TokenClaims.model_validate(claims)
+    except (JWTError, ValidationError) as exc:
+        raise InvalidToken(str(exc).splitlines()[0]) from None

@@ -1,0 +1,100 @@
+"""create_app(): the service's wiring, and nothing else.
+
+uvicorn app.main:create_app --factory     (or python -m app.serve, which migrates first)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
+
+from app.api import errors
+from app.api.routes import auth, health, model, predict, users
+from app.core import security
+from app.core.config import Settings, get_settings, settings_error
+from app.core.lockout import LoginThrottle
+from app.db.bootstrap import bootstrap
+from app.db.session import Database
+from app.observability.logging import RequestContextMiddleware, configure_logging
+from app.serving.registry import ModelRegistry
+
+
+def _load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        # One line, not a traceback: the operator fixes the environment and starts again.
+        raise SystemExit(settings_error(exc)) from None
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings.database_url)
+        if settings.migrate_on_startup:
+            bootstrap(database, settings)
+        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows)
+        registry.load_initial()
+        security.warm_up()
+        app.state.database = database
+        app.state.registry = registry
+        try:
+            yield
+        finally:
+            database.dispose()
+
+    return lifespan
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The /predict body schema comes from the loaded model, so it is filled in per model version."""
+    cache: dict[str | None, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        registry: ModelRegistry | None = getattr(app.state, "registry", None)
+        current = registry.current if registry else None
+        version = current.version if current else None
+        if version not in cache:
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            if current is not None:
+                generated = current.schema.request_model.model_json_schema(
+                    by_alias=True, ref_template="#/components/schemas/{model}"
+                )
+                schemas.update(generated.pop("$defs", {}))
+                schemas["PredictRequest"] = generated
+            else:
+                schemas["PredictRequest"] = {"type": "object", "description": "No model loaded."}
+            cache.clear()
+            cache[version] = spec
+        return cache[version]
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or _load_settings()
+    configure_logging(settings.log_level)
+
+    app = FastAPI(
+        title="MLOps API Predictor",
+        version="0.1.0",
+        description="Get a token at /token (Authorize button), then POST /predict.",
+        lifespan=_lifespan(settings),
+    )
+    app.state.settings = settings
+    app.state.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
+
+    app.add_middleware(RequestContextMiddleware)
+    errors.install(app)
+    for router in (auth.router, predict.router, model.router, health.router, users.router):
+        app.include_router(router)
+    # Issue 4: the Prometheus /metrics route is mounted here (metrics declared once in
+    # app/observability/metrics.py, request metrics recorded in RequestContextMiddleware).
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
