@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.config import (
+    EXAMPLE_ADMIN_PASSWORD,
+    EXAMPLE_SECRET_KEY,
+    Settings,
+    get_settings,
+    settings_error,
+)
+
+STRONG = "a-real-secret-that-is-long-and-random-0123456789"
+ADMIN_PW = "s3cure-admin-pw"
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_development_accepts_the_example_values() -> None:
+    settings = _settings(app_env="development")
+    assert settings.secret_key.get_secret_value() == EXAMPLE_SECRET_KEY
+    assert settings.max_batch_rows == 1000
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (
+            {"secret_key": EXAMPLE_SECRET_KEY, "admin_password": ADMIN_PW},
+            "SECRET_KEY is the example",
+        ),
+        ({"secret_key": "", "admin_password": ADMIN_PW}, "SECRET_KEY is empty"),
+        ({"secret_key": STRONG, "admin_password": EXAMPLE_ADMIN_PASSWORD}, "ADMIN_PASSWORD is the example"),
+    ],
+)
+def test_production_refuses_placeholders_with_one_line(values: dict, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(app_env="production", **values)
+    line = settings_error(caught.value)
+    assert reason in line
+    assert "\n" not in line
+    # The secret itself never appears in the message.
+    assert EXAMPLE_SECRET_KEY not in line and EXAMPLE_ADMIN_PASSWORD not in line
+
+
+def test_production_accepts_real_values() -> None:
+    settings = _settings(app_env="production", secret_key=STRONG, admin_password="s3cure-admin-pw")
+    assert settings.app_env == "production"
+
+
+def test_settings_come_from_the_environment_and_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_BATCH_ROWS", "7")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().max_batch_rows == 7
+        assert get_settings() is get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_app_refuses_to_start_in_production_with_the_example_secret(tmp_path) -> None:
+    env = {"APP_ENV": "production", "SECRET_KEY": EXAMPLE_SECRET_KEY, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from app.main import create_app; create_app()"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: SECRET_KEY is the example value: set a long random value for production"
+    ]
