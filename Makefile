@@ -10,7 +10,7 @@ PORT ?= 8000
 # dvc runs stage commands through the shell: make it find the venv's python first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run train test lint format mlflow-ui lock clean
+.PHONY: help install run train test lint format mlflow-ui lock clean bench
 
 help:
 	@echo "make run        install, train if models/model.joblib is missing, start the service"
@@ -18,6 +18,7 @@ help:
 	@echo "make train      dvc repro: prepare -> train -> evaluate"
 	@echo "make mlflow-ui  open the local MLflow store on http://127.0.0.1:5000"
 	@echo "make lint       ruff check and format check"
+	@echo "make bench      load benchmark: this service against mlflow models serve (BENCH_QUICK=1: ~2 min)"
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -54,6 +55,12 @@ mlflow-ui: $(INSTALLED)
 	mkdir -p mlruns
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
+
+# Load benchmark (bench/run.py): trains, serves with both servers, drives them with wrk on 127.0.0.1.
+# BENCH_DURATION=5 shortens each run, BENCH_QUICK=1 runs 3 s each; BENCH_ARGS passes other flags.
+bench: $(INSTALLED)
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Refresh requirements.lock from a clean install of the pins in pyproject.toml.
 lock:

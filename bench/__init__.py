@@ -1,0 +1,1 @@
+"""Load benchmark of the prediction service against `mlflow models serve` (make bench)."""

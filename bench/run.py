@@ -1,0 +1,332 @@
+"""Load benchmark: our service against `mlflow models serve` on the same model, same load, same run.
+
+    python -m bench.run [--quick] [--duration 10] [--champions logistic_regression random_forest]
+
+For each champion it trains in a scratch folder (params.yaml with `train.champion` forced),
+starts both servers on free 127.0.0.1 ports, times each to its first successful prediction
+(cold start), then drives both with wrk (concurrency 1 and 32, 1-row and 100-row requests),
+and prints throughput, p50 and p99 with the ratios ours / mlflow. The same figures go to
+artifacts/bench/results.json. Every process it starts is stopped on the way out, even on
+failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.harness import (
+    BenchError,
+    Case,
+    Comparison,
+    LoadResult,
+    cases,
+    forced_params,
+    format_cold_starts,
+    format_table,
+    mlflow_body,
+    parse_wrk_report,
+    predictor_body,
+    results_document,
+    sample_rows,
+    target_verdicts,
+    wrk_command,
+)
+from bench.processes import (
+    Processes,
+    Server,
+    first_prediction_mlflow,
+    first_prediction_ours,
+    free_port,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA_SCRIPT = Path(__file__).with_name("post.lua")
+OUT_DIR = ROOT / "artifacts" / "bench"
+CHAMPIONS = ["logistic_regression", "random_forest"]
+ROWS = [1, 100]
+CONCURRENCIES = [1, 32]
+STAGES = ["prepare", "train", "evaluate"]
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
+    parser.add_argument(
+        "--quick", action="store_true", default=quick, help="3 s runs, 1 s warm-up (BENCH_QUICK=1)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ["BENCH_DURATION"]) if os.environ.get("BENCH_DURATION") else None,
+        help="seconds of measured load per case and server (BENCH_DURATION; default 10, 3 with --quick)",
+    )
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load before each run")
+    parser.add_argument("--champions", nargs="+", default=CHAMPIONS, choices=CHAMPIONS)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("BENCH_WORKERS", "1")),
+        help="uvicorn workers for both servers (BENCH_WORKERS; default 1)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    if args.warmup is None:
+        args.warmup = 1.0 if args.quick else 2.0
+    return args
+
+
+def base_env(work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # The venv's own tools (uvicorn, which `mlflow models serve` runs through a shell) come first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    for name in ("DVC_REMOTE_URL", "DVC_S3_ENDPOINT_URL", "BENCH_AUTHORIZATION"):
+        env.pop(name, None)
+    return env
+
+
+def train(work: Path, champion: str, logs: Path) -> dict[str, Any]:
+    """prepare, train, evaluate in `work`; returns model.json."""
+    work.mkdir(parents=True)
+    params = forced_params(yaml.safe_load((ROOT / "params.yaml").read_text()), champion)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = base_env(work)
+    log = logs / f"train-{champion}.log"
+    with log.open("w") as sink:
+        for stage in STAGES:
+            started = time.monotonic()
+            result = subprocess.run(
+                [sys.executable, "-m", f"app.pipeline.{stage}", "--params", "params.yaml"],
+                cwd=work,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise BenchError(f"{stage} failed with code {result.returncode}: see {log}")
+            say(f"  {stage} done in {time.monotonic() - started:.1f} s")
+    return json.loads((work / "models" / "model.json").read_text())
+
+
+def start_ours(
+    processes: Processes, work: Path, workers: int, logs: Path, champion: str
+) -> tuple[Server, str, str]:
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    env = base_env(work) | {
+        "APP_ENV": "production",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "MODEL_DIR": str(work / "models"),
+        "DATABASE_URL": f"sqlite:///{work / 'users.db'}",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "ADMIN_USERNAME": "bench",
+        "ADMIN_PASSWORD": password,
+    }
+    command = [sys.executable, "-m", "app.serve"]
+    server = processes.start("ours", command, port=port, env=env, cwd=work, log=logs / f"ours-{champion}.log")
+    return server, "bench", password
+
+
+def start_mlflow(
+    processes: Processes, work: Path, workers: int, logs: Path, champion: str, model_name: str
+) -> Server:
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [
+        str(mlflow),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model_name}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(workers),
+    ]
+    return processes.start(
+        "mlflow", command, port=port, env=base_env(work), cwd=work, log=logs / f"mlflow-{champion}.log"
+    )
+
+
+def drive(
+    server: Server, url: str, body_file: Path, concurrency: int, seconds: float, authorization: str = ""
+) -> LoadResult:
+    """One wrk run against `url`; a non-200 answer or a socket error stops the benchmark."""
+    env = dict(os.environ)
+    env["BENCH_AUTHORIZATION"] = authorization
+    command = wrk_command(url, str(body_file), str(LUA_SCRIPT), concurrency=concurrency, duration_s=seconds)
+    completed = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    server.check_alive()
+    if completed.returncode != 0:
+        raise BenchError(f"wrk failed ({completed.returncode}) on {url}: {completed.stderr.strip()[-500:]}")
+    result = parse_wrk_report(completed.stdout)
+    if result.failed:
+        raise BenchError(
+            f"{server.name} at {url}, c={concurrency}: {result.requests} requests, {result.non_200} not 200, "
+            f"{result.socket_errors} socket errors; first bad answer: {result.first_bad or '-'}; "
+            f"see {server.log_path}"
+        )
+    return result
+
+
+def measure(
+    server: Server, url: str, body_file: Path, case: Case, args: argparse.Namespace, authorization: str = ""
+) -> LoadResult:
+    if args.warmup > 0:
+        drive(server, url, body_file, case.concurrency, args.warmup, authorization)
+    result = drive(server, url, body_file, case.concurrency, args.duration, authorization)
+    say(
+        f"  {server.name:<6} rows={case.rows:<3} c={case.concurrency:<2} "
+        f"{result.throughput:>8,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+    )
+    return result
+
+
+def bench_champion(
+    champion: str,
+    scratch: Path,
+    processes: Processes,
+    args: argparse.Namespace,
+    cold: dict[str, dict[str, float]],
+) -> list[Comparison]:
+    logs = args.out.parent / "logs"
+    work = scratch / champion
+    say(f"{champion}: training in {work}")
+    metadata = train(work, champion, logs)
+    features = metadata["features"]
+    columns = [f["name"] for f in features]
+    bodies: dict[tuple[str, int], Path] = {}
+    for rows in ROWS:
+        sample = sample_rows(features, rows)
+        for kind, text in (("ours", predictor_body(sample)), ("mlflow", mlflow_body(sample, columns))):
+            path = work / f"body-{kind}-{rows}.json"
+            path.write_text(text)
+            bodies[kind, rows] = path
+
+    # One server at a time while it starts, so neither cold start competes for the CPU.
+    ours, username, password = start_ours(processes, work, args.workers, logs, champion)
+    token, cold["ours"][champion] = first_prediction_ours(
+        ours, username, password, bodies["ours", 1].read_bytes()
+    )
+    say(
+        f"  ours cold start (process start to first /predict, token included): {cold['ours'][champion]:.2f} s"
+    )
+    mlflow = start_mlflow(processes, work, args.workers, logs, champion, metadata["registered_model"])
+    cold["mlflow"][champion] = first_prediction_mlflow(mlflow, bodies["mlflow", 1].read_bytes())
+    say(f"  mlflow cold start (process start to first /invocations): {cold['mlflow'][champion]:.2f} s")
+
+    comparisons = []
+    try:
+        for case in cases([champion], ROWS, CONCURRENCIES):
+            # Back to back, so both see the same state of this shared machine.
+            ours_result = measure(
+                ours, f"{ours.base_url}/predict", bodies["ours", case.rows], case, args, f"Bearer {token}"
+            )
+            mlflow_result = measure(
+                mlflow, f"{mlflow.base_url}/invocations", bodies["mlflow", case.rows], case, args
+            )
+            comparisons.append(Comparison(case, ours_result, mlflow_result))
+    finally:
+        processes.stop(mlflow)
+        processes.stop(ours)
+    return comparisons
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed: `make bench` installs it (apt-get install -y wrk)")
+    (args.out.parent / "logs").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    processes = Processes()
+    cold: dict[str, dict[str, float]] = {"ours": {}, "mlflow": {}}
+    comparisons: list[Comparison] = []
+    started = time.monotonic()
+    say(
+        f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, "
+        f"{args.workers} worker(s) per server; logs in {args.out.parent / 'logs'}"
+    )
+    try:
+        for champion in args.champions:
+            comparisons += bench_champion(champion, scratch, processes, args, cold)
+    finally:
+        processes.stop_all()
+        if args.keep:
+            say(f"scratch folder kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    settings = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "wall_time_s": round(time.monotonic() - started, 1),
+        "load": "wrk -t1, one fixed body per run, 127.0.0.1",
+    }
+    document = results_document(comparisons, cold, settings)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+
+    print()
+    print(format_table(comparisons))
+    print()
+    print(format_cold_starts(cold["ours"], cold["mlflow"]))
+    print()
+    for verdict in target_verdicts(comparisons, cold["ours"]):
+        print(f"{'met   ' if verdict['met'] else 'MISSED'}  {verdict['target']}: {verdict['measured']}")
+    say(f"wrote {args.out} ({settings['wall_time_s']:.0f} s in all)")
+    return document
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # As Ctrl-C does: unwind through every `finally`, which stops the servers.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    args = parse_args(argv)
+    try:
+        run(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; every server it started is stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
