@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from api_support import IRIS_ROW, write_model
+from fastapi.testclient import TestClient
+
+from app.core.artifacts import METADATA_FILE, MODEL_FILE, sha256_of
+
+BODY = {"instances": [IRIS_ROW]}
+
+
+def test_model_info_has_metadata_metrics_schema_and_candidates(
+    client: TestClient, user_headers: dict[str, str]
+) -> None:
+    info = client.get("/model-info", headers=user_headers).json()
+    assert info["version"] == "v1"
+    assert info["metrics"] == {"score": 0.9}
+    assert [f["name"] for f in info["features"]][:2] == ["sepal_length", "sepal_width"]
+    assert info["classes"] == ["setosa", "versicolor", "virginica"]
+    assert info["candidates"][0]["name"] == "logistic_regression"
+    assert "loaded_at" in info
+
+
+def test_reload_swaps_in_a_new_model(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    write_model(model_dir, "iris", version="v2")
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 200
+    assert response.json() == {"previous_version": "v1", "model_version": "v2"}
+    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v2"
+    assert client.get("/health").json()["model_version"] == "v2"
+
+
+def test_reload_refused_on_checksum_mismatch_while_predictions_keep_working(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    # Someone replaces the pickle without the pipeline writing its checksum: never unpickle it.
+    (model_dir / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "does not match" in response.json()["detail"]
+    predicted = client.post("/predict", json=BODY, headers=user_headers)
+    assert predicted.status_code == 200
+    assert predicted.json()["model_version"] == "v1"
+    assert client.get("/ready").status_code == 200
+
+
+def test_reload_refuses_a_broken_file_even_with_a_matching_checksum(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    (model_dir / MODEL_FILE).write_bytes(b"not a pickle at all")
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    metadata |= {"version": "v-broken", "sha256": sha256_of(model_dir / MODEL_FILE)}
+    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "cannot be unpickled" in response.json()["detail"]
+    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+
+
+def test_reload_refuses_a_missing_model(
+    client: TestClient, admin_headers: dict[str, str], model_dir: Path
+) -> None:
+    (model_dir / METADATA_FILE).unlink()
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "not found" in response.json()["detail"]
+
+
+def test_requests_in_flight_during_reloads_all_succeed(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    write_model(model_dir, "iris", version="v2")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            statuses.append(client.post("/predict", json=BODY, headers=user_headers).status_code)
+
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(5):
+            assert client.post("/model/reload", headers=admin_headers).status_code == 200
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert statuses and set(statuses) == {200}
