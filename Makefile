@@ -35,10 +35,13 @@ models/model.joblib: | $(INSTALLED)
 train: $(INSTALLED)
 	$(BIN)/dvc repro
 
+# Migrates the users database, creates the first admin from ADMIN_USERNAME/ADMIN_PASSWORD when
+# there is no user yet, then serves (WORKERS=n for more processes).
 run: $(INSTALLED) models/model.joblib
 	@echo "Model:   models/model.joblib (metadata in models/model.json)"
-	@echo "Metrics: $$($(BIN)/dvc metrics show 2>/dev/null | tail -n +1)"
 	@echo "MLflow:  runs in mlruns/mlflow.db; browse them with 'make mlflow-ui'"
+	@echo "API:     http://$(HOST):$(PORT)/docs (users: $(BIN)/python -m app.cli users --help)"
+	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
 test: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
