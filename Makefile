@@ -43,7 +43,15 @@ run: $(INSTALLED) models/model.joblib
 	@echo "API:     http://$(HOST):$(PORT)/docs (users: $(BIN)/python -m app.cli users --help)"
 	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
-test: $(INSTALLED)
+# The real Prometheus and Alertmanager (Debian packages): promtool, amtool and both servers for the tests.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: obs-tools
+obs-tools:
+	@command -v promtool >/dev/null && command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
+
+test: $(INSTALLED) obs-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)

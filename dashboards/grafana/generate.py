@@ -1,0 +1,287 @@
+"""Generate the Grafana dashboards from code, so panels, ids and layout stay consistent.
+
+    python dashboards/grafana/generate.py          # rewrite dashboards/grafana/dashboards/*.json
+    python dashboards/grafana/generate.py --check  # exit 1 if a committed file differs
+
+Every panel references the provisioned datasource by its fixed uid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASOURCE = {"type": "prometheus", "uid": "predictor-prometheus"}
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+RATE = "$__rate_interval"
+
+
+def quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))"
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: list[tuple[str, str]]  # (PromQL, legend)
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    panels: list[Panel]
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int, height: int) -> dict:
+    body = {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": panel.width, "h": height},
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}}
+        if panel.kind == "timeseries"
+        else {},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            for i, (expr, legend) in enumerate(panel.queries)
+        ],
+    }
+    body.update(panel.extra)
+    return body
+
+
+def render(dashboard: Dashboard) -> dict:
+    panels, x, y, row_height = [], 0, 0, 8
+    for panel_id, panel in enumerate(dashboard.panels, start=1):
+        height = 5 if panel.kind == "stat" else row_height
+        if x + panel.width > 24:  # wrap to the next row
+            x, y = 0, y + row_height
+        panels.append(_panel_json(panel, panel_id, x, y, height))
+        x += panel.width
+    return {
+        "uid": dashboard.uid,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "tags": ["predictor"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": False,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": []},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+DASHBOARDS = [
+    Dashboard(
+        uid="predictor-service",
+        title="Predictor / Service",
+        description="Traffic, errors, latency and concurrency of the prediction API.",
+        panels=[
+            Panel(
+                "Request rate by route",
+                [(f"sum by (route) (rate(predictor_http_requests_total[{RATE}]))", "{{route}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "Responses by status",
+                [(f"sum by (status) (rate(predictor_http_requests_total[{RATE}]))", "{{status}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "5xx error ratio", [("job:predictor_http_5xx_ratio:rate5m", "5xx ratio")], unit="percentunit"
+            ),
+            Panel(
+                "Latency p50 / p95 / p99",
+                [
+                    ("job:predictor_http_request_duration_seconds:p50_5m", "p50"),
+                    ("job:predictor_http_request_duration_seconds:p95_5m", "p95"),
+                    ("job:predictor_http_request_duration_seconds:p99_5m", "p99"),
+                ],
+                unit="s",
+            ),
+            Panel("Requests in flight", [("sum(predictor_http_requests_in_flight)", "in flight")]),
+            Panel("API up", [('up{job="predictor-api"}', "{{instance}}")], kind="stat", width=6),
+        ],
+    ),
+    Dashboard(
+        uid="predictor-model",
+        title="Predictor / Model",
+        description="What the model predicts, how fast, and which version serves.",
+        panels=[
+            Panel(
+                "Predictions per label",
+                [(f"sum by (label) (rate(predictor_predictions_total[{RATE}]))", "{{label}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "Rows per request (p50 / p95)",
+                [
+                    (
+                        quantile(0.5, "predictor_prediction_rows"),
+                        "p50",
+                    ),
+                    (
+                        quantile(0.95, "predictor_prediction_rows"),
+                        "p95",
+                    ),
+                ],
+            ),
+            Panel(
+                "Inference latency p50 / p99",
+                [
+                    (
+                        quantile(0.5, "predictor_inference_duration_seconds"),
+                        "p50",
+                    ),
+                    (
+                        quantile(0.99, "predictor_inference_duration_seconds"),
+                        "p99",
+                    ),
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Reloads by result",
+                [("sum by (result) (increase(predictor_model_reloads_total[1h]))", "{{result}}")],
+            ),
+            Panel(
+                "Serving version",
+                [("max by (version, name) (predictor_model_info)", "{{name}} {{version}}")],
+                kind="stat",
+                width=8,
+                extra={"options": {"textMode": "name", "reduceOptions": {"calcs": ["lastNotNull"]}}},
+            ),
+            Panel("Model loaded", [("min(predictor_model_loaded)", "loaded")], kind="stat", width=8),
+            Panel(
+                "Model age",
+                [("time() - max(predictor_model_trained_timestamp_seconds)", "age")],
+                unit="s",
+                kind="stat",
+                width=8,
+            ),
+        ],
+    ),
+    Dashboard(
+        uid="predictor-security",
+        title="Predictor / Security",
+        description="Logins, tokens and refusals: a brute-force attempt shows here first.",
+        panels=[
+            Panel(
+                "Authentication failures by reason",
+                [(f"sum by (reason) (rate(predictor_auth_failures_total[{RATE}]))", "{{reason}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "Tokens issued",
+                [(f"sum(rate(predictor_tokens_issued_total[{RATE}]))", "tokens/s")],
+                unit="reqps",
+            ),
+            Panel(
+                "Lockouts (last hour)",
+                [('sum(increase(predictor_auth_failures_total{reason="locked"}[1h]))', "locked")],
+                kind="stat",
+                width=12,
+            ),
+            Panel(
+                "401 / 403 / 429 responses",
+                [
+                    (
+                        "sum by (status) (rate(predictor_http_requests_total"
+                        f'{{status=~"401|403|429"}}[{RATE}]))',
+                        "{{status}}",
+                    )
+                ],
+                unit="reqps",
+            ),
+        ],
+    ),
+    Dashboard(
+        uid="predictor-drift",
+        title="Predictor / Drift",
+        description="How far recent inputs and predictions are from the training data "
+        "(PSI: > 0.1 shift, > 0.2 drift).",
+        panels=[
+            Panel(
+                "Feature PSI",
+                [("max by (feature) (predictor_feature_psi)", "{{feature}}")],
+                width=24,
+                extra={
+                    "fieldConfig": {
+                        "defaults": {
+                            "unit": "short",
+                            "thresholds": {
+                                "mode": "absolute",
+                                "steps": [
+                                    {"color": "green", "value": None},
+                                    {"color": "orange", "value": 0.1},
+                                    {"color": "red", "value": 0.2},
+                                ],
+                            },
+                        },
+                        "overrides": [],
+                    }
+                },
+            ),
+            Panel("Prediction PSI", [("max(predictor_prediction_psi)", "predicted labels")]),
+            Panel(
+                "Predicted label share",
+                [
+                    (
+                        f"sum by (label) (rate(predictor_predictions_total[{RATE}]))"
+                        f" / scalar(sum(rate(predictor_predictions_total[{RATE}])))",
+                        "{{label}}",
+                    )
+                ],
+                unit="percentunit",
+            ),
+            Panel(
+                "Validation errors by field",
+                [(f"sum by (field) (rate(predictor_validation_errors_total[{RATE}]))", "{{field}}")],
+                unit="reqps",
+            ),
+        ],
+    ),
+]
+
+
+def generate() -> dict[str, str]:
+    return {f"{d.uid}.json": json.dumps(render(d), indent=2) + "\n" for d in DASHBOARDS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed JSON is out of date")
+    args = parser.parse_args()
+    files = generate()
+    if args.check:
+        stale = [
+            n for n, text in files.items() if not (OUT_DIR / n).is_file() or (OUT_DIR / n).read_text() != text
+        ]
+        if stale:
+            sys.exit(f"out of date: {', '.join(stale)}; run python dashboards/grafana/generate.py")
+        return
+    OUT_DIR.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (OUT_DIR / name).write_text(text)
+    print(f"wrote {len(files)} dashboards to {OUT_DIR}")
+
+
+if __name__ == "__main__":
+    main()
