@@ -1,0 +1,142 @@
+"""Drift: the population stability index (PSI) of recent inputs against the training profile.
+
+Incremental: each feature keeps a ring buffer of the bin index of its last `window` values and the
+count per bin, so observing a batch costs one searchsorted per feature and computing PSI is
+O(bins). Missing values are left out, as the profile's bins leave them out.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.core.artifacts import CategoricalProfile, Feature, ReferenceProfile
+
+# Keeps log(actual / expected) finite when a bin is empty on one side.
+EPSILON = 1e-4
+
+
+def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
+    total = actual_counts.sum()
+    if total == 0:
+        return math.nan
+    actual = np.maximum(actual_counts / total, EPSILON)
+    expected = np.maximum(expected, EPSILON)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+class BinnedWindow:
+    """The last `size` bin indices, and how many fall in each bin."""
+
+    def __init__(self, expected: Sequence[float], size: int) -> None:
+        self.expected = np.asarray(expected, dtype=float)
+        self.counts = np.zeros(len(self.expected), dtype=np.int64)
+        self._ring = np.full(size, -1, dtype=np.int64)
+        self._next = 0
+        self.seen = 0
+
+    def add(self, bins: np.ndarray) -> None:
+        size = len(self._ring)
+        self.seen += len(bins)
+        if len(bins) >= size:
+            bins = bins[-size:]
+        positions = (self._next + np.arange(len(bins))) % size
+        evicted = self._ring[positions]
+        evicted = evicted[evicted >= 0]
+        np.subtract.at(self.counts, evicted, 1)
+        np.add.at(self.counts, bins, 1)
+        self._ring[positions] = bins
+        self._next = (self._next + len(bins)) % size
+
+    def psi(self) -> float:
+        return psi(self.expected, self.counts)
+
+
+class _NumericBinner:
+    def __init__(self, edges: list[float]) -> None:
+        self._edges = np.asarray(edges, dtype=float)
+
+    def __call__(self, column: np.ndarray) -> np.ndarray:
+        values = column.astype(float)
+        values = values[~np.isnan(values)]
+        return np.searchsorted(self._edges, values, side="left")
+
+
+class _CategoricalBinner:
+    def __init__(self, categories: list[str]) -> None:
+        # Unseen categories share one extra bin, whose expected share is ~0: they show as drift.
+        self._index = {c: i for i, c in enumerate(categories)}
+        self._other = len(categories)
+
+    def __call__(self, column: np.ndarray) -> np.ndarray:
+        return np.fromiter(
+            (self._index.get(v, self._other) for v in column if isinstance(v, str)), dtype=np.int64
+        )
+
+
+class DriftMonitor:
+    """PSI per feature and for the predicted labels, over a sliding window of recent rows."""
+
+    def __init__(
+        self,
+        profile: ReferenceProfile,
+        features: list[Feature],
+        classes: list[str],
+        *,
+        window: int = 1000,
+        min_rows: int = 100,
+    ) -> None:
+        self.min_rows = min_rows
+        self._lock = threading.Lock()
+        self._features: list[tuple[int, str, object, BinnedWindow]] = []
+        for position, feature in enumerate(features):
+            reference = profile.features.get(feature.name)
+            if reference is None:
+                continue
+            if isinstance(reference, CategoricalProfile):
+                categories = sorted(reference.proportions)
+                binner: object = _CategoricalBinner(categories)
+                expected = [reference.proportions[c] for c in categories] + [0.0]
+            else:
+                binner = _NumericBinner(reference.bin_edges)
+                expected = reference.bin_proportions
+            self._features.append((position, feature.name, binner, BinnedWindow(expected, window)))
+        balance = profile.target.class_balance or {}
+        self._classes = {c: i for i, c in enumerate(classes)}
+        self._labels = (
+            BinnedWindow([balance.get(c, 0.0) for c in classes], window) if classes and balance else None
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for _, name, _, _ in self._features]
+
+    def observe(self, rows: np.ndarray, labels: Sequence[str] | None = None) -> None:
+        """Add a validated batch (the same array the model receives) and its predicted labels."""
+        binned = [(window, binner(rows[:, position])) for position, _, binner, window in self._features]
+        label_bins = None
+        if self._labels is not None and labels is not None:
+            label_bins = np.fromiter(
+                (self._classes[label] for label in labels if label in self._classes), np.int64
+            )
+        with self._lock:
+            for window, bins in binned:
+                window.add(bins)
+            if label_bins is not None:
+                self._labels.add(label_bins)
+
+    def feature_psi(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                name: (window.psi() if window.seen >= self.min_rows else math.nan)
+                for _, name, _, window in self._features
+            }
+
+    def prediction_psi(self) -> float:
+        with self._lock:
+            if self._labels is None or self._labels.seen < self.min_rows:
+                return math.nan
+            return self._labels.psi()

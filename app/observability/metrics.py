@@ -1,0 +1,139 @@
+"""Every Prometheus metric the service exports, declared once, at import.
+
+Label values are bounded: route templates (never raw paths), model versions, class labels,
+feature names from model.json, and fixed reason lists. With several worker processes,
+prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `python -m app.serve`)
+sums counters and histograms over processes; each gauge says how to merge.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+NAMESPACE = "predictor"
+AUTH_FAILURE_REASONS = ("bad_credentials", "locked", "expired", "invalid_token", "insufficient_scope")
+RELOAD_RESULTS = ("success", "refused")
+
+HTTP_REQUESTS = Counter(
+    "http_requests", "HTTP requests served.", ["method", "route", "status"], namespace=NAMESPACE
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request received to response sent.",
+    ["method", "route"],
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+HTTP_IN_FLIGHT = Gauge(
+    "http_requests_in_flight", "Requests being served.", namespace=NAMESPACE, multiprocess_mode="livesum"
+)
+
+PREDICTIONS = Counter(
+    "predictions", "Rows predicted, by predicted label.", ["model_version", "label"], namespace=NAMESPACE
+)
+PREDICTION_ROWS = Histogram(
+    "prediction_rows",
+    "Rows per prediction request.",
+    namespace=NAMESPACE,
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+)
+INFERENCE_SECONDS = Histogram(
+    "inference_duration_seconds",
+    "Time inside the model call, per request.",
+    ["model_version"],
+    namespace=NAMESPACE,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "1 for the model being served.",
+    ["version", "name", "run_id"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+MODEL_LOADED = Gauge(
+    "model_loaded", "1 when a model is loaded.", namespace=NAMESPACE, multiprocess_mode="livemin"
+)
+MODEL_RELOADS = Counter("model_reloads", "Model reload attempts.", ["result"], namespace=NAMESPACE)
+MODEL_TRAINED = Gauge(
+    "model_trained_timestamp_seconds",
+    "When the serving model was trained (Unix time).",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
+
+TOKENS_ISSUED = Counter("tokens_issued", "Access tokens issued.", namespace=NAMESPACE)
+AUTH_FAILURES = Counter("auth_failures", "Refused authentications.", ["reason"], namespace=NAMESPACE)
+
+VALIDATION_ERRORS = Counter("validation_errors", "Rejected inputs, by field.", ["field"], namespace=NAMESPACE)
+FEATURE_PSI = Gauge(
+    "feature_psi",
+    "Population stability index of recent inputs against the training profile.",
+    ["feature"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+PREDICTION_PSI = Gauge(
+    "prediction_psi",
+    "Population stability index of recent predicted labels against the training class balance.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+
+# Series that exist from the start, so rate() sees zeros rather than nothing.
+for _reason in AUTH_FAILURE_REASONS:
+    AUTH_FAILURES.labels(reason=_reason)
+for _result in RELOAD_RESULTS:
+    MODEL_RELOADS.labels(result=_result)
+MODEL_LOADED.set(0)
+
+
+_served: dict[str, str] = {}
+
+
+def model_served(
+    version: str, name: str, run_id: str | None, trained_at: float, labels: Iterable[str]
+) -> None:
+    """Point the model gauges at a newly loaded model (0, not removal: other processes share the files)."""
+    if _served:
+        MODEL_INFO.labels(**_served).set(0)
+    _served.update(version=version, name=name, run_id=run_id or "")
+    MODEL_INFO.labels(**_served).set(1)
+    MODEL_LOADED.set(1)
+    MODEL_TRAINED.set(trained_at)
+    for label in labels:
+        PREDICTIONS.labels(model_version=version, label=label)
+
+
+def drift_measured(feature_psi: dict[str, float], prediction_psi: float) -> None:
+    for feature, value in feature_psi.items():
+        if not math.isnan(value):
+            FEATURE_PSI.labels(feature=feature).set(value)
+    if not math.isnan(prediction_psi):
+        PREDICTION_PSI.set(prediction_psi)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format, merged over worker processes when there are several."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
