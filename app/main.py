@@ -5,6 +5,7 @@ uvicorn app.main:create_app --factory     (or python -m app.serve, which migrate
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,12 +36,13 @@ def _load_settings() -> Settings:
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # argon2 releases the GIL: the dummy hash is computed while the model loads.
+        threading.Thread(target=security.warm_up, name="warm-up", daemon=True).start()
         database = Database(settings.database_url)
         if settings.migrate_on_startup:
             bootstrap(database, settings)
         registry = ModelRegistry(settings.model_dir, settings.max_batch_rows)
         registry.load_initial()
-        security.warm_up()
         app.state.database = database
         app.state.registry = registry
         try:
