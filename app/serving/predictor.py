@@ -75,7 +75,7 @@ class Predictor:
             if self.metadata.classes and classes != self.metadata.classes:
                 raise ModelLoadError(f"the model's classes {classes} differ from model.json's")
         row = [
-            (f.min + f.max) / 2 if f.type == "numeric" else (f.categories or [""])[0]
+            ((f.min or 0.0) + (f.max or 0.0)) / 2 if f.type == "numeric" else (f.categories or [""])[0]
             for f in self.metadata.features
         ]
         try:

@@ -104,6 +104,3 @@ class RequestSchema:
         except ValidationError as exc:
             raise RowError(_clean_errors(exc, lines)) from None
         return self._to_matrix(request.instances)  # type: ignore[attr-defined]
-
-    def json_schema(self) -> dict[str, Any]:
-        return self.request_model.model_json_schema(by_alias=True)
