@@ -19,6 +19,8 @@ help:
 	@echo "make mlflow-ui  open the local MLflow store on http://127.0.0.1:5000"
 	@echo "make lint       ruff check and format check"
 	@echo "make bench      load benchmark: this service against mlflow models serve (BENCH_QUICK=1: ~2 min)"
+	@echo "make stack      the docker-compose topology without Docker: S3 (moto), MLflow, train + push, API,"
+	@echo "                Prometheus, Alertmanager on 127.0.0.1; make stack-down stops it"
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -91,3 +93,16 @@ push: $(INSTALLED)
 pull: $(INSTALLED)
 	$(BIN)/python -m app.pipeline.remote
 	$(BIN)/dvc pull
+
+# The docker-compose topology without Docker (app/devstack): state, logs and configs in .stack/.
+# Ports: STACK_S3_PORT, STACK_MLFLOW_PORT, STACK_API_PORT, STACK_PROMETHEUS_PORT, STACK_ALERTMANAGER_PORT.
+.PHONY: stack stack-down stack-status
+stack: $(INSTALLED) obs-tools
+	$(BIN)/python -m app.devstack up
+
+# Stops whatever `make stack` started, even after a failed start, and restores .dvc/config.local.
+stack-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m app.devstack down; else echo "no .venv: nothing was started"; fi
+
+stack-status:
+	$(BIN)/python -m app.devstack status

@@ -1,66 +1,29 @@
-"""Render the shipped Prometheus and Alertmanager configs for a run on 127.0.0.1.
-
-The shipped files name docker-compose services; a local run (the tests, `make stack`) needs the
-same configs pointed at local ports, a token file, and (for tests) short alert durations.
-"""
+"""The Prometheus and Alertmanager renderers (in app.devstack.configs, shared with `make stack`),
+plus the promtool test layout, for the observability tests."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import yaml
+from app.devstack.configs import (
+    ALERTMANAGER_FILE,
+    PROMETHEUS_DIR,
+    ROOT,
+    RULE_FILES,
+    render_alertmanager,
+    render_prometheus,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PROMETHEUS_DIR = ROOT / "dashboards" / "prometheus"
-ALERTMANAGER_FILE = ROOT / "dashboards" / "alertmanager" / "alertmanager.yml"
-RULE_FILES = ("recording.yml", "alerts.yml")
-
-
-def render_prometheus(
-    out: Path,
-    *,
-    api: str = "api:8000",
-    alertmanager: str = "alertmanager:9093",
-    prometheus: str = "localhost:9090",
-    token: str = "metrics-token",
-    interval: str | None = None,
-    alert_for: str | None = None,
-) -> Path:
-    """Write prometheus.yml and its rules into `out`; returns the config's path."""
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    (out / "rules").mkdir(parents=True, exist_ok=True)
-    for name in RULE_FILES:
-        rules = yaml.safe_load((PROMETHEUS_DIR / "rules" / name).read_text())
-        if alert_for is not None:
-            for group in rules["groups"]:
-                group["interval"] = interval or group.get("interval", "15s")
-                for rule in group["rules"]:
-                    if "alert" in rule:
-                        rule["for"] = alert_for
-        (out / "rules" / name).write_text(yaml.safe_dump(rules, sort_keys=False))
-    token_file = out / "metrics_token"
-    token_file.write_text(token)
-    if interval:
-        config["global"]["scrape_interval"] = interval
-        config["global"]["evaluation_interval"] = interval
-    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager]
-    for job in config["scrape_configs"]:
-        if job["job_name"] == "predictor-api":
-            job["static_configs"][0]["targets"] = [api]
-            job["authorization"]["credentials_file"] = str(token_file)
-        elif job["job_name"] == "prometheus":
-            job["static_configs"][0]["targets"] = [prometheus]
-    path = out / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def render_alertmanager(out: Path, webhook_url: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "alertmanager.yml"
-    path.write_text(ALERTMANAGER_FILE.read_text().replace("${ALERT_WEBHOOK_URL}", webhook_url))
-    return path
+__all__ = [
+    "ALERTMANAGER_FILE",
+    "PROMETHEUS_DIR",
+    "ROOT",
+    "RULE_FILES",
+    "copy_rule_tests",
+    "render_alertmanager",
+    "render_prometheus",
+]
 
 
 def copy_rule_tests(out: Path) -> Path:
