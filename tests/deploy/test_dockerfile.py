@@ -1,0 +1,162 @@
+"""The Dockerfile, read without a Docker engine: what it copies exists, and the usual hygiene."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not pending and line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1]
+            continue
+        joined.append(pending + line)
+        pending = ""
+    result = []
+    for line in filter(str.strip, joined):
+        keyword, _, arguments = line.strip().partition(" ")
+        result.append((keyword.upper(), arguments.strip()))
+    return result
+
+
+INSTRUCTIONS = instructions()
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    found: list[list[tuple[str, str]]] = []
+    for keyword, arguments in INSTRUCTIONS:
+        if keyword == "FROM":
+            found.append([])
+        if found:
+            found[-1].append((keyword, arguments))
+    return found
+
+
+def copies() -> list[list[str]]:
+    """The sources of every COPY from the build context (not --from another stage)."""
+    result = []
+    for keyword, arguments in INSTRUCTIONS:
+        if keyword != "COPY":
+            continue
+        words = shlex.split(arguments)
+        if any(word.startswith("--from") for word in words):
+            continue
+        paths = [word for word in words if not word.startswith("--")]
+        result.append(paths[:-1])
+    return result
+
+
+def dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str) -> bool:
+    parts = Path(path).parts
+    for pattern in dockerignore():
+        pattern = pattern.removeprefix("**/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(prefix, pattern) for prefix in prefixes):
+            return True
+        if any(fnmatch.fnmatch(part, pattern) for part in parts) and "/" not in pattern:
+            return True
+    return False
+
+
+def base_image() -> str:
+    args = {}
+    for keyword, arguments in INSTRUCTIONS:
+        if keyword == "ARG" and "=" in arguments:
+            name, value = arguments.split("=", 1)
+            args[name] = value
+    first_from = next(arguments for keyword, arguments in INSTRUCTIONS if keyword == "FROM")
+    image = first_from.split()[0]
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], image)
+
+
+def test_multi_stage_from_one_pinned_slim_python_311():
+    assert len(stages()) >= 2
+    image = base_image()
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), image
+    froms = [arguments.split()[0] for keyword, arguments in INSTRUCTIONS if keyword == "FROM"]
+    assert set(froms) == {"${PYTHON_IMAGE}"}
+
+
+def test_every_copy_source_exists_and_is_in_the_build_context():
+    sources = [source for group in copies() for source in group]
+    needed = {"pyproject.toml", "requirements.lock", "app", "dvc.yaml", "params.yaml", ".dvc/config"}
+    assert needed <= set(sources)
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+        assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_local_state_out():
+    for path in (".venv", ".git", "mlruns", "models", "artifacts", "data/raw", "data/processed", ".env",
+                 ".dvc/cache", ".dvc/config.local", "app/__pycache__"):  # fmt: skip
+        assert ignored(path), f"{path} would be sent to the build"
+
+
+def test_dependencies_are_installed_before_the_code_is_copied():
+    deps = stages()[0]
+    first_copy = next(arguments for keyword, arguments in deps if keyword == "COPY")
+    assert shlex.split(first_copy)[:-1] == ["pyproject.toml", "requirements.lock"]
+    install = next(args for keyword, args in deps if keyword == "RUN" and "pip install" in args)
+    assert "requirements.lock" in install
+    assert not any(keyword == "COPY" and "app" in shlex.split(arguments) for keyword, arguments in deps)
+
+
+def test_the_requirement_list_is_serving_plus_train(tmp_path):
+    """Run the Dockerfile's own one-liner on pyproject.toml: the dev extra stays out of the image."""
+    install = next(args for keyword, args in stages()[0] if keyword == "RUN" and "tomllib" in args)
+    snippet = install.split("&&")[0]
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["sh", "-c", snippet], cwd=tmp_path, env=env, check=True)
+    listed = (tmp_path / "requirements.txt").read_text().split()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert listed == project["dependencies"] + project["optional-dependencies"]["train"]
+    assert not set(listed) & set(project["optional-dependencies"]["dev"])
+    # Every one of them is pinned in the lock the image is built with.
+    locked = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
+    for requirement in listed:
+        name = re.split(r"[\[=<>]", requirement)[0].lower().replace("_", "-")
+        assert name in locked, f"{name} is not in requirements.lock"
+
+
+def test_runs_as_a_non_root_user():
+    runtime = stages()[-1]
+    users = [arguments for keyword, arguments in runtime if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_has_a_healthcheck_that_needs_no_curl():
+    checks = [arguments for keyword, arguments in stages()[-1] if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    command = checks[0].split("CMD", 1)[1]
+    assert "python" in command and "/health" in command
+    assert "curl" not in command and "wget" not in command
+
+
+def test_default_command_serves_the_api():
+    commands = [arguments for keyword, arguments in stages()[-1] if keyword == "CMD"]
+    assert commands[-1] == '["python", "-m", "app.serve"]'
