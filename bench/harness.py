@@ -279,3 +279,58 @@ def results_document(
         "cold_start_s": cold_starts,
         "targets": target_verdicts(comparisons, cold_starts.get("ours", {})),
     }
+
+
+# --- Profiles -----------------------------------------------------------------------------
+
+
+# Frames every sample passes through (thread start, the server's main loop): no news in a ranking.
+_ROOT_FRAMES = (
+    "threading.py)",
+    "<frozen runpy>)",
+    "uvicorn/main.py)",
+    "uvicorn/server.py)",
+    "uvicorn/_compat.py)",
+)
+
+
+def _frame_name(frame: str) -> str:
+    """`func (path/to/file.py:123)` -> `func (path/to/file.py)`: lines of one function add up."""
+    head, sep, tail = frame.rpartition(":")
+    return f"{head})" if sep and tail.rstrip(")").isdigit() else frame
+
+
+def summarize_profile(collapsed: str, top: int = 25) -> list[tuple[float, float, str]]:
+    """py-spy's raw (collapsed) stacks as (inclusive share, self share, function), busiest first.
+
+    Recorded with --gil, each sample is the thread that held the GIL: the shares say where the
+    server's CPU went. Idle threadpool workers waiting on their queue are left out.
+    """
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame_name(f) for f in stack.split(";")]
+        if frames[-1].startswith("Condition.wait ") or frames[-1].startswith("wait ("):
+            continue
+        samples = int(count)
+        total += samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+    if total == 0:
+        return []
+    ranked = sorted(
+        ((frame, n) for frame, n in inclusive.items() if not frame.endswith(_ROOT_FRAMES)),
+        key=lambda item: -item[1],
+    )[:top]
+    return [(n / total, own.get(frame, 0) / total, frame) for frame, n in ranked]
+
+
+def format_profile(summary: list[tuple[float, float, str]]) -> str:
+    lines = ["  total   self  function"]
+    lines += [f"{inc:6.1%} {own:6.1%}  {frame}" for inc, own, frame in summary]
+    return "\n".join(lines)

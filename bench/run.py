@@ -35,12 +35,14 @@ from bench.harness import (
     cases,
     forced_params,
     format_cold_starts,
+    format_profile,
     format_table,
     mlflow_body,
     parse_wrk_report,
     predictor_body,
     results_document,
     sample_rows,
+    summarize_profile,
     target_verdicts,
     wrk_command,
 )
@@ -84,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=int(os.environ.get("BENCH_WORKERS", "1")),
         help="uvicorn workers for both servers (BENCH_WORKERS; default 1)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        default=os.environ.get("BENCH_PROFILE", "") not in ("", "0", "false"),
+        help="then profile our server (c=32, 1 row) with py-spy; BENCH_PROFILE=1",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
@@ -214,6 +222,32 @@ def measure(
     return result
 
 
+def profile(
+    server: Server, body_file: Path, authorization: str, champion: str, args: argparse.Namespace
+) -> None:
+    """py-spy on our server during one more c=32 1-row run, apart from the measured ones (it slows them)."""
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out = args.out.parent / f"profile-{champion}.txt"
+    seconds = max(3, round(args.duration))
+    command = [py_spy, "record", "--pid", str(server.process.pid), "--gil", "--rate", "250"]
+    command += ["--duration", str(seconds), "--format", "raw", "--output", str(out), "--nonblocking"]
+    if args.workers > 1:
+        command.append("--subprocesses")
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        drive(server, f"{server.base_url}/predict", body_file, 32, seconds + 1, authorization)
+    finally:
+        _, errors = recorder.communicate(timeout=seconds + 30)
+    if recorder.returncode != 0 or not out.is_file():
+        raise BenchError(f"py-spy failed ({recorder.returncode}): {errors.strip()[-500:]}")
+    summary = format_profile(summarize_profile(out.read_text()))
+    out.with_suffix(".summary.txt").write_text(summary + "\n")
+    say(f"  profile of ours ({champion}, c=32, 1 row; CPU by function): {out}")
+    print(summary, flush=True)
+
+
 def bench_champion(
     champion: str,
     scratch: Path,
@@ -258,6 +292,8 @@ def bench_champion(
                 mlflow, f"{mlflow.base_url}/invocations", bodies["mlflow", case.rows], case, args
             )
             comparisons.append(Comparison(case, ours_result, mlflow_result))
+        if args.profile:
+            profile(ours, bodies["ours", 1], f"Bearer {token}", champion, args)
     finally:
         processes.stop(mlflow)
         processes.stop(ours)

@@ -15,12 +15,14 @@ from bench.harness import (
     Comparison,
     LoadResult,
     forced_params,
+    format_profile,
     format_table,
     mlflow_body,
     parse_wrk_report,
     predictor_body,
     results_document,
     sample_rows,
+    summarize_profile,
     target_verdicts,
     wrk_command,
 )
@@ -177,3 +179,20 @@ def test_results_document_is_json(tmp_path: Path):
     assert again["results"][0]["ours"]["p99_ms"] == 90
     assert again["cold_start_s"]["ours"]["random_forest"] == 1.9
     assert all(v["met"] for v in again["targets"])
+
+
+def test_summarize_profile_ranks_functions_and_skips_idle_workers():
+    collapsed = "\n".join(
+        [
+            "main (app/serve.py:10);predict (app/api/routes/predict.py:120);predict_proba (sklearn/x.py:5) 6",
+            "main (app/serve.py:10);predict (app/api/routes/predict.py:121) 2",
+            "main (app/serve.py:10);log (app/observability/logging.py:90) 2",
+            "Thread._bootstrap (threading.py:1002);Condition.wait (threading.py:327) 50",
+        ]
+    )
+    summary = summarize_profile(collapsed, top=3)
+    assert summary[0] == (1.0, 0.0, "main (app/serve.py)")
+    assert summary[1] == (pytest.approx(0.8), pytest.approx(0.2), "predict (app/api/routes/predict.py)")
+    assert summary[2] == (pytest.approx(0.6), pytest.approx(0.6), "predict_proba (sklearn/x.py)")
+    assert "predict_proba (sklearn/x.py)" in format_profile(summary)
+    assert summarize_profile("") == []
