@@ -15,13 +15,15 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 
 from app.api import errors
-from app.api.routes import auth, health, model, predict, users
+from app.api.routes import auth, health, metrics, model, predict, users
 from app.core import security
 from app.core.config import Settings, get_settings, settings_error
 from app.core.lockout import LoginThrottle
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
-from app.observability.logging import RequestContextMiddleware, configure_logging
+from app.observability.drift import DriftSettings
+from app.observability.logging import configure_logging
+from app.observability.middleware import RequestContextMiddleware
 from app.serving.registry import ModelRegistry
 
 
@@ -41,7 +43,10 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         database = Database(settings.database_url)
         if settings.migrate_on_startup:
             bootstrap(database, settings)
-        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows)
+        drift = (
+            DriftSettings(settings.drift_window, settings.drift_min_rows) if settings.drift_enabled else None
+        )
+        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift)
         registry.load_initial()
         app.state.database = database
         app.state.registry = registry
@@ -92,11 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
 
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
-    for router in (auth.router, predict.router, model.router, health.router, users.router):
+    for router in (auth.router, predict.router, model.router, health.router, users.router, metrics.router):
         app.include_router(router)
-    # Issue 4: the Prometheus /metrics route is mounted here (metrics declared once in
-    # app/observability/metrics.py, request metrics recorded in RequestContextMiddleware).
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.lockout import LoginThrottle
-from app.core.security import SCOPES, InvalidToken, TokenClaims, decode_access_token
+from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
 from app.db.models import User
 from app.db.session import Database
+from app.observability.audit import auth_failed
 from app.serving.predictor import Predictor
 from app.serving.registry import ModelRegistry
 
@@ -71,13 +72,16 @@ def current_claims(
     """The verified token: no database access, the token carries the scopes."""
     try:
         claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
-    except InvalidToken:
+    except InvalidToken as exc:
+        # Quiet to the caller (one 401 whatever the cause), loud in metrics and logs.
+        auth_failed("expired" if isinstance(exc, ExpiredToken) else "invalid_token", request, str(exc))
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None
     request.state.user = claims.sub
     missing = [s for s in security_scopes.scopes if s not in claims.scopes]
     if missing:
+        auth_failed("insufficient_scope", request, f"needs {' '.join(missing)}")
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"Not enough permissions: this needs the scope {' '.join(missing)}",
@@ -90,10 +94,11 @@ ClaimsDep = Annotated[TokenClaims, Security(current_claims)]
 AdminClaimsDep = Annotated[TokenClaims, Security(current_claims, scopes=["admin"])]
 
 
-def current_admin(claims: AdminClaimsDep, session: SessionDep) -> User:
+def current_admin(claims: AdminClaimsDep, session: SessionDep, request: Request) -> User:
     """Admin actions are rare and powerful: check the user still exists and is enabled."""
     user = crud.get_user(session, claims.sub)
     if user is None or user.disabled or "admin" not in user.scope_list:
+        auth_failed("invalid_token", request, "admin token of a removed, disabled or demoted user")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)
     return user
 

@@ -6,11 +6,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.observability.metrics import validation_failed
 from app.serving.schema import RowError
 
 
-async def _row_error(_: Request, exc: Exception) -> JSONResponse:
+async def _row_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RowError)
+    registry = getattr(request.app.state, "registry", None)
+    known = set(registry.current.metadata.feature_names) if registry and registry.current else set()
+    validation_failed([e.get("field") for e in exc.errors], known)
     return JSONResponse({"detail": exc.errors}, status_code=422)
 
 

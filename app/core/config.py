@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     # Off when a parent process (python -m app.serve) already migrated before forking workers.
     migrate_on_startup: bool = True
     log_level: str = "INFO"
+    # Observability: a bearer token required on /metrics when set; drift over the last
+    # DRIFT_WINDOW rows, reported once DRIFT_MIN_ROWS were seen. Both can be switched off.
+    metrics_token: SecretStr | None = None
+    metrics_enabled: bool = True
+    drift_enabled: bool = True
+    drift_window: int = Field(default=1000, ge=10, le=1_000_000)
+    drift_min_rows: int = Field(default=100, ge=1)
     # The server, for python -m app.serve.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +27,12 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
     actual = np.maximum(actual_counts / total, EPSILON)
     expected = np.maximum(expected, EPSILON)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    window: int = 1000
+    min_rows: int = 100
 
 
 class BinnedWindow:

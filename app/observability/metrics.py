@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter as Tally
 from collections.abc import Iterable
 
 from prometheus_client import (
@@ -116,6 +117,22 @@ def model_served(
     MODEL_TRAINED.set(trained_at)
     for label in labels:
         PREDICTIONS.labels(model_version=version, label=label)
+
+
+def validation_failed(fields: Iterable[object], known: set[str]) -> None:
+    """Count rejected fields; names a client made up are pooled, so labels stay bounded."""
+    for field in fields:
+        name = (
+            field if isinstance(field, str) and field in known else ("_body" if field is None else "_other")
+        )
+        VALIDATION_ERRORS.labels(field=name).inc()
+
+
+def predictions_served(version: str, labels: Iterable[str], rows: int, seconds: float) -> None:
+    INFERENCE_SECONDS.labels(model_version=version).observe(seconds)
+    PREDICTION_ROWS.observe(rows)
+    for label, count in Tally(labels).items():
+        PREDICTIONS.labels(model_version=version, label=label).inc(count)
 
 
 def drift_measured(feature_psi: dict[str, float], prediction_psi: float) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +14,11 @@ from typing import Any
 import joblib
 import numpy as np
 
-from app.core.artifacts import METADATA_FILE, MODEL_FILE, ModelMetadata
+from app.core.artifacts import METADATA_FILE, MODEL_FILE, PROFILE_FILE, ModelMetadata, ReferenceProfile
+from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema
+
+log = logging.getLogger("predictor")
 
 
 class ModelLoadError(Exception):
@@ -29,6 +34,8 @@ class Predictor:
     metadata: ModelMetadata
     pipeline: Any
     schema: RequestSchema
+    # None when drift is off or the model directory has no reference profile.
+    drift: DriftMonitor | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -36,7 +43,7 @@ class Predictor:
         return self.metadata.version
 
     @classmethod
-    def load(cls, model_dir: Path, max_rows: int) -> Predictor:
+    def load(cls, model_dir: Path, max_rows: int, drift: DriftSettings | None = None) -> Predictor:
         try:
             metadata = ModelMetadata.read(model_dir)
         except FileNotFoundError:
@@ -66,7 +73,16 @@ class Predictor:
 
         predictor = cls(metadata, pipeline, RequestSchema.build(metadata, max_rows))
         predictor._check()
+        # After the check, so the made-up sample row is not counted as traffic.
+        if drift is not None:
+            monitor = _drift_monitor(model_dir, metadata, drift)
+            predictor = dataclasses.replace(predictor, drift=monitor)
         return predictor
+
+    @property
+    def labels(self) -> list[str]:
+        """The values predictions are counted by: the classes, or `value` for a regression."""
+        return self.metadata.classes if self.metadata.task == "classification" else ["value"]
 
     def _check(self) -> None:
         """Predict once on a made-up row, so a model that cannot serve is refused at load."""
@@ -96,3 +112,16 @@ class Predictor:
             {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
             for i, p in zip(best.tolist(), probabilities.round(6), strict=True)
         ]
+
+
+def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSettings) -> DriftMonitor | None:
+    path = model_dir / PROFILE_FILE
+    try:
+        profile = ReferenceProfile.model_validate_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        # Serving goes on without drift: the profile is a monitoring aid, not part of the model.
+        log.warning("drift monitoring off: %s unreadable (%s)", path, type(exc).__name__)
+        return None
+    return DriftMonitor(
+        profile, metadata.features, metadata.classes, window=settings.window, min_rows=settings.min_rows
+    )

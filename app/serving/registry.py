@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from pathlib import Path
 
+from app.observability import metrics
+from app.observability.drift import DriftSettings
 from app.serving.predictor import ModelLoadError, Predictor
 
 log = logging.getLogger("predictor")
 
 
 class ModelRegistry:
-    def __init__(self, model_dir: Path, max_rows: int) -> None:
+    def __init__(self, model_dir: Path, max_rows: int, drift: DriftSettings | None = None) -> None:
         self.model_dir = model_dir
         self.max_rows = max_rows
+        self.drift = drift
         self._current: Predictor | None = None
         self._error: str | None = "not loaded yet"
         # Serialises reloads; readers never take it.
@@ -45,7 +49,18 @@ class ModelRegistry:
     def reload(self) -> Predictor:
         """Load and verify the model directory, then swap; raises ModelLoadError and keeps the old one."""
         with self._lock:
-            new = Predictor.load(self.model_dir, self.max_rows)
+            new = Predictor.load(self.model_dir, self.max_rows, self.drift)
             self._current = new
             self._error = None
-            return new
+            meta = new.metadata
+            metrics.model_served(
+                meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), new.labels
+            )
+        return new
+
+
+def _timestamp(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return float("nan")

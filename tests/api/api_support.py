@@ -14,6 +14,7 @@ from sklearn.datasets import load_iris
 from app.core.artifacts import (
     METADATA_FILE,
     MODEL_FILE,
+    PROFILE_FILE,
     CandidateInfo,
     Feature,
     ModelMetadata,
@@ -22,6 +23,7 @@ from app.core.artifacts import (
     write_json_atomic,
 )
 from app.pipeline.candidates import build_pipeline
+from app.pipeline.profile import build_profile
 
 SECRET = "test-secret-key-for-the-api-suite"
 ADMIN = ("admin", "admin-password-1")
@@ -94,7 +96,21 @@ def write_model(model_dir: Path, kind: str = "iris", version: str = "v1") -> Mod
         ],
     )
     write_json_atomic(model_dir / METADATA_FILE, metadata)
+    write_profile(model_dir, metadata, x, y)
     return metadata
+
+
+def write_profile(model_dir: Path, metadata: ModelMetadata, x: np.ndarray, y: np.ndarray) -> None:
+    """The training profile, as train copies it beside the model: serving measures drift against it."""
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=metadata.feature_names)
+    for feature in metadata.features:
+        if feature.type == "numeric":
+            frame[feature.name] = frame[feature.name].astype(float)
+    frame[metadata.target] = y if metadata.task == "regression" else y.astype(str)
+    profile = build_profile(frame, metadata.features, metadata.target, metadata.task, bins=10)
+    write_json_atomic(model_dir / PROFILE_FILE, profile)
 
 
 def get_token(client: TestClient, username: str, password: str, scope: str | None = None) -> str:

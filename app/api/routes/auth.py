@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from app.api.deps import SessionDep, SettingsDep, ThrottleDep
 from app.core.security import create_access_token, verify_password_or_dummy
 from app.db import crud
+from app.observability.audit import auth_failed
+from app.observability.metrics import TOKENS_ISSUED
 
 router = APIRouter(tags=["auth"])
 
@@ -39,6 +41,7 @@ def login(
     request.state.user = form.username
     retry_after = throttle.retry_after(form.username)
     if retry_after is not None:
+        auth_failed("locked", request, f"login refused for {retry_after} s more")
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins for this username: try again in {retry_after} s",
@@ -49,6 +52,7 @@ def login(
     valid = verify_password_or_dummy(form.password, user.hashed_password if user else None)
     if user is None or not valid or user.disabled:
         throttle.record_failure(form.username)
+        auth_failed("bad_credentials", request, "wrong username or password, or a disabled user")
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "Incorrect username or password",
@@ -65,4 +69,5 @@ def login(
     token = create_access_token(
         user.username, granted, secret=settings.secret_key.get_secret_value(), expires=expires
     )
+    TOKENS_ISSUED.inc()
     return Token(access_token=token, expires_in=int(expires.total_seconds()), scope=" ".join(granted))

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from app.api.deps import AdminDep, ClaimsDep, PredictorDep, RegistryDep
+from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import ModelLoadError
 
 router = APIRouter(tags=["model"])
@@ -32,8 +33,10 @@ def reload_model(admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
     try:
         new = registry.reload()
     except ModelLoadError as exc:
+        MODEL_RELOADS.labels(result="refused").inc()
         log.warning("model reload refused: %s", exc, extra={"fields": {"user": admin.username}})
         raise HTTPException(status.HTTP_409_CONFLICT, f"reload refused: {exc}") from None
+    MODEL_RELOADS.labels(result="success").inc()
     log.info(
         "model reloaded",
         extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.api.deps import PredictorDep, current_claims
+from app.observability import metrics
 from app.serving.predictor import Predictor
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
@@ -84,6 +87,21 @@ CSV_BODY_DOC: dict[str, Any] = {
 }
 
 
+def _predict(predictor: Predictor, matrix: np.ndarray, request: Request) -> list[dict[str, Any]]:
+    """One model call, then what it tells the metrics: counts, timing and drift."""
+    started = time.perf_counter()
+    predictions = predictor.predict(matrix)
+    seconds = time.perf_counter() - started
+    if request.app.state.settings.metrics_enabled:
+        classification = predictor.metadata.task == "classification"
+        labels = [p["label"] for p in predictions] if classification else ["value"] * len(predictions)
+        metrics.predictions_served(predictor.version, labels, len(predictions), seconds)
+        if predictor.drift is not None:
+            predictor.drift.observe(matrix, labels if classification else None)
+            metrics.drift_measured(predictor.drift.feature_psi(), predictor.drift.prediction_psi())
+    return predictions
+
+
 def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"model_version": predictor.version, "predictions": predictions})
 
@@ -95,10 +113,12 @@ def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> JSONRe
     openapi_extra=PREDICT_BODY_DOC,
     responses={422: {"description": "Invalid rows: each error names the row and the field"}},
 )
-def predict(body: Annotated[bytes, Depends(read_body)], predictor: PredictorDep) -> Response:
+def predict(
+    body: Annotated[bytes, Depends(read_body)], request: Request, predictor: PredictorDep
+) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
     matrix = predictor.schema.parse_json(body)
-    return _response(predictor, predictor.predict(matrix))
+    return _response(predictor, _predict(predictor, matrix, request))
 
 
 def _error(message: str) -> HTTPException:
@@ -185,7 +205,7 @@ def predict_csv(
     """A CSV with a header naming the feature columns. Answers CSV when `Accept: text/csv`."""
     header, records, lines = read_csv(data, predictor)
     matrix = predictor.schema.parse_records(records, lines)
-    predictions = predictor.predict(matrix)
+    predictions = _predict(predictor, matrix, request)
     if "text/csv" in request.headers.get("accept", ""):
         return _csv_response(predictor, header, records, predictions)
     return _response(predictor, predictions)

@@ -1,0 +1,218 @@
+"""The end-to-end proof: the API, the real Prometheus and the real Alertmanager on 127.0.0.1.
+
+Prometheus scrapes the API every second with the project's own rules (only the `for:` durations
+shortened); a short generated load must give every Grafana panel data, shifted inputs must fire
+FeatureDrift, and stopping the API must bring APIDown to Alertmanager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.observability.stack_configs import render_alertmanager, render_prometheus
+from tests.pipeline.conftest import run_stage, write_params
+from tests.servers import free_port, running, wait_until
+
+pytestmark = pytest.mark.slow
+
+METRICS_TOKEN = "e2e-metrics-token"
+ADMIN = ("admin", "e2e-admin-password")
+GRAFANA = Path(__file__).resolve().parents[2] / "dashboards" / "grafana" / "dashboards"
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        _Webhook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/alerts"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "data" / "input").mkdir(parents=True)
+    write_params(folder, train={"candidates": {"logistic_regression": {}, "decision_tree": {}}})
+    run_stage("prepare", folder)
+    run_stage("train", folder)
+    return folder / "models"
+
+
+def api_command(tmp: Path, model_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    env = os.environ | {
+        "DATABASE_URL": f"sqlite:///{tmp}/users.db",
+        "MODEL_DIR": str(model_dir),
+        "ADMIN_USERNAME": ADMIN[0],
+        "ADMIN_PASSWORD": ADMIN[1],
+        "SECRET_KEY": "e2e-secret-key",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "DRIFT_WINDOW": "200",
+        "DRIFT_MIN_ROWS": "50",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
+    return [sys.executable, "-m", "app.serve"], env
+
+
+def prom_query(prometheus: str, expr: str) -> list[dict]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["result"]
+
+
+def firing(prometheus: str, alertname: str) -> list[dict]:
+    alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
+def send_load(api: str, token: str, rows: np.ndarray, names: list[str], batch: int = 10) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
+        for start in range(0, len(rows), batch):
+            instances = [
+                dict(zip(names, map(float, row), strict=True)) for row in rows[start : start + batch]
+            ]
+            response = client.post("/predict", json={"instances": instances})
+            assert response.status_code == 200, response.text
+
+
+def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path: Path, model_dir: Path):
+    prometheus_bin, alertmanager_bin = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+    if not (prometheus_bin and alertmanager_bin):
+        pytest.fail("prometheus and prometheus-alertmanager are not installed: `make test` installs them")
+    api_port, prom_port, am_port = free_port(), free_port(), free_port()
+    api, prometheus, alertmanager = (f"http://127.0.0.1:{p}" for p in (api_port, prom_port, am_port))
+    command, env = api_command(tmp_path, model_dir, api_port)
+    prom_config = render_prometheus(
+        tmp_path / "prometheus",
+        api=f"127.0.0.1:{api_port}",
+        alertmanager=f"127.0.0.1:{am_port}",
+        prometheus=f"127.0.0.1:{prom_port}",
+        token=METRICS_TOKEN,
+        interval="1s",
+        alert_for="3s",
+    )
+
+    with contextlib.ExitStack() as stack:
+        hook = stack.enter_context(webhook())
+        am_config = render_alertmanager(tmp_path / "alertmanager", hook)
+        stack.enter_context(
+            running(
+                [alertmanager_bin, f"--config.file={am_config}", f"--storage.path={tmp_path / 'am-data'}",
+                 f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+                ready_url=f"{alertmanager}/-/ready", log=tmp_path / "alertmanager.log",
+            )
+        )  # fmt: skip
+        api_process = stack.enter_context(
+            running(command, ready_url=f"{api}/health", env=env, cwd=tmp_path, log=tmp_path / "api.log")
+        )
+        prometheus_args = [
+            f"--config.file={prom_config}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+        ]
+        stack.enter_context(
+            running(
+                [prometheus_bin, *prometheus_args],
+                ready_url=f"{prometheus}/-/ready",
+                log=tmp_path / "prometheus.log",
+            )
+        )
+
+        # /metrics is protected; Prometheus has the token.
+        assert httpx.get(f"{api}/metrics", timeout=5).status_code == 401
+        wait_until(lambda: prom_query(prometheus, 'up{job="predictor-api"} == 1') != [], 30, "API target up")
+
+        # A short, varied load: good logins and bad ones, valid and invalid rows, in-distribution inputs.
+        token = httpx.post(f"{api}/token", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+        token = token.json()["access_token"]
+        for _ in range(3):
+            httpx.post(f"{api}/token", data={"username": "mallory", "password": "guess"}, timeout=10)
+        httpx.post(f"{api}/predict", json={"instances": [{"sepal_length": "x"}]},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        httpx.post(f"{api}/predict", json={"instances": []}, timeout=10)  # 401
+        httpx.post(f"{api}/model/reload", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        features = json.loads((model_dir / "model.json").read_text())["features"]
+        names = [f["name"] for f in features]
+        reference = np.loadtxt(model_dir.parent / "data/processed/train.csv", delimiter=",", skiprows=1,
+                               usecols=range(len(names)))  # fmt: skip
+        send_load(api, token, reference[np.random.default_rng(1).integers(0, len(reference), 200)], names)
+
+        # Then inputs unlike the training data: every feature pushed to its top.
+        shifted = np.array([[f["max"] * 0.99 for f in features]] * 200)
+        send_load(api, token, shifted, names)
+
+        wait_until(lambda: firing(prometheus, "FeatureDrift") != [], 60, "FeatureDrift firing")
+        drifted = {a["labels"]["feature"] for a in firing(prometheus, "FeatureDrift")}
+        assert drifted <= set(names) and drifted
+
+        # Every Grafana panel's query returns data.
+        empty = []
+        for path in sorted(GRAFANA.glob("*.json")):
+            for panel in json.loads(path.read_text())["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$__rate_interval", "1m")
+                    if not prom_query(prometheus, expr):
+                        empty.append(f"{path.stem} / {panel['title']}: {expr}")
+        assert not empty, "panels without data:\n" + "\n".join(empty)
+
+        # Stop the API: APIDown must reach Alertmanager.
+        api_process.terminate()
+        api_process.wait(timeout=15)
+
+        def api_down_in_alertmanager() -> bool:
+            alerts = httpx.get(f"{alertmanager}/api/v2/alerts", timeout=5).json()
+            return any(a["labels"]["alertname"] == "APIDown" for a in alerts)
+
+        wait_until(api_down_in_alertmanager, 60, "APIDown in Alertmanager")
+        alerts = httpx.get(f"{alertmanager}/api/v2/alerts", timeout=5).json()
+        down = next(a for a in alerts if a["labels"]["alertname"] == "APIDown")
+        assert down["labels"]["severity"] == "critical"
+        # Critical APIDown inhibits the service's warnings (FeatureDrift among them).
+        wait_until(
+            lambda: all(
+                a["status"]["inhibitedBy"]
+                for a in httpx.get(f"{alertmanager}/api/v2/alerts", timeout=5).json()
+                if a["labels"]["alertname"] == "FeatureDrift"
+            ),
+            30,
+            "FeatureDrift inhibited",
+        )
+        # And the webhook receiver was called with the critical alert.
+        wait_until(
+            lambda: any(
+                a["labels"]["alertname"] == "APIDown" for m in _Webhook.received for a in m["alerts"]
+            ),
+            40,
+            "webhook notified",
+        )
