@@ -8,7 +8,6 @@ Writes data/evaluation/metrics.json and, under data/evaluation/plots/, the per-r
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -21,8 +20,9 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from app.core.artifacts import MODEL_FILE, ModelMetadata, sha256_of
 from app.pipeline import layout, tracking
 from app.pipeline.dataset import read_split
-from app.pipeline.errors import PipelineError, run_stage
-from app.pipeline.params import DEFAULT_PARAMS, Params
+from app.pipeline.errors import PipelineError
+from app.pipeline.params import Params
+from app.pipeline.stage import run_stage
 from app.pipeline.train import load_schema, split_xy, test_metrics
 
 METRICS_FILE = "metrics.json"
@@ -134,10 +134,7 @@ def _log_to_champion_run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    args = parser.parse_args()
-    run_stage("evaluate", lambda: evaluate(Params.load(args.params)))
+    run_stage("evaluate", __doc__ or "", evaluate)
 
 
 if __name__ == "__main__":

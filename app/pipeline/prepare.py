@@ -5,17 +5,15 @@ python -m app.pipeline.prepare [--params params.yaml]
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from sklearn.model_selection import train_test_split
 
 from app.core.artifacts import DatasetSchema, write_json_atomic
 from app.pipeline import layout
 from app.pipeline.dataset import data_md5, load_source, parse
-from app.pipeline.errors import PipelineError, run_stage
-from app.pipeline.params import DEFAULT_PARAMS, Params
+from app.pipeline.errors import PipelineError
+from app.pipeline.params import Params
 from app.pipeline.profile import build_profile, describe_features
+from app.pipeline.stage import run_stage
 
 
 def prepare(params: Params) -> DatasetSchema:
@@ -63,10 +61,7 @@ def prepare(params: Params) -> DatasetSchema:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    args = parser.parse_args()
-    run_stage("prepare", lambda: prepare(Params.load(args.params)))
+    run_stage("prepare", __doc__ or "", prepare)
 
 
 if __name__ == "__main__":

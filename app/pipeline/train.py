@@ -8,7 +8,6 @@ unseen until evaluation); `train.champion` in params can force one, e.g. for ben
 
 from __future__ import annotations
 
-import argparse
 import platform
 import shutil
 import warnings
@@ -39,9 +38,10 @@ from app.core.artifacts import (
 from app.pipeline import layout, tracking
 from app.pipeline.candidates import build_pipeline
 from app.pipeline.dataset import read_split
-from app.pipeline.errors import PipelineError, run_stage
+from app.pipeline.errors import PipelineError
 from app.pipeline.metrics import ALL_METRICS, classification_metrics, regression_metrics, resolve_metric
-from app.pipeline.params import DEFAULT_PARAMS, Params
+from app.pipeline.params import Params
+from app.pipeline.stage import run_stage
 
 
 @dataclass
@@ -290,10 +290,7 @@ def train(params: Params) -> ModelMetadata:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    args = parser.parse_args()
-    run_stage("train", lambda: train(Params.load(args.params)))
+    run_stage("train", __doc__ or "", train)
 
 
 if __name__ == "__main__":
