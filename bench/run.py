@@ -300,6 +300,24 @@ def bench_champion(
     return comparisons
 
 
+def code_version() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether app/ had changes not yet committed."""
+
+    def git(*arguments: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "app_changed": bool(git("status", "--porcelain", "app")),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: `make bench` installs it (apt-get install -y wrk)")
@@ -308,6 +326,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     processes = Processes()
     cold: dict[str, dict[str, float]] = {"ours": {}, "mlflow": {}}
     comparisons: list[Comparison] = []
+    version = code_version()
+    dirty = " with uncommitted changes in app/" if version["app_changed"] else ""
+    say(f"measuring commit {version['git_commit'][:12]}{dirty}")
     started = time.monotonic()
     say(
         f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, "
@@ -324,6 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(scratch, ignore_errors=True)
 
     settings = {
+        **version,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "workers": args.workers,
