@@ -16,6 +16,7 @@ import numpy as np
 
 from app.core.artifacts import METADATA_FILE, MODEL_FILE, PROFILE_FILE, ModelMetadata, ReferenceProfile
 from app.observability.drift import DriftMonitor, DriftSettings
+from app.serving.fastpath import Compiled, compile_pipeline, verified
 from app.serving.schema import RequestSchema
 
 log = logging.getLogger("predictor")
@@ -36,6 +37,8 @@ class Predictor:
     schema: RequestSchema
     # None when drift is off or the model directory has no reference profile.
     drift: DriftMonitor | None = None
+    # The pipeline's arithmetic without its per-step checks, when verified equal (fastpath.py).
+    fast: Compiled | None = field(default=None, repr=False)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -71,7 +74,8 @@ class Predictor:
         except Exception as exc:
             raise ModelLoadError(f"{path} cannot be unpickled: {type(exc).__name__}") from None
 
-        predictor = cls(metadata, pipeline, RequestSchema.build(metadata, max_rows))
+        schema = RequestSchema.build(metadata, max_rows)
+        predictor = cls(metadata, pipeline, schema, fast=_fast_path(pipeline, metadata, schema))
         predictor._check()
         # After the check, so the made-up sample row is not counted as traffic.
         if drift is not None:
@@ -102,11 +106,12 @@ class Predictor:
     def predict(self, matrix: np.ndarray) -> list[dict[str, Any]]:
         """One call into the model for the whole batch."""
         if self.metadata.task == "regression":
-            return [{"value": float(v)} for v in self.pipeline.predict(matrix)]
+            values = self.fast(matrix) if self.fast else self.pipeline.predict(matrix)
+            return [{"value": float(v)} for v in values]
         classes = [str(c) for c in self.pipeline.classes_]
         if not hasattr(self.pipeline, "predict_proba"):
             return [{"label": str(label), "probabilities": None} for label in self.pipeline.predict(matrix)]
-        probabilities = self.pipeline.predict_proba(matrix)
+        probabilities = self.fast(matrix) if self.fast else self.pipeline.predict_proba(matrix)
         best = probabilities.argmax(axis=1)
         return [
             {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
@@ -125,3 +130,24 @@ def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSett
     return DriftMonitor(
         profile, metadata.features, metadata.classes, window=settings.window, min_rows=settings.min_rows
     )
+
+
+def _fast_path(pipeline: Any, metadata: ModelMetadata, schema: RequestSchema) -> Compiled | None:
+    """The compiled path for all-numeric pipelines, if it matches the pipeline on probe rows."""
+    if schema.dtype is not np.float64:
+        return None
+    rng = np.random.default_rng(0)
+    low = np.array([f.min if f.min is not None else -1.0 for f in metadata.features])
+    high = np.array([f.max if f.max is not None else 1.0 for f in metadata.features])
+    # Inside and beyond the training range, with some gaps: where a mismatch would hide.
+    probe = rng.uniform(low - (high - low), high + (high - low), size=(64, len(low)))
+    probe[rng.random(probe.shape) < 0.1] = np.nan
+    reference = (
+        pipeline.predict if metadata.task == "regression" else getattr(pipeline, "predict_proba", None)
+    )
+    if reference is None:
+        return None
+    compiled = verified(compile_pipeline(pipeline, metadata.task), reference, probe)
+    if compiled is None:
+        log.info("serving through the sklearn pipeline (no verified fast path for %s)", metadata.name)
+    return compiled

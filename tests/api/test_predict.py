@@ -35,14 +35,16 @@ def test_predict_a_batch_up_to_max_batch_rows(client: TestClient, user_headers: 
 
 
 def test_the_model_is_called_once_per_request(client: TestClient, user_headers: Headers) -> None:
-    pipeline = client.app.state.registry.current.pipeline  # type: ignore[attr-defined]
+    predictor = client.app.state.registry.current  # type: ignore[attr-defined]
     calls: list[int] = []
-    original = pipeline.predict_proba
-    pipeline.predict_proba = lambda x: calls.append(len(x)) or original(x)
+    model_call = predictor.fast or predictor.pipeline.predict_proba
+    original = predictor.fast
+    # The serving path (compiled or not) goes through `fast` when set: count what reaches it.
+    object.__setattr__(predictor, "fast", lambda x: calls.append(len(x)) or model_call(x))
     try:
         client.post("/predict", json={"instances": [IRIS_ROW] * 5}, headers=user_headers)
     finally:
-        del pipeline.predict_proba
+        object.__setattr__(predictor, "fast", original)
     assert calls == [5]
 
 

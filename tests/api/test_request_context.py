@@ -61,17 +61,17 @@ def test_log_lines_name_route_status_user_and_never_secrets(client: TestClient) 
 def test_an_unexpected_error_is_json_without_a_trace(
     client: TestClient, user_headers: dict[str, str]
 ) -> None:
-    registry = client.app.state.registry  # type: ignore[attr-defined]
-    pipeline = registry.current.pipeline
+    predictor = client.app.state.registry.current  # type: ignore[attr-defined]
+    original = predictor.fast
 
     def explode(_: object) -> None:
         raise RuntimeError("secret internals /srv/app/model.py line 42")
 
-    pipeline.predict_proba = explode
+    object.__setattr__(predictor, "fast", explode)  # the model call, compiled or not
     try:
         response = client.post("/predict", json={"instances": [IRIS_ROW]}, headers=user_headers)
     finally:
-        del pipeline.predict_proba
+        object.__setattr__(predictor, "fast", original)
     assert response.status_code == 500
     assert response.json()["detail"] == "Internal server error"
     assert "secret internals" not in response.text and "Traceback" not in response.text
