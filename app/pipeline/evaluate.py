@@ -70,24 +70,24 @@ def _scatter_image(path: Path, y_true: np.ndarray, y_pred: np.ndarray) -> None:
     plt.close(fig)
 
 
-def evaluate(params: Params) -> dict[str, float]:
-    schema = load_schema()
-    model_path = layout.MODELS_DIR / MODEL_FILE
+def evaluate(params: Params, ws: layout.Workspace = layout.PROJECT) -> dict[str, float]:
+    schema = load_schema(ws.processed_dir)
+    model_path = ws.models_dir / MODEL_FILE
     if not model_path.is_file():
         raise PipelineError(f"{model_path} not found: run the train stage first")
-    metadata = ModelMetadata.read(layout.MODELS_DIR)
+    metadata = ModelMetadata.read(ws.models_dir)
     if sha256_of(model_path) != metadata.sha256:
         raise PipelineError(
             f"{model_path}: sha256 does not match model.json; retrain instead of editing models/"
         )
     model = joblib.load(model_path)
 
-    test = read_split(layout.PROCESSED_DIR / layout.TEST_FILE, schema.features, schema.target, schema.task)
+    test = read_split(ws.processed_dir / layout.TEST_FILE, schema.features, schema.target, schema.task)
     x_test, y_test = split_xy(test, schema)
     predicted = model.predict(x_test)
     scores = test_metrics(model, x_test, y_test, schema)
 
-    with layout.staged_output(layout.EVALUATION_DIR) as out:
+    with layout.staged_output(ws.evaluation_dir) as out:
         plots = out / PLOTS_DIR
         plots.mkdir()
         pd.DataFrame({"actual": y_test, "predicted": predicted}).to_csv(
@@ -115,7 +115,7 @@ def evaluate(params: Params) -> dict[str, float]:
     print(f"evaluate: champion {metadata.name} v{metadata.version} on {len(y_test)} test rows")
     for name, value in sorted(scores.items()):
         print(f"evaluate:   {name:<16} {value:.4f}")
-    print(f"evaluate: wrote {layout.EVALUATION_DIR / METRICS_FILE} and {layout.EVALUATION_DIR / PLOTS_DIR}/")
+    print(f"evaluate: wrote {ws.evaluation_dir / METRICS_FILE} and {ws.evaluation_dir / PLOTS_DIR}/")
     return scores
 
 

@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 RAW_FILE = Path("data/raw/dataset.csv")
@@ -16,6 +17,28 @@ SCHEMA_FILE = "schema.json"
 PROFILE_FILE = "profile.json"
 MODELS_DIR = Path("models")
 EVALUATION_DIR = Path("data/evaluation")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The folders one run of the stages reads and writes.
+
+    DVC runs use the project's (the default); a retraining job from the API gets its own, so
+    it never touches data/ or models/, which `dvc repro` owns.
+    """
+
+    raw_file: Path = RAW_FILE
+    processed_dir: Path = PROCESSED_DIR
+    models_dir: Path = MODELS_DIR
+    evaluation_dir: Path = EVALUATION_DIR
+
+    @classmethod
+    def under(cls, root: Path) -> Workspace:
+        """The same layout, below another folder."""
+        return cls(root / RAW_FILE, root / PROCESSED_DIR, root / MODELS_DIR, root / EVALUATION_DIR)
+
+
+PROJECT = Workspace()
 
 
 @contextlib.contextmanager

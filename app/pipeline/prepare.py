@@ -9,15 +9,18 @@ from sklearn.model_selection import train_test_split
 
 from app.core.artifacts import DatasetSchema, write_json_atomic
 from app.pipeline import layout
-from app.pipeline.dataset import data_md5, load_source, parse
+from app.pipeline.dataset import RawData, data_md5, load_source, parse
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import Params
 from app.pipeline.profile import build_profile, describe_features
 from app.pipeline.stage import run_stage
 
 
-def prepare(params: Params) -> DatasetSchema:
-    raw = load_source(params.data)
+def prepare(
+    params: Params, ws: layout.Workspace = layout.PROJECT, raw: RawData | None = None
+) -> DatasetSchema:
+    """`raw` replaces data.source, e.g. a CSV uploaded to the API; it goes through the same checks."""
+    raw = raw if raw is not None else load_source(params.data)
     print(f"prepare: loading {raw.name} ({len(raw.csv_bytes):,} bytes)")
     data = parse(raw, params.data)
     stratify = data.frame[data.target] if data.task == "classification" else None
@@ -43,9 +46,9 @@ def prepare(params: Params) -> DatasetSchema:
     profile = build_profile(train, features, data.target, data.task, params.prepare.profile_bins)
 
     # Everything is checked; only now touch the outputs.
-    layout.RAW_FILE.parent.mkdir(parents=True, exist_ok=True)
-    layout.RAW_FILE.write_bytes(raw.csv_bytes)
-    with layout.staged_output(layout.PROCESSED_DIR) as out:
+    ws.raw_file.parent.mkdir(parents=True, exist_ok=True)
+    ws.raw_file.write_bytes(raw.csv_bytes)
+    with layout.staged_output(ws.processed_dir) as out:
         train.to_csv(out / layout.TRAIN_FILE, index=False)
         test.to_csv(out / layout.TEST_FILE, index=False)
         write_json_atomic(out / layout.SCHEMA_FILE, schema)
@@ -56,7 +59,7 @@ def prepare(params: Params) -> DatasetSchema:
     if data.classes:
         balance = ", ".join(f"{k}={v:.2f}" for k, v in (profile.target.class_balance or {}).items())
         print(f"prepare: classes {balance}")
-    print(f"prepare: split {len(train)} train / {len(test)} test -> {layout.PROCESSED_DIR}/")
+    print(f"prepare: split {len(train)} train / {len(test)} test -> {ws.processed_dir}/")
     return schema
 
 

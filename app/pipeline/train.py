@@ -43,6 +43,8 @@ from app.pipeline.metrics import ALL_METRICS, classification_metrics, regression
 from app.pipeline.params import Params
 from app.pipeline.stage import run_stage
 
+CHAMPION_ALIAS = "champion"
+
 
 @dataclass
 class Fitted:
@@ -83,9 +85,11 @@ def _folds(params: Params, schema: DatasetSchema, y: np.ndarray) -> StratifiedKF
     return KFold(n_splits=min(params.train.cv_folds, len(y)), shuffle=True, random_state=params.seed)
 
 
-def fit_candidates(params: Params, schema: DatasetSchema, metric: str) -> list[Fitted]:
-    train = read_split(layout.PROCESSED_DIR / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
-    test = read_split(layout.PROCESSED_DIR / layout.TEST_FILE, schema.features, schema.target, schema.task)
+def fit_candidates(
+    params: Params, schema: DatasetSchema, metric: str, processed: Path = layout.PROCESSED_DIR
+) -> list[Fitted]:
+    train = read_split(processed / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
+    test = read_split(processed / layout.TEST_FILE, schema.features, schema.target, schema.task)
     x_train, y_train = split_xy(train, schema)
     x_test, y_test = split_xy(test, schema)
     folds = _folds(params, schema, y_train)
@@ -136,7 +140,14 @@ def choose_champion(fitted: list[Fitted], metric: str, forced: str | None) -> Fi
     return sorted(fitted, key=lambda c: -c.cv_score if better else c.cv_score)[0]
 
 
-def track(fitted: list[Fitted], params: Params, schema: DatasetSchema, metric: str, commit: str) -> str:
+def track(
+    fitted: list[Fitted],
+    params: Params,
+    schema: DatasetSchema,
+    metric: str,
+    commit: str,
+    processed: Path = layout.PROCESSED_DIR,
+) -> str:
     """One MLflow run per candidate; returns the experiment id."""
     import mlflow
     from mlflow.models import infer_signature
@@ -144,7 +155,7 @@ def track(fitted: list[Fitted], params: Params, schema: DatasetSchema, metric: s
     from skops.io import get_untrusted_types
 
     experiment_id = tracking.configure(params.train.experiment)
-    train = read_split(layout.PROCESSED_DIR / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
+    train = read_split(processed / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
     example = train[[f.name for f in schema.features]].head(5)
     requirements = [
         f"scikit-learn=={sklearn.__version__}",
@@ -193,14 +204,16 @@ def track(fitted: list[Fitted], params: Params, schema: DatasetSchema, metric: s
     return experiment_id
 
 
-def register(champion: Fitted, name: str) -> str:
+def register(champion: Fitted, name: str, alias: bool = True) -> str:
+    """A registry version for the champion; `alias` moves the `champion` alias to it."""
     import mlflow
     from mlflow import MlflowClient
 
     version = mlflow.register_model(champion.model_uri, name).version
-    client = MlflowClient()
-    client.set_registered_model_alias(name, "champion", version)
-    client.set_tag(champion.run_id, "champion", "true")
+    if alias:
+        client = MlflowClient()
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        client.set_tag(champion.run_id, "champion", "true")
     return str(version)
 
 
@@ -221,22 +234,24 @@ def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
     print(f"train: * champion: {champion.name} (best cv_{metric})")
 
 
-def train(params: Params) -> ModelMetadata:
-    schema = load_schema()
+def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool = True) -> ModelMetadata:
+    """Fit, track and write ws.models_dir. A retraining job passes set_alias=False: its model
+    takes the `champion` alias only if it passes the promotion gate."""
+    schema = load_schema(ws.processed_dir)
     try:
         metric = resolve_metric(params.train.metric, schema.task)
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
-    fitted = fit_candidates(params, schema, metric)
+    fitted = fit_candidates(params, schema, metric, ws.processed_dir)
     champion = choose_champion(fitted, metric, params.train.champion)
     print_table(fitted, champion, metric)
 
     commit = tracking.git_commit()
     trained_at = datetime.now(UTC)
-    experiment_id = track(fitted, params, schema, metric, commit)
-    registered_version = register(champion, params.train.registered_model)
+    experiment_id = track(fitted, params, schema, metric, commit, ws.processed_dir)
+    registered_version = register(champion, params.train.registered_model, alias=set_alias)
 
-    with layout.staged_output(layout.MODELS_DIR) as out:
+    with layout.staged_output(ws.models_dir) as out:
         (out / CANDIDATES_DIR).mkdir()
         infos = []
         for candidate in fitted:
@@ -253,7 +268,7 @@ def train(params: Params) -> ModelMetadata:
                 )
             )
         shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
-        shutil.copyfile(layout.PROCESSED_DIR / layout.PROFILE_FILE, out / PROFILE_FILE)
+        shutil.copyfile(ws.processed_dir / layout.PROFILE_FILE, out / PROFILE_FILE)
         metadata = ModelMetadata(
             version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
             name=champion.name,
@@ -279,12 +294,13 @@ def train(params: Params) -> ModelMetadata:
         write_json_atomic(out / METADATA_FILE, metadata)
 
     print(
-        f"train: model {layout.MODELS_DIR / MODEL_FILE} "
+        f"train: model {ws.models_dir / MODEL_FILE} "
         f"(version {metadata.version}, sha256 {metadata.sha256[:12]}...)"
     )
     print(
         f"train: MLflow {tracking.tracking_uri()}: experiment '{params.train.experiment}', "
-        f"registered '{params.train.registered_model}' v{registered_version} @champion"
+        f"registered '{params.train.registered_model}' v{registered_version}"
+        + (f" @{CHAMPION_ALIAS}" if set_alias else " (alias unchanged until promoted)")
     )
     return metadata
 
