@@ -12,16 +12,12 @@ load time; otherwise the pipeline serves as usual. Nothing here is trusted on fa
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.special import expit
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 # float32 is what sklearn's trees compute in: the same cast, the same splits.
 _TREE_DTYPE = np.float32
@@ -29,7 +25,14 @@ _TREE_DTYPE = np.float32
 Compiled = Callable[[np.ndarray], np.ndarray]
 
 
-def _tree_proba(tree: DecisionTreeClassifier, x32: np.ndarray) -> np.ndarray:
+def _is(obj: object, module: str, name: str) -> bool:
+    """isinstance without importing: unpickling the model already imported what it is made of,
+    and importing sklearn.ensemble for a logistic regression would cost ~0.5 s of cold start."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls is not None and isinstance(obj, cls)
+
+
+def _tree_proba(tree: Any, x32: np.ndarray) -> np.ndarray:
     proba = tree.tree_.predict(x32)[:, : tree.n_classes_]
     normalizer = proba.sum(axis=1)[:, np.newaxis]
     normalizer[normalizer == 0.0] = 1.0
@@ -41,9 +44,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def _model_function(model: object, task: str) -> Compiled | None:
+def _model_function(model: Any, task: str) -> Compiled | None:
     if task == "classification":
-        if isinstance(model, LogisticRegression):
+        if _is(model, "sklearn.linear_model", "LogisticRegression"):
             coef, intercept = model.coef_.T, model.intercept_
             if coef.shape[1] == 1:  # binary: one decision function, the logistic of it
 
@@ -53,7 +56,7 @@ def _model_function(model: object, task: str) -> Compiled | None:
 
                 return binary_proba
             return lambda x: _softmax(x @ coef + intercept)
-        if isinstance(model, RandomForestClassifier) and model.n_outputs_ == 1:
+        if _is(model, "sklearn.ensemble", "RandomForestClassifier") and model.n_outputs_ == 1:
             trees = list(model.estimators_)
 
             def forest_proba(x: np.ndarray) -> np.ndarray:
@@ -64,12 +67,12 @@ def _model_function(model: object, task: str) -> Compiled | None:
                 return total / len(trees)
 
             return forest_proba
-        if isinstance(model, DecisionTreeClassifier) and model.n_outputs_ == 1:
+        if _is(model, "sklearn.tree", "DecisionTreeClassifier") and model.n_outputs_ == 1:
             return lambda x: _tree_proba(model, np.ascontiguousarray(x, dtype=_TREE_DTYPE))
         if hasattr(model, "predict_proba"):
             return model.predict_proba  # one validation instead of one per pipeline step
         return None
-    if isinstance(model, RandomForestRegressor) and model.n_outputs_ == 1:
+    if _is(model, "sklearn.ensemble", "RandomForestRegressor") and model.n_outputs_ == 1:
         trees = [t.tree_ for t in model.estimators_]
 
         def forest_value(x: np.ndarray) -> np.ndarray:
@@ -80,20 +83,25 @@ def _model_function(model: object, task: str) -> Compiled | None:
             return total / len(trees)
 
         return forest_value
-    if isinstance(model, LinearRegression | Ridge) and np.ndim(model.coef_) == 1:
+    if (
+        _is(model, "sklearn.linear_model", "LinearRegression") or _is(model, "sklearn.linear_model", "Ridge")
+    ) and np.ndim(model.coef_) == 1:
         coef, intercept = model.coef_, model.intercept_
         return lambda x: x @ coef + intercept
-    if isinstance(model, DecisionTreeRegressor) and model.n_outputs_ == 1:
+    if _is(model, "sklearn.tree", "DecisionTreeRegressor") and model.n_outputs_ == 1:
         return lambda x: model.tree_.predict(np.ascontiguousarray(x, dtype=_TREE_DTYPE))[:, 0]
     return model.predict
 
 
-def compile_pipeline(pipeline: object, task: str) -> Compiled | None:
+def compile_pipeline(pipeline: Any, task: str) -> Compiled | None:
     """Probabilities (classification) or values (regression), or None when the shape is unknown."""
-    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 3:
+    if not _is(pipeline, "sklearn.pipeline", "Pipeline") or len(pipeline.steps) != 3:
         return None
     (_, imputer), (_, scaler), (_, model) = pipeline.steps
-    if not (isinstance(imputer, SimpleImputer) and isinstance(scaler, StandardScaler)):
+    if not (
+        _is(imputer, "sklearn.impute", "SimpleImputer")
+        and _is(scaler, "sklearn.preprocessing", "StandardScaler")
+    ):
         return None
     if imputer.add_indicator or not np.isnan(imputer.missing_values):
         return None
