@@ -15,16 +15,18 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 
 from app.api import errors
-from app.api.routes import auth, health, metrics, model, predict, users
+from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core import security
 from app.core.config import Settings, get_settings, settings_error
 from app.core.lockout import LoginThrottle
+from app.core.versions import VersionStore
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
 from app.serving.registry import ModelRegistry
+from app.serving.retraining import TrainingJobs
 
 
 def _load_settings() -> Settings:
@@ -46,13 +48,22 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         drift = (
             DriftSettings(settings.drift_window, settings.drift_min_rows) if settings.drift_enabled else None
         )
-        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift)
+        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift, settings.versions_dir)
         registry.load_initial()
+        stop_watching = registry.watch()
         app.state.database = database
         app.state.registry = registry
+        app.state.jobs = TrainingJobs(
+            registry,
+            VersionStore(settings.versions_dir),
+            settings.train_params,
+            settings.promotion_tolerance,
+            settings.train_timeout_seconds,
+        )
         try:
             yield
         finally:
+            stop_watching()
             database.dispose()
 
     return lifespan
@@ -99,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
-    for router in (auth.router, predict.router, model.router, health.router, users.router, metrics.router):
+    routers = (auth, predict, model, train, health, users, metrics)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -18,6 +18,7 @@ from app.db.session import Database
 from app.observability.audit import auth_failed
 from app.serving.predictor import Predictor
 from app.serving.registry import ModelRegistry
+from app.serving.retraining import TrainingJobs
 
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
@@ -38,10 +39,15 @@ def get_throttle(request: Request) -> LoginThrottle:
     return request.app.state.throttle
 
 
+def get_jobs(request: Request) -> TrainingJobs:
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
+JobsDep = Annotated[TrainingJobs, Depends(get_jobs)]
 
 
 def get_session(database: DatabaseDep) -> Iterator[Session]:

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     drift_enabled: bool = True
     drift_window: int = Field(default=1000, ge=10, le=1_000_000)
     drift_min_rows: int = Field(default=100, ge=1)
+    # Every trained model is kept here by version (outside models/, which dvc repro replaces);
+    # serving.json in it names the version served.
+    versions_dir: Path = Path("var/model-versions")
+    # Retraining from the API (POST /train): the params file it trains with, the promotion gate's
+    # tolerance (a new model replaces the champion when its test metric is at least the champion's
+    # minus this, on the same test split), and how long one job may run.
+    train_params: Path = Path("params.yaml")
+    promotion_tolerance: float = Field(default=0.01, ge=0)
+    train_timeout_seconds: int = Field(default=3600, ge=10)
     # The server, for python -m app.serve.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

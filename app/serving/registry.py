@@ -1,62 +1,158 @@
-"""The model currently served, and its load-then-swap reload.
+"""The model currently served, its load-then-swap reload, and the versions it can switch between.
 
-Readers take `registry.current` once per request and keep that reference: a reload builds
-the new Predictor fully (checksum, unpickle, sample prediction) before swapping a single
-attribute, so requests in flight finish on the old model and none sees a half-loaded one.
+Readers take `registry.current` (or `registry.served`, with the candidates) once per request and
+keep that reference: a reload, promotion or rollback builds the new Predictor fully (checksum,
+unpickle, sample prediction, candidates) before swapping a single attribute, so requests in
+flight finish on the old model and none sees a half-loaded one.
+
+MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). With a
+versions store (VERSIONS_DIR), the registry records each MODEL_DIR model there as a version and
+serves from the store: the version in its serving.json, which promotions and rollbacks move and
+which survives restarts. At start-up a MODEL_DIR version not seen before wins (a fresh `make train`
+is meant to be served); otherwise serving.json does. Every worker process polls serving.json, so a
+rollback handled by one worker reaches the others within WATCH_SECONDS.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from app.core.artifacts import ModelMetadata
+from app.core.versions import UnknownVersion, VersionRecord, VersionStore, now
 from app.observability import metrics
 from app.observability.drift import DriftSettings
+from app.serving.candidates import Served, load_candidates
 from app.serving.predictor import ModelLoadError, Predictor
 
 log = logging.getLogger("predictor")
 
+WATCH_SECONDS = 2.0
+
 
 class ModelRegistry:
-    def __init__(self, model_dir: Path, max_rows: int, drift: DriftSettings | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        max_rows: int,
+        drift: DriftSettings | None = None,
+        versions_dir: Path | None = None,
+    ) -> None:
         self.model_dir = model_dir
         self.max_rows = max_rows
         self.drift = drift
-        self._current: Predictor | None = None
+        self.store = VersionStore(versions_dir) if versions_dir is not None else None
+        self._served: Served | None = None
         self._error: str | None = "not loaded yet"
-        # Serialises reloads; readers never take it.
+        # Serialises swaps; readers never take it.
         self._lock = threading.Lock()
 
     @property
     def current(self) -> Predictor | None:
-        return self._current
+        served = self._served
+        return served.predictor if served is not None else None
+
+    @property
+    def served(self) -> Served | None:
+        return self._served
 
     @property
     def error(self) -> str | None:
         """Why no model is being served (None while one is)."""
-        return None if self._current is not None else self._error
+        return None if self._served is not None else self._error
 
     def load_initial(self) -> None:
         """At start-up: a missing or bad model leaves the service up but not ready."""
+        pointer = self.store.serving() if self.store else None
+        if self.store and pointer and self.store.exists(pointer.version):
+            try:
+                pipeline_version: str | None = ModelMetadata.read(self.model_dir).version
+            except (OSError, ValueError):
+                pipeline_version = None
+            if pipeline_version is None or self.store.exists(pipeline_version):
+                try:
+                    self.serve_version(pointer.version)
+                    return
+                except ModelLoadError as exc:
+                    log.warning(
+                        "serving version %s not loaded (%s): trying %s", pointer.version, exc, self.model_dir
+                    )
         try:
             self.reload()
         except ModelLoadError as exc:
             self._error = str(exc)
             log.warning("model not loaded: %s", exc)
 
+    def _load(self, folder: Path) -> Served:
+        predictor = Predictor.load(folder, self.max_rows, self.drift)
+        return Served(predictor, load_candidates(folder, predictor))
+
+    def _swap(self, served: Served) -> Predictor:
+        self._served = served
+        self._error = None
+        meta = served.predictor.metadata
+        metrics.model_served(
+            meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), served.predictor.labels
+        )
+        return served.predictor
+
     def reload(self) -> Predictor:
-        """Load and verify the model directory, then swap; raises ModelLoadError and keeps the old one."""
+        """Load and verify MODEL_DIR, record it as a version, then swap.
+
+        Raises ModelLoadError and keeps the old model serving."""
         with self._lock:
-            new = Predictor.load(self.model_dir, self.max_rows, self.drift)
-            self._current = new
-            self._error = None
-            meta = new.metadata
-            metrics.model_served(
-                meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), new.labels
-            )
-        return new
+            new = self._load(self.model_dir)
+            if self.store is not None:
+                version = new.predictor.version
+                try:
+                    self.store.add(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
+                    self.store.set_serving(version, f"loaded from {self.model_dir}")
+                except (OSError, UnknownVersion) as exc:
+                    # Serving goes on; only the history misses this version.
+                    log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
+            return self._swap(new)
+
+    def serve_version(self, version: str, reason: str | None = None) -> Predictor:
+        """Serve a stored version (promotion, rollback); UnknownVersion or ModelLoadError keep the old one.
+
+        `reason` moves serving.json too; without it (start-up, another worker's change) it is only followed.
+        """
+        if self.store is None or not self.store.exists(version):
+            raise UnknownVersion(version)
+        with self._lock:
+            new = self._load(self.store.path(version))
+            if reason is not None:
+                self.store.set_serving(version, reason)
+            return self._swap(new)
+
+    def sync(self) -> None:
+        """Follow serving.json when another process (worker) moved it."""
+        pointer = self.store.serving() if self.store else None
+        current = self.current
+        if pointer is None or (current is not None and current.version == pointer.version):
+            return
+        try:
+            self.serve_version(pointer.version)
+            log.info("now serving version %s (%s)", pointer.version, pointer.reason)
+        except (ModelLoadError, UnknownVersion) as exc:
+            log.warning("serving.json names version %s, which cannot be served: %s", pointer.version, exc)
+
+    def watch(self, interval: float = WATCH_SECONDS) -> Callable[[], None]:
+        """Poll serving.json in a daemon thread; returns the function that stops it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.sync()
+                except Exception:
+                    log.exception("version watch failed")
+
+        threading.Thread(target=loop, name="version-watch", daemon=True).start()
+        return stop.set
 
 
 def _timestamp(iso: str) -> float:

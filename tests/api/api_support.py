@@ -122,3 +122,25 @@ def get_token(client: TestClient, username: str, password: str, scope: str | Non
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def add_candidate(model_dir: Path, name: str, score: float) -> None:
+    """Fit one more iris candidate and list it in model.json, the way train keeps every candidate."""
+    from app.core.artifacts import CANDIDATES_DIR
+
+    metadata = ModelMetadata.read(model_dir)
+    features, x, y, _ = _iris()
+    pipeline = build_pipeline(name, "classification", {}, features, seed=0)
+    pipeline.fit(x, y)
+    path = Path(CANDIDATES_DIR) / f"{name}.joblib"
+    (model_dir / CANDIDATES_DIR).mkdir(exist_ok=True)
+    joblib.dump(pipeline, model_dir / path)
+    info = CandidateInfo(
+        name=name,
+        path=str(path),
+        sha256=sha256_of(model_dir / path),
+        cv_score=score,
+        metrics={metadata.metric: score},
+    )
+    updated = metadata.model_copy(update={"candidates": [*metadata.candidates, info]})
+    write_json_atomic(model_dir / METADATA_FILE, updated)

@@ -78,12 +78,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings_factory(database_url: str, model_dir: Path) -> Callable[..., Settings]:
+def settings_factory(database_url: str, model_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "secret_key": SECRET,
             "database_url": database_url,
             "model_dir": model_dir,
+            "versions_dir": tmp_path / "versions",
             "admin_username": ADMIN[0],
             "admin_password": ADMIN[1],
             "max_batch_rows": 5,

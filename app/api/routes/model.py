@@ -4,10 +4,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, ClaimsDep, PredictorDep, RegistryDep
+from app.core.versions import UnknownVersion
 from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import ModelLoadError
+from app.serving.retraining import update_champion_alias
 
 router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
@@ -42,3 +45,103 @@ def reload_model(admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
         extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},
     )
     return {"previous_version": previous.version if previous else None, "model_version": new.version}
+
+
+class ModelVersion(BaseModel):
+    version: str
+    name: str
+    task: str
+    metric: str
+    metrics: dict[str, float]
+    trained_at: str
+    serving: bool
+    # accepted, or rejected: a challenger that failed the promotion gate
+    status: str
+    origin: str | None = None
+    job_id: str | None = None
+    gate: dict[str, Any] | None = None
+    mlflow_run_id: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    candidates: list[str]
+
+
+class VersionsResponse(BaseModel):
+    serving: str | None
+    versions: list[ModelVersion]
+
+
+@router.get("/models", response_model=VersionsResponse)
+def list_versions(_: ClaimsDep, registry: RegistryDep) -> dict[str, Any]:
+    """Every stored model version, newest first, with its metrics and which one is serving."""
+    current = registry.current
+    serving = current.version if current else None
+    store = registry.store
+    versions: list[dict[str, Any]] = []
+    if store is None:
+        return {"serving": serving, "versions": versions}
+    for version in store.versions():
+        try:
+            meta = store.metadata(version)
+        except (OSError, ValueError, UnknownVersion):
+            continue  # a folder being written or damaged: listed once it reads
+        record = store.record(version)
+        versions.append(
+            {
+                "version": meta.version,
+                "name": meta.name,
+                "task": meta.task,
+                "metric": meta.metric,
+                "metrics": meta.metrics,
+                "trained_at": meta.trained_at,
+                "serving": meta.version == serving,
+                "status": record.status if record else "accepted",
+                "origin": record.origin if record else None,
+                "job_id": record.job_id if record else None,
+                "gate": record.gate if record else None,
+                "mlflow_run_id": meta.mlflow_run_id,
+                "registered_model": meta.registered_model,
+                "registered_version": meta.registered_version,
+                "candidates": [c.name for c in meta.candidates],
+            }
+        )
+    return {"serving": serving, "versions": versions}
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=64, examples=["2026-11-23T03-14-31"])
+
+
+@router.post(
+    "/model/rollback",
+    responses={
+        404: {"description": "No such version in the store"},
+        409: {"description": "Checksum mismatch or broken model: the current one keeps serving"},
+    },
+)
+def rollback(body: RollbackRequest, admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
+    """Serve a stored version again (checksums verified first); MLflow's `champion` alias follows."""
+    previous = registry.current
+    try:
+        new = registry.serve_version(body.version, reason=f"rollback by {admin.username}")
+    except UnknownVersion:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None
+    except ModelLoadError as exc:
+        MODEL_RELOADS.labels(result="refused").inc()
+        log.warning("rollback refused: %s", exc, extra={"fields": {"user": admin.username}})
+        raise HTTPException(status.HTTP_409_CONFLICT, f"rollback refused: {exc}") from None
+    MODEL_RELOADS.labels(result="success").inc()
+    log.info(
+        "model rolled back",
+        extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},
+    )
+    # In a subprocess: the API process never imports mlflow. A failure is reported, not raised:
+    # the rollback itself is done.
+    mlflow = update_champion_alias(new.metadata)
+    return {
+        "previous_version": previous.version if previous else None,
+        "model_version": new.version,
+        "mlflow": mlflow,
+    }

@@ -12,12 +12,13 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request, Security, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.api.deps import PredictorDep, current_claims
 from app.observability import metrics
+from app.serving.candidates import Served
 from app.serving.predictor import Predictor
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
@@ -32,9 +33,19 @@ class Prediction(BaseModel):
     value: float | None = None
 
 
+class CandidatePredictions(BaseModel):
+    name: str
+    metric: str
+    score: float | None = None  # the candidate's test metric in the training run
+    champion: bool
+    predictions: list[Prediction]
+
+
 class PredictResponse(BaseModel):
     model_version: str
     predictions: list[Prediction]
+    # With ?compare=true: every candidate of the champion's training run, the champion included.
+    candidates: list[CandidatePredictions] | None = None
 
 
 async def read_body(request: Request) -> bytes:
@@ -114,11 +125,42 @@ def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> JSONRe
     responses={422: {"description": "Invalid rows: each error names the row and the field"}},
 )
 def predict(
-    body: Annotated[bytes, Depends(read_body)], request: Request, predictor: PredictorDep
+    body: Annotated[bytes, Depends(read_body)],
+    request: Request,
+    predictor: PredictorDep,
+    compare: Annotated[
+        bool, Query(description="Also answer every candidate's predictions from the last training run")
+    ] = False,
 ) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
+    if compare:
+        return _compare(body, request)
     matrix = predictor.schema.parse_json(body)
     return _response(predictor, _predict(predictor, matrix, request))
+
+
+def _compare(body: bytes, request: Request) -> Response:
+    # One read: the champion and its candidates come from the same swap.
+    served: Served | None = request.app.state.registry.served
+    if served is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model not loaded")
+    predictor = served.predictor
+    matrix = predictor.schema.parse_json(body)
+    predictions = _predict(predictor, matrix, request)
+    task = predictor.metadata.task
+    candidates = [
+        {
+            "name": c.name,
+            "metric": c.metric,
+            "score": c.score,
+            "champion": c.champion,
+            "predictions": predictions if c.champion else c.predict(matrix, task),
+        }
+        for c in served.candidates
+    ]
+    return JSONResponse(
+        {"model_version": predictor.version, "predictions": predictions, "candidates": candidates}
+    )
 
 
 def _error(message: str) -> HTTPException:

@@ -1,0 +1,91 @@
+"""The last training run's candidates, served beside the champion for `POST /predict?compare=true`.
+
+Loaded with the champion (same folder, each checksum verified before unpickling) and swapped with
+it as one object, so a comparison never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from app.core.artifacts import ModelMetadata
+from app.serving.predictor import ChecksumMismatch, ModelLoadError, Predictor
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    metric: str
+    score: float | None  # the candidate's test metric, as train reported it
+    metrics: dict[str, float]
+    champion: bool
+    pipeline: Any
+
+    def predict(self, matrix: np.ndarray, task: str) -> list[dict[str, Any]]:
+        """Answers shaped like the champion's: label and probabilities, or value."""
+        if task == "regression":
+            return [{"value": float(v)} for v in self.pipeline.predict(matrix)]
+        if not hasattr(self.pipeline, "predict_proba"):
+            return [{"label": str(v), "probabilities": None} for v in self.pipeline.predict(matrix)]
+        classes = [str(c) for c in self.pipeline.classes_]
+        probabilities = self.pipeline.predict_proba(matrix)
+        return [
+            {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
+            for i, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.round(6), strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one swap replaces: the champion and its candidates, from the same folder."""
+
+    predictor: Predictor
+    candidates: tuple[Candidate, ...] = ()
+
+
+def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, ...]:
+    metadata: ModelMetadata = predictor.metadata
+    loaded = []
+    for info in metadata.candidates:
+        path = (model_dir / info.path).resolve()
+        if not path.is_relative_to(model_dir.resolve()):
+            raise ModelLoadError(f"candidate {info.name}: path {info.path} leaves the model folder")
+        if info.sha256 == metadata.sha256:
+            pipeline = predictor.pipeline  # the champion itself: already verified and loaded
+        else:
+            try:
+                payload = path.read_bytes()
+            except OSError as exc:
+                raise ModelLoadError(
+                    f"candidate {info.name}: {path} cannot be read: {exc.strerror}"
+                ) from None
+            digest = hashlib.sha256(payload).hexdigest()
+            if digest != info.sha256:
+                raise ChecksumMismatch(
+                    f"candidate {info.name}: {path.name} sha256 {digest[:12]}... does not match "
+                    f"model.json ({info.sha256[:12]}...): refusing to unpickle it"
+                )
+            try:
+                pipeline = joblib.load(io.BytesIO(payload))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"candidate {info.name}: cannot be unpickled: {type(exc).__name__}"
+                ) from None
+        loaded.append(
+            Candidate(
+                name=info.name,
+                metric=metadata.metric,
+                score=info.metrics.get(metadata.metric),
+                metrics=info.metrics,
+                champion=info.name == metadata.name,
+                pipeline=pipeline,
+            )
+        )
+    return tuple(loaded)

@@ -1,0 +1,262 @@
+"""Retraining jobs started from the API, and the MLflow alias that follows the served version.
+
+The job itself is `python -m app.pipeline.retrain` in a subprocess: the pipeline's own stages,
+with mlflow and pandas imported there and never in the API process, and sklearn's fitting off the
+API's GIL. One worker thread here starts it, waits, then swaps the new version in if it passed
+the promotion gate. One job at a time, across worker processes too: a job holds an exclusive lock
+on a file in the jobs folder until it ends. Job state is a JSON file, so any worker can answer
+GET /train/{id}.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from app.core.artifacts import ModelMetadata, write_json_atomic
+from app.core.versions import UnknownVersion, VersionStore, now
+from app.serving.predictor import ModelLoadError
+from app.serving.registry import ModelRegistry
+
+log = logging.getLogger("predictor")
+
+JOB_FILE = "job.json"
+LOG_FILE = "job.log"
+UPLOAD_FILE = "upload.csv"
+RESULT_FILE = "result.json"  # written by app.pipeline.retrain
+LOCK_FILE = ".train.lock"
+ALIAS_TIMEOUT_SECONDS = 60
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: JobStatus
+    user: str
+    data: str  # what it trains on: the uploaded file's name, or the project's data.source
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    # On success: the new version, its metrics, the gate's verdict and whether it now serves.
+    version: str | None = None
+    metric: str | None = None
+    metrics: dict[str, float] | None = None
+    gate: dict[str, Any] | None = None
+    promoted: bool | None = None
+    mlflow: dict[str, Any] | None = None
+    message: str | None = None
+    # On failure: one line saying why.
+    reason: str | None = None
+
+
+class JobConflict(Exception):
+    """A job is queued or running already."""
+
+
+class UnknownJob(LookupError):
+    pass
+
+
+class TrainingJobs:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: VersionStore,
+        params: Path,
+        tolerance: float,
+        timeout: int,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.params = params
+        self.tolerance = tolerance
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
+        self._guard = threading.Lock()
+
+    def _path(self, job_id: str) -> Path:
+        if not _JOB_ID.match(job_id):
+            raise UnknownJob(job_id)
+        return self.store.jobs_dir / job_id
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return Job.model_validate_json((self._path(job_id) / JOB_FILE).read_text())
+        except (OSError, ValueError):
+            raise UnknownJob(job_id) from None
+
+    def _save(self, job: Job) -> None:
+        write_json_atomic(self._path(job.id) / JOB_FILE, job)
+
+    def submit(self, user: str, upload: bytes | None, filename: str | None) -> Job:
+        """Queue a job; raises JobConflict while another one is queued or running (in any worker)."""
+        with self._guard:
+            self.store.jobs_dir.mkdir(parents=True, exist_ok=True)
+            lock = (self.store.jobs_dir / LOCK_FILE).open("a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise JobConflict from None
+            try:
+                job = Job(
+                    id=uuid.uuid4().hex,
+                    status="queued",
+                    user=user,
+                    data=f"upload {filename or UPLOAD_FILE}" if upload is not None else self._project_data(),
+                    created_at=now(),
+                )
+                folder = self._path(job.id)
+                folder.mkdir(parents=True)
+                if upload is not None:
+                    (folder / UPLOAD_FILE).write_bytes(upload)
+                self._save(job)
+                self._executor.submit(self._run, job, filename, lock)
+            except BaseException:
+                lock.close()  # closing releases the lock
+                raise
+        return job
+
+    def _project_data(self) -> str:
+        try:
+            import yaml
+
+            source = (yaml.safe_load(self.params.read_text()) or {}).get("data", {}).get("source")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        return f"project data ({source or 'sklearn:iris'})"
+
+    def _run(self, job: Job, filename: str | None, lock: Any) -> None:
+        try:
+            job = job.model_copy(update={"status": "running", "started_at": now()})
+            self._save(job)
+            job = self._train(job, filename)
+        except Exception as exc:
+            log.exception("retraining job %s failed", job.id)
+            job = job.model_copy(
+                update={"status": "failed", "reason": f"internal error: {type(exc).__name__}"}
+            )
+        finally:
+            job = job.model_copy(update={"finished_at": now()})
+            self._save(job)
+            lock.close()
+        log.info(
+            "retraining job %s %s",
+            job.id,
+            job.status,
+            extra={"fields": {"version": job.version, "promoted": job.promoted, "reason": job.reason}},
+        )
+
+    def _train(self, job: Job, filename: str | None) -> Job:
+        folder = self._path(job.id)
+        command = [
+            sys.executable,
+            "-m",
+            "app.pipeline.retrain",
+            "--job-dir",
+            str(folder),
+            "--versions-dir",
+            str(self.store.root),
+            "--params",
+            str(self.params),
+            "--tolerance",
+            str(self.tolerance),
+        ]
+        if (folder / UPLOAD_FILE).is_file():
+            command += ["--upload", str(folder / UPLOAD_FILE), "--upload-name", filename or UPLOAD_FILE]
+        current = self.registry.current
+        if current is not None and self.store.exists(current.version):
+            command += ["--champion-dir", str(self.store.path(current.version))]
+        try:
+            with (folder / LOG_FILE).open("w") as sink:
+                subprocess.run(
+                    command, stdout=sink, stderr=subprocess.STDOUT, timeout=self.timeout, check=False
+                )
+        except subprocess.TimeoutExpired:
+            return job.model_copy(update={"status": "failed", "reason": f"timed out after {self.timeout} s"})
+        finally:
+            # The new model is in the store now; the scratch data is not worth keeping.
+            shutil.rmtree(folder / "work", ignore_errors=True)
+            (folder / UPLOAD_FILE).unlink(missing_ok=True)
+        try:
+            result = json.loads((folder / RESULT_FILE).read_text())
+        except (OSError, ValueError):
+            return job.model_copy(
+                update={
+                    "status": "failed",
+                    "reason": f"the training process ended without a result (see {LOG_FILE})",
+                }
+            )
+        if "error" in result:
+            return job.model_copy(update={"status": "failed", "reason": result["error"]})
+
+        gate = result["gate"]
+        update: dict[str, Any] = {
+            "version": result["version"],
+            "metric": result["metric"],
+            "metrics": result["metrics"],
+            "gate": gate,
+            "promoted": False,
+        }
+        if not gate["passed"]:
+            message = f"kept as a rejected challenger: {gate['reason']}"
+            return job.model_copy(update=update | {"status": "succeeded", "message": message})
+        try:
+            self.registry.serve_version(result["version"], reason=f"promoted by retraining job {job.id}")
+        except (ModelLoadError, UnknownVersion) as exc:
+            return job.model_copy(update=update | {"status": "failed", "reason": f"promotion refused: {exc}"})
+        mlflow = update_champion_alias(self.store.metadata(result["version"]))
+        message = f"promoted: now serving {result['version']} ({gate['reason']})"
+        return job.model_copy(
+            update=update | {"status": "succeeded", "promoted": True, "mlflow": mlflow, "message": message}
+        )
+
+
+def update_champion_alias(metadata: ModelMetadata) -> dict[str, Any]:
+    """Move MLflow's `champion` alias to this version, in a subprocess; says how it went, never raises."""
+    if not metadata.registered_model or not metadata.registered_version:
+        return {"status": "skipped", "reason": f"version {metadata.version} has no MLflow registry version"}
+    command = [
+        sys.executable,
+        "-m",
+        "app.pipeline.alias",
+        "--model",
+        metadata.registered_model,
+        "--version",
+        metadata.registered_version,
+    ]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=ALIAS_TIMEOUT_SECONDS,
+            env=dict(os.environ),
+            check=False,
+        )
+        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        outcome = {"status": "failed", "reason": f"MLflow did not answer within {ALIAS_TIMEOUT_SECONDS} s"}
+    except (ValueError, IndexError):
+        outcome = {"status": "failed", "reason": "the alias update ended without an answer"}
+    return outcome | {
+        "registered_model": metadata.registered_model,
+        "registered_version": metadata.registered_version,
+    }
