@@ -13,6 +13,7 @@ failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -93,6 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_PROFILE", "") not in ("", "0", "false"),
         help="then profile our server (c=32, 1 row) with py-spy; BENCH_PROFILE=1",
     )
+    parser.add_argument(
+        "--ref",
+        default=os.environ.get("BENCH_REF") or None,
+        help="measure the app/ and params.yaml of this git commit instead of the working tree (BENCH_REF)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
     args = parser.parse_args(argv)
@@ -103,11 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def base_env(work: Path) -> dict[str, str]:
+def base_env(work: Path, code: Path) -> dict[str, str]:
     env = dict(os.environ)
     # The venv's own tools (uvicorn, which `mlflow models serve` runs through a shell) come first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(code)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     for name in ("DVC_REMOTE_URL", "DVC_S3_ENDPOINT_URL", "BENCH_AUTHORIZATION"):
@@ -115,12 +122,12 @@ def base_env(work: Path) -> dict[str, str]:
     return env
 
 
-def train(work: Path, champion: str, logs: Path) -> dict[str, Any]:
+def train(work: Path, champion: str, logs: Path, code: Path) -> dict[str, Any]:
     """prepare, train, evaluate in `work`; returns model.json."""
     work.mkdir(parents=True)
-    params = forced_params(yaml.safe_load((ROOT / "params.yaml").read_text()), champion)
+    params = forced_params(yaml.safe_load((code / "params.yaml").read_text()), champion)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = base_env(work)
+    env = base_env(work, code)
     log = logs / f"train-{champion}.log"
     with log.open("w") as sink:
         for stage in STAGES:
@@ -141,15 +148,15 @@ def train(work: Path, champion: str, logs: Path) -> dict[str, Any]:
 
 
 def start_ours(
-    processes: Processes, work: Path, workers: int, logs: Path, champion: str
+    processes: Processes, work: Path, args: argparse.Namespace, champion: str
 ) -> tuple[Server, str, str]:
     port = free_port()
     password = secrets.token_urlsafe(16)
-    env = base_env(work) | {
+    env = base_env(work, args.code) | {
         "APP_ENV": "production",
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "WORKERS": str(workers),
+        "WORKERS": str(args.workers),
         "MODEL_DIR": str(work / "models"),
         "DATABASE_URL": f"sqlite:///{work / 'users.db'}",
         "SECRET_KEY": secrets.token_urlsafe(48),
@@ -157,12 +164,13 @@ def start_ours(
         "ADMIN_PASSWORD": password,
     }
     command = [sys.executable, "-m", "app.serve"]
-    server = processes.start("ours", command, port=port, env=env, cwd=work, log=logs / f"ours-{champion}.log")
+    log = args.out.parent / "logs" / f"ours-{champion}.log"
+    server = processes.start("ours", command, port=port, env=env, cwd=work, log=log)
     return server, "bench", password
 
 
 def start_mlflow(
-    processes: Processes, work: Path, workers: int, logs: Path, champion: str, model_name: str
+    processes: Processes, work: Path, args: argparse.Namespace, champion: str, model_name: str
 ) -> Server:
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -179,11 +187,10 @@ def start_mlflow(
         "-p",
         str(port),
         "-w",
-        str(workers),
+        str(args.workers),
     ]
-    return processes.start(
-        "mlflow", command, port=port, env=base_env(work), cwd=work, log=logs / f"mlflow-{champion}.log"
-    )
+    log = args.out.parent / "logs" / f"mlflow-{champion}.log"
+    return processes.start("mlflow", command, port=port, env=base_env(work, args.code), cwd=work, log=log)
 
 
 def drive(
@@ -258,7 +265,7 @@ def bench_champion(
     logs = args.out.parent / "logs"
     work = scratch / champion
     say(f"{champion}: training in {work}")
-    metadata = train(work, champion, logs)
+    metadata = train(work, champion, logs, args.code)
     features = metadata["features"]
     columns = [f["name"] for f in features]
     bodies: dict[tuple[str, int], Path] = {}
@@ -270,14 +277,14 @@ def bench_champion(
             bodies[kind, rows] = path
 
     # One server at a time while it starts, so neither cold start competes for the CPU.
-    ours, username, password = start_ours(processes, work, args.workers, logs, champion)
+    ours, username, password = start_ours(processes, work, args, champion)
     token, cold["ours"][champion] = first_prediction_ours(
         ours, username, password, bodies["ours", 1].read_bytes()
     )
     say(
         f"  ours cold start (process start to first /predict, token included): {cold['ours'][champion]:.2f} s"
     )
-    mlflow = start_mlflow(processes, work, args.workers, logs, champion, metadata["registered_model"])
+    mlflow = start_mlflow(processes, work, args, champion, metadata["registered_model"])
     cold["mlflow"][champion] = first_prediction_mlflow(mlflow, bodies["mlflow", 1].read_bytes())
     say(f"  mlflow cold start (process start to first /invocations): {cold['mlflow'][champion]:.2f} s")
 
@@ -300,21 +307,46 @@ def bench_champion(
     return comparisons
 
 
-def code_version() -> dict[str, Any]:
+def git(*arguments: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def export_commit(ref: str, into: Path) -> str:
+    """app/ and params.yaml of commit `ref`, copied into `into`; returns the full commit id."""
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    if not commit:
+        raise BenchError(f"--ref {ref}: not a commit of this repository")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "app", "params.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(
+            f"git archive {commit[:12]} failed: {archive.stderr.decode(errors='replace')[-300:]}"
+        )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
+def code_version(ref_commit: str | None) -> dict[str, Any]:
     """Which code was measured: the commit, and whether app/ had changes not yet committed."""
-
-    def git(*arguments: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout.strip()
-
+    if ref_commit:
+        return {"git_commit": ref_commit, "app_changed": False, "source": "git archive of the commit"}
     return {
         "git_commit": git("rev-parse", "HEAD") or "unknown",
         "app_changed": bool(git("status", "--porcelain", "app")),
+        "source": "working tree",
     }
 
 
@@ -326,7 +358,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     processes = Processes()
     cold: dict[str, dict[str, float]] = {"ours": {}, "mlflow": {}}
     comparisons: list[Comparison] = []
-    version = code_version()
+    try:
+        ref_commit = export_commit(args.ref, scratch / "src") if args.ref else None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    args.code = scratch / "src" if ref_commit else ROOT
+    version = code_version(ref_commit)
     dirty = " with uncommitted changes in app/" if version["app_changed"] else ""
     say(f"measuring commit {version['git_commit'][:12]}{dirty}")
     started = time.monotonic()
