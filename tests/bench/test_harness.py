@@ -26,7 +26,7 @@ from bench.harness import (
     target_verdicts,
     wrk_command,
 )
-from bench.run import CHAMPIONS, LUA_SCRIPT, ROOT
+from bench.run import CHAMPIONS, LUA_SCRIPT, ROOT, code_version, export_commit
 
 FEATURES = [
     {"name": "sepal_length", "type": "numeric", "min": 4.3, "max": 7.9},
@@ -196,3 +196,17 @@ def test_summarize_profile_ranks_functions_and_skips_idle_workers():
     assert summary[2] == (pytest.approx(0.6), pytest.approx(0.6), "predict_proba (sklearn/x.py)")
     assert "predict_proba (sklearn/x.py)" in format_profile(summary)
     assert summarize_profile("") == []
+
+
+def test_export_commit_copies_the_app_and_params_of_a_commit(tmp_path: Path):
+    commit = export_commit("HEAD", tmp_path / "src")
+    assert len(commit) == 40
+    assert (tmp_path / "src" / "app" / "serve.py").is_file()
+    assert (tmp_path / "src" / "params.yaml").is_file()
+    assert code_version(commit) == {
+        "git_commit": commit,
+        "app_changed": False,
+        "source": "git archive of the commit",
+    }
+    with pytest.raises(BenchError, match="not a commit"):
+        export_commit("no-such-ref-anywhere", tmp_path / "other")
