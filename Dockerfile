@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for the Python side. docker-compose.yml runs it three ways: the trainer (dvc repro, then
-# dvc push), the API (the default command) and the MLflow tracking server.
+# One image for the Python side. docker-compose.yml runs it four ways: the trainer (dvc repro, then
+# dvc push), the API (the default command), the MLflow tracking server and the web UI (streamlit).
 
 # Pinned: a rebuild months later gets the same interpreter and Debian release.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -13,11 +13,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 # Only the pins are copied first, so this layer is rebuilt when they change, not on every code edit.
-# The requirement list comes from pyproject.toml (serving + train extra); requirements.lock pins the
-# whole tree. The dev extra (tests, linters) stays out of the image.
+# The requirement list comes from pyproject.toml (serving + train and ui extras); requirements.lock pins
+# the whole tree. The dev extra (tests, linters) stays out of the image.
 COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['train']))" > requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['train'] + p['optional-dependencies']['ui']))" \
+    > requirements.txt \
  && pip install --constraint requirements.lock --requirement requirements.txt
 
 # --- runtime: the venv, the code and the pipeline definition, run by an unprivileged user ---

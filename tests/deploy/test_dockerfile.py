@@ -121,8 +121,8 @@ def test_dependencies_are_installed_before_the_code_is_copied():
     assert not any(keyword == "COPY" and "app" in shlex.split(arguments) for keyword, arguments in deps)
 
 
-def test_the_requirement_list_is_serving_plus_train(tmp_path):
-    """Run the Dockerfile's own one-liner on pyproject.toml: the dev extra stays out of the image."""
+def test_the_requirement_list_is_serving_plus_train_and_ui(tmp_path):
+    """Run the Dockerfile's own one-liner on pyproject.toml: serving, train and ui; the dev extra stays out."""
     install = next(args for keyword, args in stages()[0] if keyword == "RUN" and "tomllib" in args)
     snippet = install.split("&&")[0]
     (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
@@ -130,8 +130,11 @@ def test_the_requirement_list_is_serving_plus_train(tmp_path):
     subprocess.run(["sh", "-c", snippet], cwd=tmp_path, env=env, check=True)
     listed = (tmp_path / "requirements.txt").read_text().split()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert listed == project["dependencies"] + project["optional-dependencies"]["train"]
-    assert not set(listed) & set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    assert listed == project["dependencies"] + extras["train"] + extras["ui"]
+    # Test-only tools stay out (httpx is in both: the UI's client, and the tests' TestClient).
+    dev_only = set(extras["dev"]) - set(project["dependencies"] + extras["train"] + extras["ui"])
+    assert dev_only and not set(listed) & dev_only
     # Every one of them is pinned in the lock the image is built with.
     locked = {
         line.split("==")[0].lower().replace("_", "-")

@@ -1,0 +1,80 @@
+"""A real API (python -m app.serve) on a free port, with a tiny model with candidates, for the UI tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
+from app.core.versions import VersionRecord, VersionStore, now
+from tests.api.api_support import ADMIN, SECRET, USER, add_candidate, write_model
+from tests.servers import free_port, running
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app" / "ui" / "streamlit_app.py")
+
+
+@pytest.fixture(scope="session")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("ui-api")
+    write_model(folder / "models", "iris", version="2026-11-23T08-00-00")
+    score_champion(folder / "models", 0.96)
+    add_candidate(folder / "models", "decision_tree", 0.93)
+    add_candidate(folder / "models", "knn", 0.95)
+    # An older version in the store, to roll back to.
+    write_model(folder / "older", "iris", version="2026-11-22T08-00-00")
+    VersionStore(folder / "versions").add(
+        folder / "older", VersionRecord(origin="pipeline", recorded_at=now())
+    )
+    port = free_port()
+    env = dict(
+        os.environ,
+        SECRET_KEY=SECRET,
+        DATABASE_URL=f"sqlite:///{folder}/users.db",
+        MODEL_DIR=str(folder / "models"),
+        VERSIONS_DIR=str(folder / "versions"),
+        ADMIN_USERNAME=ADMIN[0],
+        ADMIN_PASSWORD=ADMIN[1],
+        # A job started from the UI tests fails fast: there is no params file in this folder.
+        TRAIN_PARAMS=str(folder / "params.yaml"),
+        ACCESS_TOKEN_EXPIRE_MINUTES="5",
+        PYTHONPATH=str(ROOT),
+    )
+    env.pop("TEST_DATABASE_URL", None)
+    command = [sys.executable, "-m", "app.serve", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with running(command, ready_url=f"{base}/ready", env=env, cwd=folder, timeout=60, log=folder / "api.log"):
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "users", "create", USER[0], "--scope", "predict"],
+            env=env | {"PREDICTOR_NEW_PASSWORD": USER[1]},
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
+        yield base
+
+
+def score_champion(model_dir: Path, score: float) -> None:
+    """Give the tiny model the test metric train would have recorded (the UI shows it)."""
+    meta = ModelMetadata.read(model_dir)
+    champion = meta.candidates[0].model_copy(update={"metrics": {meta.metric: score}})
+    write_json_atomic(
+        model_dir / METADATA_FILE,
+        meta.model_copy(update={"metrics": {meta.metric: score}, "candidates": [champion]}),
+    )
+
+
+@pytest.fixture
+def ui_env(api_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The UI reads API_URL like any setting; its cached settings are cleared for each test."""
+    from app.ui.settings import get_ui_settings
+
+    monkeypatch.setenv("API_URL", api_url)
+    get_ui_settings.cache_clear()
+    yield api_url
+    get_ui_settings.cache_clear()
