@@ -29,11 +29,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     MLFLOW_DISABLE_TELEMETRY=true \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_DIR=/srv/models
+    MODEL_DIR=/srv/models \
+    VERSIONS_DIR=/srv/versions
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app \
- && mkdir -p /app /srv/models \
- && chown app:app /app /srv/models
+ && mkdir -p /app /srv/models /srv/versions \
+ && chown app:app /app /srv/models /srv/versions
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 # The code runs from /app rather than being installed: dvc.yaml lists app/ files as stage

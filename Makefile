@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+UI_PORT ?= 8501
 # dvc runs stage commands through the shell: make it find the venv's python first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run train test lint format mlflow-ui lock clean bench
+.PHONY: help install run ui train test lint format mlflow-ui lock clean bench
 
 help:
 	@echo "make run        install, train if models/model.joblib is missing, start the service"
+	@echo "make ui         the web UI (Streamlit) on http://127.0.0.1:8501, talking to the API at API_URL"
 	@echo "make test       install the dev dependencies and run the whole suite"
 	@echo "make train      dvc repro: prepare -> train -> evaluate"
 	@echo "make mlflow-ui  open the local MLflow store on http://127.0.0.1:5000"
@@ -26,7 +28,7 @@ $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,ui,dev]"
 	touch $@
 
 install: $(INSTALLED)
@@ -45,6 +47,12 @@ run: $(INSTALLED) models/model.joblib
 	@echo "API:     http://$(HOST):$(PORT)/docs (users: $(BIN)/python -m app.cli users --help)"
 	$(BIN)/python -m app.serve --host $(HOST) --port $(PORT)
 
+# The web UI: a Streamlit app that calls the API over HTTP (API_URL, default http://127.0.0.1:8000;
+# start the API with `make run` in another terminal).
+ui: $(INSTALLED)
+	$(BIN)/streamlit run app/ui/streamlit_app.py --server.address $(HOST) --server.port $(UI_PORT) \
+		--server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer
+
 # The real Prometheus and Alertmanager (Debian packages): promtool, amtool and both servers for the tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: obs-tools
@@ -53,7 +61,14 @@ obs-tools:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			--no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
 
-test: $(INSTALLED) obs-tools
+# Debian's Chromium for the UI's end-to-end test (Playwright drives it; it downloads no browser).
+.PHONY: ui-tools
+ui-tools:
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends chromium >/dev/null; }
+
+test: $(INSTALLED) obs-tools ui-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
@@ -78,7 +93,7 @@ bench: $(INSTALLED)
 # Refresh requirements.lock from a clean install of the pins in pyproject.toml.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet ".[train,dev]"
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet ".[train,ui,dev]"
 	.venv-lock/bin/pip freeze --exclude mlops-api-predictor > requirements.lock && rm -rf .venv-lock
 
 clean:
