@@ -53,17 +53,20 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         stop_watching = registry.watch()
         app.state.database = database
         app.state.registry = registry
-        app.state.jobs = TrainingJobs(
+        jobs = TrainingJobs(
             registry,
             VersionStore(settings.versions_dir),
             settings.train_params,
             settings.promotion_tolerance,
             settings.train_timeout_seconds,
         )
+        jobs.recover()
+        app.state.jobs = jobs
         try:
             yield
         finally:
             stop_watching()
+            jobs.shutdown()
             database.dispose()
 
     return lifespan

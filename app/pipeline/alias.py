@@ -30,7 +30,7 @@ def set_champion(model: str, version: str) -> dict[str, str]:
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300]
         return {"status": "failed", "reason": f"{type(exc).__name__}: {reason}"}
-    return {"status": "updated", "alias": CHAMPION_ALIAS, "model": model, "version": version}
+    return {"status": "updated", "alias": CHAMPION_ALIAS}
 
 
 def main() -> None:

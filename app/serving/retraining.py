@@ -90,6 +90,36 @@ class TrainingJobs:
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
         self._guard = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+
+    def recover(self) -> None:
+        """At start-up: a job left queued or running while no process holds the lock died with its API."""
+        if not self.store.jobs_dir.is_dir():
+            return
+        with (self.store.jobs_dir / LOCK_FILE).open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another worker runs a job right now
+            for folder in self.store.jobs_dir.iterdir():
+                try:
+                    job = self.get(folder.name)
+                except UnknownJob:
+                    continue
+                if job.status in ("queued", "running"):
+                    reason = "interrupted: the API stopped while the job ran"
+                    self._save(
+                        job.model_copy(update={"status": "failed", "reason": reason, "finished_at": now()})
+                    )
+
+    def shutdown(self) -> None:
+        """Stop a running job's process (its job fails, saying why) and wait for the worker thread."""
+        self._stopping = True
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _path(self, job_id: str) -> Path:
         if not _JOB_ID.match(job_id):
@@ -186,12 +216,21 @@ class TrainingJobs:
             command += ["--champion-dir", str(self.store.path(current.version))]
         try:
             with (folder / LOG_FILE).open("w") as sink:
-                subprocess.run(
-                    command, stdout=sink, stderr=subprocess.STDOUT, timeout=self.timeout, check=False
+                self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+                try:
+                    self._process.wait(timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+                    return job.model_copy(
+                        update={"status": "failed", "reason": f"timed out after {self.timeout} s"}
+                    )
+            if self._stopping:
+                return job.model_copy(
+                    update={"status": "failed", "reason": "interrupted: the API stopped while the job ran"}
                 )
-        except subprocess.TimeoutExpired:
-            return job.model_copy(update={"status": "failed", "reason": f"timed out after {self.timeout} s"})
         finally:
+            self._process = None
             # The new model is in the store now; the scratch data is not worth keeping.
             shutil.rmtree(folder / "work", ignore_errors=True)
             (folder / UPLOAD_FILE).unlink(missing_ok=True)

@@ -163,3 +163,21 @@ def test_train_needs_an_admin_and_known_jobs(
     wrong = client.post("/train", content=b"a,b\n1,2\n", headers=admin_headers | {"Content-Type": "text/csv"})
     assert wrong.status_code == 415
     assert "multipart/form-data" in wrong.json()["detail"]
+
+
+def test_a_job_left_running_by_a_stopped_api_is_failed_at_start_up(settings: Settings) -> None:
+    from app.core.artifacts import write_json_atomic
+
+    stale = "a" * 32
+    job = {
+        "id": stale,
+        "status": "running",
+        "user": "admin",
+        "data": "x",
+        "created_at": "2026-11-23T00:00:00+00:00",
+    }
+    write_json_atomic(settings.versions_dir / "jobs" / stale / "job.json", job)
+    with TestClient(create_app(settings)) as client:
+        answer = client.get(f"/train/{stale}", headers=bearer(get_token(client, *ADMIN))).json()
+    assert answer["status"] == "failed"
+    assert answer["reason"] == "interrupted: the API stopped while the job ran"
