@@ -122,7 +122,7 @@ def test_dependencies_are_installed_before_the_code_is_copied():
 
 
 def test_the_requirement_list_is_serving_plus_train_and_ui(tmp_path):
-    """Run the Dockerfile's own one-liner on pyproject.toml: serving, train and ui; the dev extra stays out."""
+    """Run the Dockerfile's own one-liner on pyproject.toml: serving, train and ui; dev stays out."""
     install = next(args for keyword, args in stages()[0] if keyword == "RUN" and "tomllib" in args)
     snippet = install.split("&&")[0]
     (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
