@@ -47,7 +47,12 @@ class Served:
     """What one swap replaces: the champion and its candidates, from the same folder."""
 
     predictor: Predictor
-    candidates: tuple[Candidate, ...] = ()
+    folder: Path
+    # None until loaded: at start-up the champion serves first and its candidates follow in the
+    # background, so they add nothing to the cold start.
+    candidates: tuple[Candidate, ...] | None = None
+    # Why the candidates cannot be served (then `candidates` is empty).
+    candidates_error: str | None = None
 
 
 def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, ...]:

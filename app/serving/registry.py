@@ -11,6 +11,10 @@ serves from the store: the version in its serving.json, which promotions and rol
 which survives restarts. At start-up a MODEL_DIR version not seen before wins (a fresh `make train`
 is meant to be served); otherwise serving.json does. Every worker process polls serving.json, so a
 rollback handled by one worker reaches the others within WATCH_SECONDS.
+
+A promotion or rollback swaps the champion with its candidates (for /predict?compare=true) loaded
+and verified. Only at start-up do the candidates follow the champion, from a background thread:
+they would otherwise add their unpickling (and sklearn imports) to the cold start.
 """
 
 from __future__ import annotations
@@ -65,7 +69,14 @@ class ModelRegistry:
         return None if self._served is not None else self._error
 
     def load_initial(self) -> None:
-        """At start-up: a missing or bad model leaves the service up but not ready."""
+        """At start-up: a missing or bad model leaves the service up but not ready.
+
+        The champion serves first; its candidates load in a background thread (see with_candidates)."""
+        self._load_initial()
+        if self._served is not None:
+            threading.Thread(target=self.with_candidates, name="candidates", daemon=True).start()
+
+    def _load_initial(self) -> None:
         pointer = self.store.serving() if self.store else None
         if self.store and pointer and self.store.exists(pointer.version):
             try:
@@ -74,21 +85,43 @@ class ModelRegistry:
                 pipeline_version = None
             if pipeline_version is None or self.store.exists(pipeline_version):
                 try:
-                    self.serve_version(pointer.version)
+                    self.serve_version(pointer.version, candidates=False)
                     return
                 except ModelLoadError as exc:
                     log.warning(
                         "serving version %s not loaded (%s): trying %s", pointer.version, exc, self.model_dir
                     )
         try:
-            self.reload()
+            self.reload(candidates=False)
         except ModelLoadError as exc:
             self._error = str(exc)
             log.warning("model not loaded: %s", exc)
 
-    def _load(self, folder: Path) -> Served:
+    def _load(self, folder: Path, candidates: bool = True) -> Served:
         predictor = Predictor.load(folder, self.max_rows, self.drift)
-        return Served(predictor, load_candidates(folder, predictor))
+        if not candidates:
+            return Served(predictor, folder)
+        return Served(predictor, folder, load_candidates(folder, predictor))
+
+    def with_candidates(self) -> Served | None:
+        """The served model with its candidates, loading them now if start-up deferred them."""
+        served = self._served
+        if served is None or served.candidates is not None:
+            return served
+        with self._lock:
+            served = self._served
+            if served is None or served.candidates is not None:
+                return served  # a swap, or another thread, got there first
+            try:
+                complete = Served(
+                    served.predictor, served.folder, load_candidates(served.folder, served.predictor)
+                )
+            except ModelLoadError as exc:
+                log.warning("candidates of %s not served: %s", served.predictor.version, exc)
+                complete = Served(served.predictor, served.folder, (), str(exc))
+            # The same champion, now with its candidates: no metrics to update.
+            self._served = complete
+            return complete
 
     def _swap(self, served: Served) -> Predictor:
         self._served = served
@@ -99,12 +132,12 @@ class ModelRegistry:
         )
         return served.predictor
 
-    def reload(self) -> Predictor:
+    def reload(self, candidates: bool = True) -> Predictor:
         """Load and verify MODEL_DIR, record it as a version, then swap.
 
         Raises ModelLoadError and keeps the old model serving."""
         with self._lock:
-            new = self._load(self.model_dir)
+            new = self._load(self.model_dir, candidates)
             if self.store is not None:
                 version = new.predictor.version
                 try:
@@ -115,7 +148,7 @@ class ModelRegistry:
                     log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
             return self._swap(new)
 
-    def serve_version(self, version: str, reason: str | None = None) -> Predictor:
+    def serve_version(self, version: str, reason: str | None = None, candidates: bool = True) -> Predictor:
         """Serve a stored version (promotion, rollback); UnknownVersion or ModelLoadError keep the old one.
 
         `reason` moves serving.json too; without it (start-up, another worker's change) it is only followed.
@@ -123,7 +156,7 @@ class ModelRegistry:
         if self.store is None or not self.store.exists(version):
             raise UnknownVersion(version)
         with self._lock:
-            new = self._load(self.store.path(version))
+            new = self._load(self.store.path(version), candidates)
             if reason is not None:
                 self.store.set_serving(version, reason)
             return self._swap(new)

@@ -72,6 +72,21 @@ def test_compare_answers_every_candidate_beside_the_champion(
     assert [c["name"] for c in info["candidates"]] == ["logistic_regression", "decision_tree", "knn"]
 
 
+def test_a_bad_candidate_at_start_up_stops_compare_only(
+    settings_factory: Callable[..., Settings], model_dir: Path
+) -> None:
+    from api_support import ADMIN, bearer, get_token
+
+    add_candidate(model_dir, "knn", 0.95)
+    (model_dir / "candidates" / "knn.joblib").write_bytes(b"tampered")
+    with TestClient(create_app(settings_factory())) as client:
+        headers = bearer(get_token(client, *ADMIN, scope="predict"))
+        assert client.post("/predict", json=BODY, headers=headers).status_code == 200
+        refused = client.post("/predict?compare=true", json=BODY, headers=headers)
+    assert refused.status_code == 503
+    assert refused.json()["detail"].startswith("candidates unavailable: candidate knn: knn.joblib sha256")
+
+
 def test_compare_validates_rows_like_predict(client: TestClient, user_headers: dict[str, str]) -> None:
     bad = {"instances": [{**IRIS_ROW, "sepal_length": "wide"}]}
     answer = client.post("/predict?compare=true", json=bad, headers=user_headers)

@@ -141,9 +141,13 @@ def predict(
 
 def _compare(body: bytes, request: Request) -> Response:
     # One read: the champion and its candidates come from the same swap.
-    served: Served | None = request.app.state.registry.served
+    served: Served | None = request.app.state.registry.with_candidates()
     if served is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model not loaded")
+    if served.candidates_error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"candidates unavailable: {served.candidates_error}"
+        )
     predictor = served.predictor
     matrix = predictor.schema.parse_json(body)
     predictions = _predict(predictor, matrix, request)
@@ -156,7 +160,7 @@ def _compare(body: bytes, request: Request) -> Response:
             "champion": c.champion,
             "predictions": predictions if c.champion else c.predict(matrix, task),
         }
-        for c in served.candidates
+        for c in served.candidates or ()
     ]
     return JSONResponse(
         {"model_version": predictor.version, "predictions": predictions, "candidates": candidates}
