@@ -51,6 +51,9 @@ class Serving(BaseModel):
     version: str
     since: str
     reason: str
+    # The version MODEL_DIR held when this was decided: once the pipeline writes another one,
+    # that newer output is served at the next start-up rather than this choice.
+    model_dir_version: str | None = None
 
 
 class UnknownVersion(LookupError):
@@ -135,5 +138,6 @@ class VersionStore:
         except (OSError, ValueError):
             return None
 
-    def set_serving(self, version: str, reason: str) -> None:
-        write_json_atomic(self.root / SERVING_FILE, Serving(version=version, since=now(), reason=reason))
+    def set_serving(self, version: str, reason: str, model_dir_version: str | None = None) -> None:
+        serving = Serving(version=version, since=now(), reason=reason, model_dir_version=model_dir_version)
+        write_json_atomic(self.root / SERVING_FILE, serving)

@@ -8,9 +8,10 @@ flight finish on the old model and none sees a half-loaded one.
 MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). With a
 versions store (VERSIONS_DIR), the registry records each MODEL_DIR model there as a version and
 serves from the store: the version in its serving.json, which promotions and rollbacks move and
-which survives restarts. At start-up a MODEL_DIR version not seen before wins (a fresh `make train`
-is meant to be served); otherwise serving.json does. Every worker process polls serving.json, so a
-rollback handled by one worker reaches the others within WATCH_SECONDS.
+which survives restarts. At start-up serving.json wins while MODEL_DIR still holds the version it
+held when serving.json was written; once the pipeline has written another one (a fresh `make train`
+is meant to be served), MODEL_DIR's model is served and recorded. Every worker process polls
+serving.json, so a rollback handled by one worker reaches the others within WATCH_SECONDS.
 
 A promotion or rollback swaps the champion with its candidates (for /predict?compare=true) loaded
 and verified. Only at start-up do the candidates follow the champion, from a background thread:
@@ -79,11 +80,8 @@ class ModelRegistry:
     def _load_initial(self) -> None:
         pointer = self.store.serving() if self.store else None
         if self.store and pointer and self.store.exists(pointer.version):
-            try:
-                pipeline_version: str | None = ModelMetadata.read(self.model_dir).version
-            except (OSError, ValueError):
-                pipeline_version = None
-            if pipeline_version is None or self.store.exists(pipeline_version):
+            pipeline_version = self._model_dir_version()
+            if pipeline_version is None or pipeline_version == pointer.model_dir_version:
                 try:
                     self.serve_version(pointer.version, candidates=False)
                     return
@@ -142,7 +140,7 @@ class ModelRegistry:
                 version = new.predictor.version
                 try:
                     self.store.add(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
-                    self.store.set_serving(version, f"loaded from {self.model_dir}")
+                    self.store.set_serving(version, f"loaded from {self.model_dir}", version)
                 except (OSError, UnknownVersion) as exc:
                     # Serving goes on; only the history misses this version.
                     log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
@@ -158,8 +156,14 @@ class ModelRegistry:
         with self._lock:
             new = self._load(self.store.path(version), candidates)
             if reason is not None:
-                self.store.set_serving(version, reason)
+                self.store.set_serving(version, reason, self._model_dir_version())
             return self._swap(new)
+
+    def _model_dir_version(self) -> str | None:
+        try:
+            return ModelMetadata.read(self.model_dir).version
+        except (OSError, ValueError):
+            return None
 
     def sync(self) -> None:
         """Follow serving.json when another process (worker) moved it."""

@@ -129,6 +129,7 @@ def test_rollback_serves_an_older_version_and_a_restart_keeps_it(
     admin_headers: dict[str, str],
     user_headers: dict[str, str],
     settings: Settings,
+    model_dir: Path,
 ) -> None:
     answer = two_versions.post("/model/rollback", json={"version": "v1"}, headers=admin_headers)
     assert answer.status_code == 200, answer.text
@@ -140,9 +141,13 @@ def test_rollback_serves_an_older_version_and_a_restart_keeps_it(
     assert two_versions.get("/health").json()["model_version"] == "v1"
     assert two_versions.get("/models", headers=user_headers).json()["serving"] == "v1"
 
-    # models/ still holds v2, already recorded: a restart serves what the rollback chose.
+    # models/ still holds v2, already recorded: a restart serves what the rollback chose...
     with TestClient(create_app(settings)) as restarted:
         assert restarted.get("/health").json()["model_version"] == "v1"
+    # ...until the pipeline writes a new model there, which the next start serves.
+    write_model(model_dir, "iris", version="v3")
+    with TestClient(create_app(settings)) as restarted:
+        assert restarted.get("/health").json()["model_version"] == "v3"
 
 
 def test_rollback_refusals(
