@@ -305,6 +305,8 @@ class Runner:
         env = dict(self.env)
         env.setdefault("DATABASE_URL", f"sqlite:///{self.stack.state_dir / 'predictor.db'}")
         env.setdefault("MODEL_DIR", str(self.stack.project / "models"))
+        # The stack's MLflow starts empty each time: so do its model versions (their registry numbers).
+        env.setdefault("VERSIONS_DIR", str(self.stack.state_dir / "model-versions"))
         port = str(self.stack.ports["api"])
         self.start(
             "api",
