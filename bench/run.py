@@ -336,6 +336,8 @@ def export_commit(ref: str, into: Path) -> str:
         )
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
+    # Bytecode, as an installed package has it: the cold start should not include compiling app/.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "app")], timeout=120, check=True)
     return commit
 
 

@@ -203,6 +203,7 @@ def test_export_commit_copies_the_app_and_params_of_a_commit(tmp_path: Path):
     assert len(commit) == 40
     assert (tmp_path / "src" / "app" / "serve.py").is_file()
     assert (tmp_path / "src" / "params.yaml").is_file()
+    assert list((tmp_path / "src" / "app").glob("__pycache__/serve.*.pyc"))
     assert code_version(commit) == {
         "git_commit": commit,
         "app_changed": False,
