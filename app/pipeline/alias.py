@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 
+# Only tracking: this runs after every promotion and rollback, and the training modules are slow to import.
 from app.pipeline import tracking
-from app.pipeline.train import CHAMPION_ALIAS
+from app.pipeline.tracking import CHAMPION_ALIAS
 
 
 def set_champion(model: str, version: str) -> dict[str, str]:

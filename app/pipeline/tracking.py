@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 LOCAL_STORE = Path("mlruns")
+# The registry alias of the model that serves: train sets it, a promotion or rollback moves it.
+CHAMPION_ALIAS = "champion"
 
 
 def tracking_uri() -> str:

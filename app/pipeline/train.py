@@ -42,8 +42,7 @@ from app.pipeline.errors import PipelineError
 from app.pipeline.metrics import ALL_METRICS, classification_metrics, regression_metrics, resolve_metric
 from app.pipeline.params import Params
 from app.pipeline.stage import run_stage
-
-CHAMPION_ALIAS = "champion"
+from app.pipeline.tracking import CHAMPION_ALIAS
 
 
 @dataclass

@@ -39,12 +39,21 @@ def write_params(folder: Path, candidates: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # Shared by the tests: creating an MLflow store costs seconds.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
 def trainer(
-    settings_factory: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mlflow_uri: str,
 ) -> Iterator[Callable[..., TestClient]]:
     """An API whose jobs train fast candidates and log to a scratch MLflow store."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     clients: list[TestClient] = []
 
     def make(candidates: dict, tolerance: float) -> TestClient:
@@ -75,7 +84,7 @@ def wait_for(client: TestClient, job_id: str, headers: dict[str, str], timeout: 
 
 @pytest.mark.slow
 def test_a_weaker_model_is_rejected_and_a_good_upload_is_promoted(
-    trainer: Callable[..., TestClient], settings: Settings, tmp_path: Path
+    trainer: Callable[..., TestClient], settings: Settings, tmp_path: Path, mlflow_uri: str
 ) -> None:
     # The champion (v1) saw every row; a challenger passes within 0.1 of it on the job's test split.
     client = trainer({"decision_tree": {"max_depth": 1}}, tolerance=0.1)
@@ -122,7 +131,7 @@ def test_a_weaker_model_is_rejected_and_a_good_upload_is_promoted(
     assert new["mlflow_run_id"] and new["registered_version"]
     from mlflow import MlflowClient
 
-    mlflow = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow = MlflowClient(tracking_uri=mlflow_uri)
     assert (
         str(mlflow.get_model_version_by_alias("predictor", "champion").version) == new["registered_version"]
     )
