@@ -46,7 +46,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         if settings.migrate_on_startup:
             bootstrap(database, settings)
         drift = (
-            DriftSettings(settings.drift_window, settings.drift_min_rows) if settings.drift_enabled else None
+            DriftSettings(settings.drift_window, settings.drift_min_rows, settings.drift_refresh_seconds)
+            if settings.drift_enabled
+            else None
         )
         registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift, settings.versions_dir)
         registry.load_initial()

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     drift_enabled: bool = True
     drift_window: int = Field(default=1000, ge=10, le=1_000_000)
     drift_min_rows: int = Field(default=100, ge=1)
+    drift_refresh_seconds: float = Field(default=1.0, ge=0)
     # Every trained model is kept here by version (outside models/, which dvc repro replaces);
     # serving.json in it names the version served.
     versions_dir: Path = Path("var/model-versions")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
 class DriftSettings:
     window: int = 1000
     min_rows: int = 100
+    # PSI is recomputed at most this often per process (and at every scrape of /metrics).
+    refresh_seconds: float = 1.0
 
 
 class BinnedWindow:
@@ -95,8 +98,11 @@ class DriftMonitor:
         *,
         window: int = 1000,
         min_rows: int = 100,
+        refresh_seconds: float = 1.0,
     ) -> None:
         self.min_rows = min_rows
+        self.refresh_seconds = refresh_seconds
+        self._last_refresh = -math.inf
         self._lock = threading.Lock()
         self._features: list[tuple[int, str, object, BinnedWindow]] = []
         for position, feature in enumerate(features):
@@ -134,6 +140,15 @@ class DriftMonitor:
                 window.add(bins)
             if label_bins is not None:
                 self._labels.add(label_bins)
+
+    def refresh_due(self) -> bool:
+        """True at most once per `refresh_seconds`: PSI is cheap, but not free on every request."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_refresh < self.refresh_seconds:
+                return False
+            self._last_refresh = now
+            return True
 
     def feature_psi(self) -> dict[str, float]:
         with self._lock:

@@ -128,7 +128,12 @@ def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSett
         log.warning("drift monitoring off: %s unreadable (%s)", path, type(exc).__name__)
         return None
     return DriftMonitor(
-        profile, metadata.features, metadata.classes, window=settings.window, min_rows=settings.min_rows
+        profile,
+        metadata.features,
+        metadata.classes,
+        window=settings.window,
+        min_rows=settings.min_rows,
+        refresh_seconds=settings.refresh_seconds,
     )
 
 

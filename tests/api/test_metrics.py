@@ -132,7 +132,9 @@ def test_model_gauges_and_reloads(client: TestClient, admin_headers, model_dir):
 
 
 def test_drift_gauges_move_with_shifted_inputs(settings_factory):
-    settings = settings_factory(max_batch_rows=1000, drift_window=150, drift_min_rows=50)
+    settings = settings_factory(
+        max_batch_rows=1000, drift_window=150, drift_min_rows=50, drift_refresh_seconds=0
+    )
     iris = load_iris().data
     typical = [dict(zip(IRIS_FEATURES, map(float, row), strict=True)) for row in iris]
     with TestClient(create_app(settings)) as client:

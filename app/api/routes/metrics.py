@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import Response
 
 from app.api.deps import SettingsDep
+from app.observability import metrics
 from app.observability.metrics import exposition
 
 router = APIRouter(tags=["health"])
@@ -24,5 +25,9 @@ def prometheus_metrics(request: Request, settings: SettingsDep) -> Response:
                 "metrics need the METRICS_TOKEN",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+    registry = getattr(request.app.state, "registry", None)
+    drift = registry.current.drift if registry and registry.current else None
+    if drift is not None:  # this process's drift as of now, whatever the refresh period
+        metrics.drift_measured(drift.feature_psi(), drift.prediction_psi())
     body, content_type = exposition()
     return Response(body, media_type=content_type)

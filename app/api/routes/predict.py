@@ -109,7 +109,8 @@ def _predict(predictor: Predictor, matrix: np.ndarray, request: Request) -> list
         metrics.predictions_served(predictor.version, labels, len(predictions), seconds)
         if predictor.drift is not None:
             predictor.drift.observe(matrix, labels if classification else None)
-            metrics.drift_measured(predictor.drift.feature_psi(), predictor.drift.prediction_psi())
+            if predictor.drift.refresh_due():
+                metrics.drift_measured(predictor.drift.feature_psi(), predictor.drift.prediction_psi())
     return predictions
 
 
