@@ -6,8 +6,10 @@ python -m app.serve [--host 127.0.0.1] [--port 8000] [--workers 1]
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,26 @@ def _metrics_dir(workers: int) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
+def _prepare_database(settings: Settings) -> None:
+    from app.db.bootstrap import bootstrap
+    from app.db.session import Database
+    from app.observability.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    database = Database(settings.database_url)
+    try:
+        bootstrap(database, settings)
+    except Exception as exc:  # one line for the operator, not a traceback (no password in it)
+        from sqlalchemy.engine import make_url
+
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"serve: cannot prepare the database {where}: {reason}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        database.dispose()
+
+
 def main() -> None:
     settings = _settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -47,16 +69,19 @@ def main() -> None:
     args = parser.parse_args()
     _metrics_dir(args.workers)
 
+    # The database set-up (migrations, the first admin's password hash) runs in a forked child
+    # while this process imports what serving needs: the two overlap on two cores (cold start).
+    setup = multiprocessing.get_context("fork").Process(target=_prepare_database, args=(settings,))
+    setup.start()
     import uvicorn
 
-    from app.db.bootstrap import bootstrap
-    from app.db.session import Database
-    from app.observability.logging import configure_logging
+    if args.workers == 1:  # uvicorn serves from this very process: warm it up meanwhile
+        import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
 
-    configure_logging(settings.log_level)
-    database = Database(settings.database_url)
-    bootstrap(database, settings)
-    database.dispose()
+        import app.main  # noqa: F401
+    setup.join()
+    if setup.exitcode != 0:
+        raise SystemExit(setup.exitcode or 1)
     # Done once here, so several workers do not race to migrate the same database.
     os.environ["MIGRATE_ON_STARTUP"] = "false"
     get_settings.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +44,21 @@ def test_served_over_http_token_then_predict(tmp_path: Path) -> None:
         assert response.json()["predictions"][0]["label"] == "setosa"
         assert response.headers["X-Request-ID"]
         assert httpx.post(f"{base}/predict", json={"instances": [IRIS_ROW]}, timeout=10).status_code == 401
+
+
+def test_an_unreachable_database_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    write_model(tmp_path / "models")
+    env = os.environ | {
+        "DATABASE_URL": "postgresql+psycopg://someone:hunter2@127.0.0.1:1/nowhere",
+        "MODEL_DIR": str(tmp_path / "models"),
+        "PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert (
+        "serve: cannot prepare the database postgresql+psycopg://someone:***@127.0.0.1:1/nowhere"
+        in result.stderr
+    )
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
