@@ -82,7 +82,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of measured load per case and server (BENCH_DURATION; default 10, 3 with --quick)",
     )
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load before each run")
-    parser.add_argument("--champions", nargs="+", default=CHAMPIONS, choices=CHAMPIONS)
+    parser.add_argument("--champions", nargs="*", default=CHAMPIONS, choices=CHAMPIONS)
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        default=os.environ.get("BENCH_OVERHEAD", "1") not in ("", "0", "false"),
+        help="also measure our /predict with metrics and drift on versus off (BENCH_OVERHEAD=0 skips it)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -148,24 +154,33 @@ def train(work: Path, champion: str, logs: Path, code: Path) -> dict[str, Any]:
 
 
 def start_ours(
-    processes: Processes, work: Path, args: argparse.Namespace, champion: str
+    processes: Processes,
+    work: Path,
+    args: argparse.Namespace,
+    champion: str,
+    extra_env: dict[str, str] | None = None,
+    label: str = "ours",
 ) -> tuple[Server, str, str]:
     port = free_port()
     password = secrets.token_urlsafe(16)
-    env = base_env(work, args.code) | {
-        "APP_ENV": "production",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WORKERS": str(args.workers),
-        "MODEL_DIR": str(work / "models"),
-        "DATABASE_URL": f"sqlite:///{work / 'users.db'}",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "ADMIN_USERNAME": "bench",
-        "ADMIN_PASSWORD": password,
-    }
+    env = (
+        base_env(work, args.code)
+        | {
+            "APP_ENV": "production",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "WORKERS": str(args.workers),
+            "MODEL_DIR": str(work / "models"),
+            "DATABASE_URL": f"sqlite:///{work / 'users.db'}",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "ADMIN_USERNAME": "bench",
+            "ADMIN_PASSWORD": password,
+        }
+        | (extra_env or {})
+    )
     command = [sys.executable, "-m", "app.serve"]
-    log = args.out.parent / "logs" / f"ours-{champion}.log"
-    server = processes.start("ours", command, port=port, env=env, cwd=work, log=log)
+    log = args.out.parent / "logs" / f"{label}-{champion}.log"
+    server = processes.start(label, command, port=port, env=env, cwd=work, log=log)
     return server, "bench", password
 
 
@@ -307,6 +322,66 @@ def bench_champion(
     return comparisons
 
 
+OBSERVABILITY_OFF = {"METRICS_ENABLED": "false", "DRIFT_ENABLED": "false"}
+OVERHEAD_ROUNDS = 4
+
+
+def bench_overhead(scratch: Path, processes: Processes, args: argparse.Namespace) -> dict[str, Any]:
+    """Our /predict with metrics and drift on, then off: the cost of observability, as a ratio.
+
+    The cheapest champion (logistic regression) shows the overhead most. Both servers run side by
+    side and are driven in turns, A B B A A B B A, so both see the same state of this shared machine
+    and neither always goes first (an A/A run of this showed a ~10% bias towards the second).
+    """
+    champion = "logistic_regression"
+    work = scratch / f"overhead-{champion}"
+    say(f"overhead: training {champion} in {work}")
+    metadata = train(work, champion, args.out.parent / "logs", args.code)
+    sample = sample_rows(metadata["features"], 1)
+    body = work / "body-ours-1.json"
+    body.write_text(predictor_body(sample))
+    servers = {}
+    for label, switches in (("on", {}), ("off", OBSERVABILITY_OFF)):
+        env = switches | {"DATABASE_URL": f"sqlite:///{work / f'users-{label}.db'}"}  # each its own admin
+        server, username, password = start_ours(
+            processes, work, args, champion, env, label=f"metrics-{label}"
+        )
+        token, _ = first_prediction_ours(server, username, password, body.read_bytes())
+        servers[label] = (server, f"Bearer {token}")
+    case = Case(champion, 1, 32)
+    totals = {"on": 0.0, "off": 0.0}
+    try:
+        for round_number in range(OVERHEAD_ROUNDS):
+            # The order flips every round: whichever runs second in a pair tends to do better here.
+            order = ["on", "off"] if round_number % 2 == 0 else ["off", "on"]
+            for label in order:
+                server, authorization = servers[label]
+                totals[label] += measure(
+                    server, f"{server.base_url}/predict", body, case, args, authorization
+                ).throughput
+    finally:
+        for server, _ in servers.values():
+            processes.stop(server)
+    on, off = totals["on"] / OVERHEAD_ROUNDS, totals["off"] / OVERHEAD_ROUNDS
+    overhead = {
+        "champion": champion,
+        "rows": 1,
+        "concurrency": 32,
+        "rounds": OVERHEAD_ROUNDS,
+        "throughput_metrics_on": round(on, 1),
+        "throughput_metrics_off": round(off, 1),
+        "on_over_off": round(on / off, 3),
+        "overhead_percent": round(100 * (1 - on / off), 1),
+    }
+    print(
+        f"\nobservability overhead ({champion}, 1 row, c=32, mean of {OVERHEAD_ROUNDS} alternating runs): "
+        f"{on:,.0f} req/s with metrics and drift, {off:,.0f} without: ratio {on / off:.3f}, "
+        f"overhead {overhead['overhead_percent']:.1f}% (target < 10%)",
+        flush=True,
+    )
+    return overhead
+
+
 def git(*arguments: str) -> str:
     try:
         done = subprocess.run(
@@ -374,9 +449,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, "
         f"{args.workers} worker(s) per server; logs in {args.out.parent / 'logs'}"
     )
+    overhead = None
     try:
         for champion in args.champions:
             comparisons += bench_champion(champion, scratch, processes, args, cold)
+        if args.overhead:
+            overhead = bench_overhead(scratch, processes, args)
     finally:
         processes.stop_all()
         if args.keep:
@@ -394,6 +472,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": "wrk -t1, one fixed body per run, 127.0.0.1",
     }
     document = results_document(comparisons, cold, settings)
+    if overhead is not None:
+        document["observability_overhead"] = overhead
     args.out.write_text(json.dumps(document, indent=2) + "\n")
 
     print()

@@ -1,8 +1,10 @@
 """Drift: the population stability index (PSI) of recent inputs against the training profile.
 
 Incremental: each feature keeps a ring buffer of the bin index of its last `window` values and the
-count per bin, so observing a batch costs one searchsorted per feature and computing PSI is
-O(bins). Missing values are left out, as the profile's bins leave them out.
+count per bin, so computing PSI is O(bins). Requests only queue their batch (a list append under
+a lock): the batches are binned together, one searchsorted per feature, when PSI is read or the
+queue reaches a window's worth of rows. numpy on one row at a time cost more than the request.
+Missing values are left out, as the profile's bins leave them out.
 """
 
 from __future__ import annotations
@@ -122,24 +124,36 @@ class DriftMonitor:
         self._labels = (
             BinnedWindow([balance.get(c, 0.0) for c in classes], window) if classes and balance else None
         )
+        self._window = window
+        self._pending: list[tuple[np.ndarray, Sequence[str] | None]] = []
+        self._pending_rows = 0
 
     @property
     def feature_names(self) -> list[str]:
         return [name for _, name, _, _ in self._features]
 
     def observe(self, rows: np.ndarray, labels: Sequence[str] | None = None) -> None:
-        """Add a validated batch (the same array the model receives) and its predicted labels."""
-        binned = [(window, binner(rows[:, position])) for position, _, binner, window in self._features]
-        label_bins = None
-        if self._labels is not None and labels is not None:
-            label_bins = np.fromiter(
-                (self._classes[label] for label in labels if label in self._classes), np.int64
-            )
+        """Queue a validated batch (the same array the model receives) and its predicted labels."""
         with self._lock:
-            for window, bins in binned:
-                window.add(bins)
-            if label_bins is not None:
-                self._labels.add(label_bins)
+            self._pending.append((rows, labels))
+            self._pending_rows += len(rows)
+            if self._pending_rows >= self._window:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Bin the queued batches into the windows; the caller holds the lock."""
+        if not self._pending:
+            return
+        batches, self._pending, self._pending_rows = self._pending, [], 0
+        rows = np.concatenate([matrix for matrix, _ in batches])
+        for position, _, binner, window in self._features:
+            window.add(binner(rows[:, position]))
+        if self._labels is not None:
+            labels = [label for _, batch in batches if batch is not None for label in batch]
+            if labels:
+                self._labels.add(
+                    np.fromiter((self._classes[x] for x in labels if x in self._classes), np.int64)
+                )
 
     def refresh_due(self) -> bool:
         """True at most once per `refresh_seconds`: PSI is cheap, but not free on every request."""
@@ -152,6 +166,7 @@ class DriftMonitor:
 
     def feature_psi(self) -> dict[str, float]:
         with self._lock:
+            self._flush()
             return {
                 name: (window.psi() if window.seen >= self.min_rows else math.nan)
                 for _, name, _, window in self._features
@@ -159,6 +174,7 @@ class DriftMonitor:
 
     def prediction_psi(self) -> float:
         with self._lock:
+            self._flush()
             if self._labels is None or self._labels.seen < self.min_rows:
                 return math.nan
             return self._labels.psi()

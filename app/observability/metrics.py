@@ -12,6 +12,8 @@ import math
 import os
 from collections import Counter as Tally
 from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -132,11 +134,37 @@ def validation_failed(fields: Iterable[object], known: set[str]) -> None:
         VALIDATION_ERRORS.labels(field=name).inc()
 
 
-def predictions_served(version: str, labels: Iterable[str], rows: int, seconds: float) -> None:
-    INFERENCE_SECONDS.labels(model_version=version).observe(seconds)
-    PREDICTION_ROWS.observe(rows)
+# Label children, looked up once: `.labels()` validates and locks on every call, which showed in
+# the /predict benchmark. The label values are bounded, so are these caches.
+@lru_cache(maxsize=4096)
+def _http(method: str, route: str, status: str) -> tuple[Any, Any]:
+    return HTTP_REQUESTS.labels(method, route, status), HTTP_DURATION.labels(method, route)
+
+
+@lru_cache(maxsize=4096)
+def _predictions(version: str, label: str) -> Any:
+    return PREDICTIONS.labels(version, label)
+
+
+@lru_cache(maxsize=256)
+def _inference(version: str) -> Any:
+    return INFERENCE_SECONDS.labels(version)
+
+
+def request_served(method: str, route: str, status: int, seconds: float) -> None:
+    requests, duration = _http(method, route, str(status))
+    requests.inc()
+    duration.observe(seconds)
+
+
+def predictions_served(version: str, labels: list[str], seconds: float) -> None:
+    _inference(version).observe(seconds)
+    PREDICTION_ROWS.observe(len(labels))
+    if len(labels) == 1:
+        _predictions(version, labels[0]).inc()
+        return
     for label, count in Tally(labels).items():
-        PREDICTIONS.labels(model_version=version, label=label).inc(count)
+        _predictions(version, label).inc(count)
 
 
 def drift_measured(feature_psi: dict[str, float], prediction_psi: float) -> None:

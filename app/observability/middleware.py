@@ -72,8 +72,7 @@ class RequestContextMiddleware:
             metrics.HTTP_IN_FLIGHT.dec()
             # The route template, never the raw path: label values stay bounded.
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            metrics.HTTP_DURATION.labels(method=method, route=route).observe(seconds)
+            metrics.request_served(method, route, status, seconds)
         access_log.info(
             "request",
             extra={

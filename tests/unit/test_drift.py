@@ -89,3 +89,15 @@ def test_regression_has_no_prediction_drift():
     monitor = DriftMonitor(profile, features, [], window=100, min_rows=1)
     monitor.observe(batch(10))
     assert math.isnan(monitor.prediction_psi())
+
+
+def test_batches_queue_until_read_or_a_window_is_pending():
+    profile, features, classes = reference()
+    monitor = DriftMonitor(profile, features, classes, window=100, min_rows=10)
+    monitor.observe(batch(40))
+    assert monitor._pending_rows == 40  # queued, not binned yet: requests stay cheap
+    monitor.observe(batch(70))
+    assert monitor._pending_rows == 0  # a window's worth arrived: binned at once, memory bounded
+    monitor.observe(batch(5), ["a"] * 5)
+    assert not math.isnan(monitor.feature_psi()["x"])
+    assert monitor._pending_rows == 0

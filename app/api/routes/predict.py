@@ -106,7 +106,7 @@ def _predict(predictor: Predictor, matrix: np.ndarray, request: Request) -> list
     if request.app.state.settings.metrics_enabled:
         classification = predictor.metadata.task == "classification"
         labels = [p["label"] for p in predictions] if classification else ["value"] * len(predictions)
-        metrics.predictions_served(predictor.version, labels, len(predictions), seconds)
+        metrics.predictions_served(predictor.version, labels, seconds)
         if predictor.drift is not None:
             predictor.drift.observe(matrix, labels if classification else None)
             if predictor.drift.refresh_due():
