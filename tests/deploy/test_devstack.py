@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from app.devstack.stack import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, Stack, alive
-from tests.servers import free_port, wait_until
+from tests.servers import free_ports, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dic
     folder = tmp_path_factory.mktemp("project")
     copy_project(folder)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "MLFLOW_", "DVC_"))}
-    env.update({f"STACK_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    env.update(
+        {
+            f"STACK_{name.upper()}_PORT": str(port)
+            for name, port in zip(PORTS, free_ports(len(PORTS)), strict=True)
+        }
+    )
     env.update(
         ADMIN_USERNAME=ADMIN[0],
         ADMIN_PASSWORD=ADMIN[1],
@@ -184,7 +189,12 @@ def test_a_failed_start_stops_what_it_started(tmp_path):
     import socket
 
     env = dict(os.environ)
-    env.update({f"STACK_{name.upper()}_PORT": str(free_port()) for name in PORTS})
+    env.update(
+        {
+            f"STACK_{name.upper()}_PORT": str(port)
+            for name, port in zip(PORTS, free_ports(len(PORTS)), strict=True)
+        }
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -24,7 +24,7 @@ import pytest
 
 from tests.observability.stack_configs import render_alertmanager, render_prometheus
 from tests.pipeline.conftest import run_stage, write_params
-from tests.servers import free_port, running, wait_until
+from tests.servers import free_ports, running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path
     prometheus_bin, alertmanager_bin = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
     if not (prometheus_bin and alertmanager_bin):
         pytest.fail("prometheus and prometheus-alertmanager are not installed: `make test` installs them")
-    api_port, prom_port, am_port = free_port(), free_port(), free_port()
+    api_port, prom_port, am_port = free_ports(3)
     api, prometheus, alertmanager = (f"http://127.0.0.1:{p}" for p in (api_port, prom_port, am_port))
     command, env = api_command(tmp_path, model_dir, api_port)
     prom_config = render_prometheus(
