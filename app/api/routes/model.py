@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -8,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, ClaimsDep, PredictorDep, RegistryDep
 from app.core.versions import UnknownVersion
+from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
-from app.serving.predictor import ModelLoadError
+from app.serving.predictor import ModelLoadError, Predictor
 from app.serving.retraining import update_champion_alias
 
 router = APIRouter(tags=["model"])
@@ -26,6 +28,22 @@ def model_info(_: ClaimsDep, predictor: PredictorDep) -> dict[str, Any]:
     return _info(predictor)
 
 
+def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
+    """Load-then-swap, counted and logged; a model that fails verification answers 409."""
+    try:
+        new = load()
+    except ModelLoadError as exc:
+        MODEL_RELOADS.labels(result="refused").inc()
+        log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{action} refused: {exc}") from None
+    MODEL_RELOADS.labels(result="success").inc()
+    log.info(
+        f"model {action}: now serving {new.version}",
+        extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},
+    )
+    return new
+
+
 @router.post(
     "/model/reload",
     responses={409: {"description": "Checksum mismatch or broken model: the current one keeps serving"}},
@@ -33,17 +51,7 @@ def model_info(_: ClaimsDep, predictor: PredictorDep) -> dict[str, Any]:
 def reload_model(admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
     """Load the model directory again; the old model serves until the new one is verified."""
     previous = registry.current
-    try:
-        new = registry.reload()
-    except ModelLoadError as exc:
-        MODEL_RELOADS.labels(result="refused").inc()
-        log.warning("model reload refused: %s", exc, extra={"fields": {"user": admin.username}})
-        raise HTTPException(status.HTTP_409_CONFLICT, f"reload refused: {exc}") from None
-    MODEL_RELOADS.labels(result="success").inc()
-    log.info(
-        "model reloaded",
-        extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},
-    )
+    new = _swap("reload", admin, registry.reload)
     return {"previous_version": previous.version if previous else None, "model_version": new.version}
 
 
@@ -125,18 +133,13 @@ def rollback(body: RollbackRequest, admin: AdminDep, registry: RegistryDep) -> d
     """Serve a stored version again (checksums verified first); MLflow's `champion` alias follows."""
     previous = registry.current
     try:
-        new = registry.serve_version(body.version, reason=f"rollback by {admin.username}")
+        new = _swap(
+            "rollback",
+            admin,
+            lambda: registry.serve_version(body.version, reason=f"rollback by {admin.username}"),
+        )
     except UnknownVersion:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None
-    except ModelLoadError as exc:
-        MODEL_RELOADS.labels(result="refused").inc()
-        log.warning("rollback refused: %s", exc, extra={"fields": {"user": admin.username}})
-        raise HTTPException(status.HTTP_409_CONFLICT, f"rollback refused: {exc}") from None
-    MODEL_RELOADS.labels(result="success").inc()
-    log.info(
-        "model rolled back",
-        extra={"fields": {"user": admin.username, "version": new.version, "sha256": new.metadata.sha256}},
-    )
     # In a subprocess: the API process never imports mlflow. A failure is reported, not raised:
     # the rollback itself is done.
     mlflow = update_champion_alias(new.metadata)
