@@ -18,10 +18,10 @@ from app.api import errors
 from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core import security
 from app.core.config import Settings, get_settings, settings_error
-from app.core.lockout import LoginThrottle
 from app.core.versions import VersionStore
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
+from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
@@ -54,6 +54,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         registry.load_initial()
         stop_watching = registry.watch()
         app.state.database = database
+        app.state.throttle = DatabaseLoginThrottle(
+            database.session, settings.login_max_failures, settings.login_window_seconds
+        )
         app.state.registry = registry
         jobs = TrainingJobs(
             registry,
@@ -111,7 +114,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
-    app.state.throttle = LoginThrottle(settings.login_max_failures, settings.login_window_seconds)
 
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)

@@ -15,7 +15,7 @@ from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.lockout import LoginThrottle
+from app.core.lockout import Throttle
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
 from app.db.models import User
@@ -40,7 +40,7 @@ async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-async def get_throttle(request: Request) -> LoginThrottle:
+async def get_throttle(request: Request) -> Throttle:
     return request.app.state.throttle
 
 
@@ -51,7 +51,7 @@ async def get_jobs(request: Request) -> TrainingJobs:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
+ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
 JobsDep = Annotated[TrainingJobs, Depends(get_jobs)]
 
 

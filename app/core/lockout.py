@@ -1,8 +1,8 @@
 """Login throttling: too many failed logins for one username lock it out for a while.
 
-The store lives in this process's memory. With several workers (or replicas) each keeps
-its own count, so the effective limit is per process; a shared store (Redis, the database)
-would make it global at the cost of a round trip per login.
+This one counts in the process's memory: the rule for a single process. The service counts in the
+users database instead (app/db/throttle.py, the same interface), so every worker and replica
+shares one count.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Throttle(Protocol):
+    def retry_after(self, username: str) -> int | None: ...
+    def record_failure(self, username: str) -> None: ...
+    def reset(self, username: str) -> None: ...
 
 
 class LoginThrottle:

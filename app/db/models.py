@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Integer, String
+from sqlalchemy import Boolean, DateTime, Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -34,3 +34,14 @@ class User(Base):
 
     def __repr__(self) -> str:
         return f"User(username={self.username!r}, scopes={self.scopes!r}, disabled={self.disabled})"
+
+
+class LoginFailure(Base):
+    """One failed login; the lockout counts these, so every server process sees the same count."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username_key: Mapped[str] = mapped_column(String(255), index=True)
+    # Unix time, not a monotonic clock: processes and hosts must agree on it.
+    failed_at: Mapped[float] = mapped_column(Float, index=True)

@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from api_support import ADMIN, IRIS_ROW, SECRET, USER, bearer, get_token
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
-from app.core.lockout import LoginThrottle
 from app.core.security import create_access_token, decode_access_token
 from app.db import crud
+from app.db.models import LoginFailure
+from app.db.throttle import DatabaseLoginThrottle
+from app.main import create_app
 
 BODY = {"instances": [IRIS_ROW]}
 
@@ -121,8 +124,11 @@ def test_disabled_user_gets_401(client: TestClient) -> None:
 
 
 def test_lockout_after_five_failures_and_its_release(client: TestClient) -> None:
-    now = [0.0]
-    client.app.state.throttle = LoginThrottle(5, 900, clock=lambda: now[0])  # type: ignore[attr-defined]
+    now = [1_795_000_000.0]
+    start = now[0]
+    database = client.app.state.database  # type: ignore[attr-defined]
+    # The service's own store (the database), with a clock the test moves.
+    client.app.state.throttle = DatabaseLoginThrottle(database.session, 5, 900, clock=lambda: now[0])  # type: ignore[attr-defined]
     for _ in range(5):
         assert client.post("/token", data={"username": "alice", "password": "nope"}).status_code == 401
         now[0] += 1
@@ -132,10 +138,26 @@ def test_lockout_after_five_failures_and_its_release(client: TestClient) -> None
     assert "try again" in locked.json()["detail"]
     # Other usernames are unaffected.
     assert client.post("/token", data={"username": ADMIN[0], "password": ADMIN[1]}).status_code == 200
-    now[0] = 899.0
+    now[0] = start + 899.0
     assert client.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 429
-    now[0] = 900.0
+    now[0] = start + 900.0
     assert client.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 200
+
+
+def test_lockout_is_shared_by_every_server_process(settings) -> None:
+    """Two apps on one database stand for two workers: failures on one lock the user out on both."""
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        with first.app.state.database.session() as session:  # type: ignore[attr-defined]
+            crud.create_user(session, *USER, scopes=["predict"])
+        for client in (first, second, first, second, first):
+            assert client.post("/token", data={"username": USER[0], "password": "nope"}).status_code == 401
+        for client in (first, second):
+            assert client.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 429
+        # Once the failures leave the window (deleted here rather than waited for), both let the user in.
+        with first.app.state.database.session() as session:  # type: ignore[attr-defined]
+            session.execute(delete(LoginFailure))
+            session.commit()
+        assert second.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 200
 
 
 def test_token_form_errors_do_not_echo_the_password(client: TestClient) -> None:
