@@ -12,12 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import ValidationError
 
 from app.api import errors
 from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core import security
-from app.core.config import Settings, get_settings, settings_error
+from app.core.config import Settings, load_settings
 from app.core.versions import VersionStore
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
@@ -27,14 +26,6 @@ from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
 from app.serving.registry import ModelRegistry
 from app.serving.retraining import TrainingJobs
-
-
-def _load_settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        # One line, not a traceback: the operator fixes the environment and starts again.
-        raise SystemExit(settings_error(exc)) from None
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
@@ -104,7 +95,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or _load_settings()
+    settings = settings or load_settings()
     configure_logging(settings.log_level)
 
     app = FastAPI(

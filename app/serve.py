@@ -13,16 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from app.core.config import Settings, get_settings, settings_error
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        raise SystemExit(settings_error(exc)) from None
+from app.core.config import Settings, get_settings, load_settings
 
 
 def _metrics_dir(workers: int) -> None:
@@ -61,7 +52,7 @@ def _prepare_database(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = _settings()
+    settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)

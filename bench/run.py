@@ -69,9 +69,15 @@ def say(message: str) -> None:
     print(f"bench: {message}", flush=True)
 
 
+def _flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable: unset gives `default`; empty, 0 and false are off."""
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() not in ("", "0", "false", "no")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
+    quick = _flag("BENCH_QUICK")
     parser.add_argument(
         "--quick", action="store_true", default=quick, help="3 s runs, 1 s warm-up (BENCH_QUICK=1)"
     )
@@ -86,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--overhead",
         action="store_true",
-        default=os.environ.get("BENCH_OVERHEAD", "1") not in ("", "0", "false"),
+        default=_flag("BENCH_OVERHEAD", default=True),
         help="also measure our /predict with metrics and drift on versus off (BENCH_OVERHEAD=0 skips it)",
     )
     parser.add_argument(
@@ -98,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        default=os.environ.get("BENCH_PROFILE", "") not in ("", "0", "false"),
+        default=_flag("BENCH_PROFILE"),
         help="then profile our server (c=32, 1 row) with py-spy; BENCH_PROFILE=1",
     )
     parser.add_argument(

@@ -85,3 +85,11 @@ def settings_error(exc: ValidationError) -> str:
     field = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     return f"configuration error: {field.upper() + ': ' if field else ''}{message}"
+
+
+def load_settings() -> Settings:
+    """get_settings() for entry points: a bad configuration exits with one line, not a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise SystemExit(settings_error(exc)) from None

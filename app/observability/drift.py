@@ -128,10 +128,6 @@ class DriftMonitor:
         self._pending: list[tuple[np.ndarray, Sequence[str] | None]] = []
         self._pending_rows = 0
 
-    @property
-    def feature_names(self) -> list[str]:
-        return [name for _, name, _, _ in self._features]
-
     def observe(self, rows: np.ndarray, labels: Sequence[str] | None = None) -> None:
         """Queue a validated batch (the same array the model receives) and its predicted labels."""
         with self._lock:

@@ -6,17 +6,14 @@ it as one object, so a comparison never mixes two versions.
 
 from __future__ import annotations
 
-import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 from app.core.artifacts import ModelMetadata
-from app.serving.predictor import ChecksumMismatch, ModelLoadError, Predictor
+from app.serving.predictor import ModelLoadError, Predictor, answers, load_verified
 
 
 @dataclass(frozen=True)
@@ -30,16 +27,7 @@ class Candidate:
 
     def predict(self, matrix: np.ndarray, task: str) -> list[dict[str, Any]]:
         """Answers shaped like the champion's: label and probabilities, or value."""
-        if task == "regression":
-            return [{"value": float(v)} for v in self.pipeline.predict(matrix)]
-        if not hasattr(self.pipeline, "predict_proba"):
-            return [{"label": str(v), "probabilities": None} for v in self.pipeline.predict(matrix)]
-        classes = [str(c) for c in self.pipeline.classes_]
-        probabilities = self.pipeline.predict_proba(matrix)
-        return [
-            {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
-            for i, p in zip(probabilities.argmax(axis=1).tolist(), probabilities.round(6), strict=True)
-        ]
+        return answers(self.pipeline, matrix, task)
 
 
 @dataclass(frozen=True)
@@ -65,24 +53,7 @@ def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, .
         if info.sha256 == metadata.sha256:
             pipeline = predictor.pipeline  # the champion itself: already verified and loaded
         else:
-            try:
-                payload = path.read_bytes()
-            except OSError as exc:
-                raise ModelLoadError(
-                    f"candidate {info.name}: {path} cannot be read: {exc.strerror}"
-                ) from None
-            digest = hashlib.sha256(payload).hexdigest()
-            if digest != info.sha256:
-                raise ChecksumMismatch(
-                    f"candidate {info.name}: {path.name} sha256 {digest[:12]}... does not match "
-                    f"model.json ({info.sha256[:12]}...): refusing to unpickle it"
-                )
-            try:
-                pipeline = joblib.load(io.BytesIO(payload))
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"candidate {info.name}: cannot be unpickled: {type(exc).__name__}"
-                ) from None
+            pipeline = load_verified(path, info.sha256, f"candidate {info.name}: {path.name}")
         loaded.append(
             Candidate(
                 name=info.name,

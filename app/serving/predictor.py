@@ -57,23 +57,7 @@ class Predictor:
             ) from None
 
         path = model_dir / MODEL_FILE
-        try:
-            # Read once, hash, then unpickle the very bytes that were hashed: no window in
-            # which the file could change between the check and the load.
-            payload = path.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"{path} cannot be read: {exc.strerror}") from None
-        digest = hashlib.sha256(payload).hexdigest()
-        if digest != metadata.sha256:
-            raise ChecksumMismatch(
-                f"{path} sha256 {digest[:12]}... does not match {METADATA_FILE} ({metadata.sha256[:12]}...): "
-                "refusing to unpickle it"
-            )
-        try:
-            pipeline = joblib.load(io.BytesIO(payload))
-        except Exception as exc:
-            raise ModelLoadError(f"{path} cannot be unpickled: {type(exc).__name__}") from None
-
+        pipeline = load_verified(path, metadata.sha256, str(path))
         schema = RequestSchema.build(metadata, max_rows)
         predictor = cls(metadata, pipeline, schema, fast=_fast_path(pipeline, metadata, schema))
         predictor._check()
@@ -104,19 +88,48 @@ class Predictor:
             raise ModelLoadError(f"the model fails on a sample row: {type(exc).__name__}: {exc}") from None
 
     def predict(self, matrix: np.ndarray) -> list[dict[str, Any]]:
-        """One call into the model for the whole batch."""
-        if self.metadata.task == "regression":
-            values = self.fast(matrix) if self.fast else self.pipeline.predict(matrix)
-            return [{"value": float(v)} for v in values]
-        classes = [str(c) for c in self.pipeline.classes_]
-        if not hasattr(self.pipeline, "predict_proba"):
-            return [{"label": str(label), "probabilities": None} for label in self.pipeline.predict(matrix)]
-        probabilities = self.fast(matrix) if self.fast else self.pipeline.predict_proba(matrix)
-        best = probabilities.argmax(axis=1)
-        return [
-            {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
-            for i, p in zip(best.tolist(), probabilities.round(6), strict=True)
-        ]
+        """One call into the model for the whole batch (the verified fast path when there is one)."""
+        return answers(self.pipeline, matrix, self.metadata.task, self.fast)
+
+
+def load_verified(path: Path, sha256: str, what: str) -> Any:
+    """Unpickle `path` only if its sha256 is the one the pipeline recorded (joblib is pickle).
+
+    The bytes are read once, hashed, and those very bytes unpickled: no window in which the file
+    could change between the check and the load.
+    """
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{what} cannot be read: {exc.strerror}") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != sha256:
+        raise ChecksumMismatch(
+            f"{what} sha256 {digest[:12]}... does not match {METADATA_FILE} ({sha256[:12]}...): "
+            "refusing to unpickle it"
+        )
+    try:
+        return joblib.load(io.BytesIO(payload))
+    except Exception as exc:
+        raise ModelLoadError(f"{what} cannot be unpickled: {type(exc).__name__}") from None
+
+
+def answers(
+    pipeline: Any, matrix: np.ndarray, task: str, fast: Compiled | None = None
+) -> list[dict[str, Any]]:
+    """One model call for the batch, shaped as the API answers: label and probabilities, or value."""
+    if task == "regression":
+        values = fast(matrix) if fast else pipeline.predict(matrix)
+        return [{"value": float(v)} for v in values]
+    classes = [str(c) for c in pipeline.classes_]
+    if not hasattr(pipeline, "predict_proba"):
+        return [{"label": str(label), "probabilities": None} for label in pipeline.predict(matrix)]
+    probabilities = fast(matrix) if fast else pipeline.predict_proba(matrix)
+    best = probabilities.argmax(axis=1)
+    return [
+        {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
+        for i, p in zip(best.tolist(), probabilities.round(6), strict=True)
+    ]
 
 
 def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSettings) -> DriftMonitor | None:
