@@ -51,6 +51,16 @@ def _prepare_database(settings: Settings) -> None:
         database.dispose()
 
 
+def _unpickles(model_dir: Path) -> bool:
+    """Whether serving the model will unpickle a scikit-learn pipeline (no compiled arrays)."""
+    from app.core.artifacts import ModelMetadata
+
+    try:
+        return ModelMetadata.read(model_dir).compiled is None
+    except (OSError, ValueError):
+        return False  # nothing to serve yet: the app says why
+
+
 def main() -> None:
     settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -67,9 +77,10 @@ def main() -> None:
     import uvicorn
 
     if args.workers == 1:  # uvicorn serves from this very process: warm it up meanwhile
-        import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
-
         import app.main  # noqa: F401
+
+        if _unpickles(settings.model_dir):
+            import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
     setup.join()
     if setup.exitcode != 0:
         raise SystemExit(setup.exitcode or 1)

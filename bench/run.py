@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -90,6 +91,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load before each run")
     parser.add_argument("--champions", nargs="*", default=CHAMPIONS, choices=CHAMPIONS)
     parser.add_argument(
+        "--cold-starts",
+        type=int,
+        default=int(os.environ.get("BENCH_COLD_STARTS", "3")),
+        help="start each server this many times and report the median cold start (BENCH_COLD_STARTS)",
+    )
+    parser.add_argument(
+        "--cold-only", action="store_true", help="measure the cold starts only: no load, no overhead"
+    )
+    parser.add_argument(
         "--overhead",
         action="store_true",
         default=_flag("BENCH_OVERHEAD", default=True),
@@ -119,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 2.0
+    if args.cold_starts < 1:
+        parser.error("--cold-starts must be at least 1")
     return args
 
 
@@ -297,17 +309,31 @@ def bench_champion(
             path.write_text(text)
             bodies[kind, rows] = path
 
-    # One server at a time while it starts, so neither cold start competes for the CPU.
-    ours, username, password = start_ours(processes, work, args, champion)
-    token, cold["ours"][champion] = first_prediction_ours(
-        ours, username, password, bodies["ours", 1].read_bytes()
-    )
-    say(
-        f"  ours cold start (process start to first /predict, token included): {cold['ours'][champion]:.2f} s"
-    )
-    mlflow = start_mlflow(processes, work, args, champion, metadata["registered_model"])
-    cold["mlflow"][champion] = first_prediction_mlflow(mlflow, bodies["mlflow", 1].read_bytes())
-    say(f"  mlflow cold start (process start to first /invocations): {cold['mlflow'][champion]:.2f} s")
+    # One server at a time while it starts, so neither cold start competes for the CPU. Each start
+    # is a first start: a new users database to migrate and its admin to create.
+    starts: dict[str, list[float]] = {"ours": [], "mlflow": []}
+    for attempt in range(args.cold_starts):
+        (work / "users.db").unlink(missing_ok=True)
+        ours, username, password = start_ours(processes, work, args, champion)
+        token, seconds = first_prediction_ours(ours, username, password, bodies["ours", 1].read_bytes())
+        starts["ours"].append(seconds)
+        if attempt < args.cold_starts - 1:
+            processes.stop(ours)
+    for attempt in range(args.cold_starts):
+        mlflow = start_mlflow(processes, work, args, champion, metadata["registered_model"])
+        starts["mlflow"].append(first_prediction_mlflow(mlflow, bodies["mlflow", 1].read_bytes()))
+        if attempt < args.cold_starts - 1:
+            processes.stop(mlflow)
+    for kind, what in (("ours", "first /predict, token included"), ("mlflow", "first /invocations")):
+        cold[kind][champion] = statistics.median(starts[kind])
+        samples = ", ".join(f"{s:.2f}" for s in starts[kind])
+        say(
+            f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {samples}"
+        )
+    if args.cold_only:
+        processes.stop(mlflow)
+        processes.stop(ours)
+        return []
 
     comparisons = []
     try:
@@ -459,7 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for champion in args.champions:
             comparisons += bench_champion(champion, scratch, processes, args, cold)
-        if args.overhead:
+        if args.overhead and not args.cold_only:
             overhead = bench_overhead(scratch, processes, args)
     finally:
         processes.stop_all()
@@ -473,6 +499,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "workers": args.workers,
+        "cold_starts": f"median of {args.cold_starts} first starts per server",
         "cpus": os.cpu_count(),
         "wall_time_s": round(time.monotonic() - started, 1),
         "load": "wrk -t1, one fixed body per run, 127.0.0.1",

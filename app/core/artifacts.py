@@ -17,6 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 MODEL_FILE = "model.joblib"
+# The same model as numpy arrays, when train could compile it (app/core/compiled.py).
+COMPILED_FILE = "model.npz"
 METADATA_FILE = "model.json"
 PROFILE_FILE = "reference_profile.json"
 CANDIDATES_DIR = "candidates"
@@ -98,10 +100,18 @@ class DatasetSchema(_Strict):
     test_rows: int
 
 
+class CompiledFile(_Strict):
+    """A model's compiled form: serving runs it without scikit-learn (app/core/compiled.py)."""
+
+    path: str  # relative to the model directory
+    sha256: str
+
+
 class CandidateInfo(_Strict):
     name: str
     path: str  # relative to the model directory
     sha256: str
+    compiled: CompiledFile | None = None
     mlflow_run_id: str | None = None
     cv_score: float
     metrics: dict[str, float]
@@ -123,6 +133,8 @@ class ModelMetadata(_Strict):
     git_commit: str
     data_md5: str
     sha256: str
+    # None when the champion is not a pipeline compiled.py knows (then serving unpickles model.joblib).
+    compiled: CompiledFile | None = None
     mlflow_run_id: str | None = None
     mlflow_experiment: str | None = None
     registered_model: str | None = None

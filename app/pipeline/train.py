@@ -23,13 +23,17 @@ import sklearn
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
+from app.core import compiled
 from app.core.artifacts import (
     CANDIDATES_DIR,
+    COMPILED_FILE,
     METADATA_FILE,
     MODEL_FILE,
     PROFILE_FILE,
     CandidateInfo,
+    CompiledFile,
     DatasetSchema,
+    Feature,
     ModelMetadata,
     matrix_dtype,
     sha256_of,
@@ -233,6 +237,21 @@ def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
     print(f"train: * champion: {champion.name} (best cv_{metric})")
 
 
+def write_compiled(
+    pipeline: Pipeline, task: str, features: list[Feature], out: Path, path: Path
+) -> CompiledFile | None:
+    """The pipeline as numpy arrays (app/core/compiled.py) at out/path, written only if they give
+    the pipeline's answers on probe rows; serving then needs no scikit-learn for it."""
+    probe = compiled.probe_rows(features)
+    model = compiled.verified(
+        compiled.compile_pipeline(pipeline, task), compiled.reference_function(pipeline, task), probe
+    )
+    if model is None or probe is None:
+        return None
+    (out / path).write_bytes(model.to_bytes(probe))
+    return CompiledFile(path=str(path), sha256=sha256_of(out / path))
+
+
 def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool = True) -> ModelMetadata:
     """Fit, track and write ws.models_dir. A retraining job passes set_alias=False: its model
     takes the `champion` alias only if it passes the promotion gate."""
@@ -261,12 +280,19 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
                     name=candidate.name,
                     path=str(path),
                     sha256=sha256_of(out / path),
+                    compiled=write_compiled(
+                        candidate.pipeline, schema.task, schema.features, out, path.with_suffix(".npz")
+                    ),
                     mlflow_run_id=candidate.run_id,
                     cv_score=candidate.cv_score,
                     metrics=candidate.metrics,
                 )
             )
         shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
+        champion_compiled = next(info.compiled for info in infos if info.name == champion.name)
+        if champion_compiled is not None:
+            shutil.copyfile(out / champion_compiled.path, out / COMPILED_FILE)
+            champion_compiled = CompiledFile(path=COMPILED_FILE, sha256=champion_compiled.sha256)
         shutil.copyfile(ws.processed_dir / layout.PROFILE_FILE, out / PROFILE_FILE)
         metadata = ModelMetadata(
             version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
@@ -282,6 +308,7 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
             git_commit=commit,
             data_md5=schema.data_md5,
             sha256=sha256_of(out / MODEL_FILE),
+            compiled=champion_compiled,
             mlflow_run_id=champion.run_id,
             mlflow_experiment=experiment_id,
             registered_model=params.train.registered_model,

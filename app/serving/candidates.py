@@ -1,7 +1,8 @@
 """The last training run's candidates, served beside the champion for `POST /predict?compare=true`.
 
-Loaded with the champion (same folder, each checksum verified before unpickling) and swapped with
-it as one object, so a comparison never mixes two versions.
+Loaded with the champion (same folder, each file's checksum verified first, compiled arrays
+preferred as for the champion) and swapped with it as one object, so a comparison never mixes
+two versions.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.artifacts import ModelMetadata
-from app.serving.predictor import ModelLoadError, Predictor, answers, load_verified
+from app.serving.predictor import Model, Predictor, answers, load_model
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,11 @@ class Candidate:
     score: float | None  # the candidate's test metric, as train reported it
     metrics: dict[str, float]
     champion: bool
-    pipeline: Any
+    model: Model
 
-    def predict(self, matrix: np.ndarray, task: str) -> list[dict[str, Any]]:
+    def predict(self, matrix: np.ndarray, task: str, classes: list[str]) -> list[dict[str, Any]]:
         """Answers shaped like the champion's: label and probabilities, or value."""
-        return answers(self.pipeline, matrix, task)
+        return answers(self.model, matrix, task, classes)
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,14 @@ class Served:
 
 
 def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, ...]:
-    metadata: ModelMetadata = predictor.metadata
+    metadata = predictor.metadata
     loaded = []
     for info in metadata.candidates:
-        path = (model_dir / info.path).resolve()
-        if not path.is_relative_to(model_dir.resolve()):
-            raise ModelLoadError(f"candidate {info.name}: path {info.path} leaves the model folder")
         if info.sha256 == metadata.sha256:
-            pipeline = predictor.pipeline  # the champion itself: already verified and loaded
+            model = predictor.model  # the champion itself: already verified and loaded
         else:
-            pipeline = load_verified(path, info.sha256, f"candidate {info.name}: {path.name}")
+            what = f"candidate {info.name}: {Path(info.path).name}"
+            model = load_model(model_dir, metadata, info.path, info.sha256, info.compiled, what)
         loaded.append(
             Candidate(
                 name=info.name,
@@ -61,7 +59,7 @@ def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, .
                 score=info.metrics.get(metadata.metric),
                 metrics=info.metrics,
                 champion=info.name == metadata.name,
-                pipeline=pipeline,
+                model=model,
             )
         )
     return tuple(loaded)

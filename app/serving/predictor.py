@@ -1,4 +1,10 @@
-"""One loaded model: its verified pipeline, its metadata and the request schema built from it."""
+"""One loaded model: what serves it, its metadata and the request schema built from it.
+
+A model folder holds the pipeline (model.joblib) and, when train could compile it, the same model
+as numpy arrays (model.npz, app/core/compiled.py). Serving prefers the arrays: they load without
+importing scikit-learn (most of a cold start) and run without its per-step checks. Either way the
+files are checked against model.json's sha256 before anything is read out of them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,31 @@ import dataclasses
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import joblib
 import numpy as np
 
-from app.core.artifacts import METADATA_FILE, MODEL_FILE, PROFILE_FILE, ModelMetadata, ReferenceProfile
+from app.core.artifacts import (
+    METADATA_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    CompiledFile,
+    ModelMetadata,
+    ReferenceProfile,
+)
+from app.core.compiled import (
+    CompiledError,
+    CompiledModel,
+    compile_pipeline,
+    probe_rows,
+    reference_function,
+    verified,
+)
 from app.observability.drift import DriftMonitor, DriftSettings
-from app.serving.fastpath import Compiled, compile_pipeline, verified
 from app.serving.schema import RequestSchema
 
 log = logging.getLogger("predictor")
@@ -31,14 +51,25 @@ class ChecksumMismatch(ModelLoadError):
 
 
 @dataclass(frozen=True)
+class Model:
+    """One loaded model and the one function serving calls on a batch."""
+
+    # Probabilities (classification), values (regression), or labels when `labels_only`.
+    call: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    # compiled: model.npz's arrays; pipeline-compiled: arrays read from the unpickled pipeline;
+    # pipeline: the scikit-learn pipeline itself (a model compiled.py does not know).
+    source: Literal["compiled", "pipeline-compiled", "pipeline"]
+    pipeline: Any | None = field(default=None, repr=False)  # None when the arrays serve alone
+    labels_only: bool = False  # a classifier without predict_proba
+
+
+@dataclass(frozen=True)
 class Predictor:
     metadata: ModelMetadata
-    pipeline: Any
+    model: Model
     schema: RequestSchema
     # None when drift is off or the model directory has no reference profile.
     drift: DriftMonitor | None = None
-    # The pipeline's arithmetic without its per-step checks, when verified equal (fastpath.py).
-    fast: Compiled | None = field(default=None, repr=False)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -56,10 +87,8 @@ class Predictor:
                 f"{model_dir / METADATA_FILE} is invalid: {str(exc).splitlines()[0]}"
             ) from None
 
-        path = model_dir / MODEL_FILE
-        pipeline = load_verified(path, metadata.sha256, str(path))
-        schema = RequestSchema.build(metadata, max_rows)
-        predictor = cls(metadata, pipeline, schema, fast=_fast_path(pipeline, metadata, schema))
+        model = load_model(model_dir, metadata, MODEL_FILE, metadata.sha256, metadata.compiled, MODEL_FILE)
+        predictor = cls(metadata, model, RequestSchema.build(metadata, max_rows))
         predictor._check()
         # After the check, so the made-up sample row is not counted as traffic.
         if drift is not None:
@@ -74,8 +103,9 @@ class Predictor:
 
     def _check(self) -> None:
         """Predict once on a made-up row, so a model that cannot serve is refused at load."""
-        if self.metadata.task == "classification":
-            classes = [str(c) for c in getattr(self.pipeline, "classes_", [])]
+        pipeline = self.model.pipeline
+        if self.metadata.task == "classification" and pipeline is not None:
+            classes = [str(c) for c in getattr(pipeline, "classes_", [])]
             if self.metadata.classes and classes != self.metadata.classes:
                 raise ModelLoadError(f"the model's classes {classes} differ from model.json's")
         row = [
@@ -88,14 +118,54 @@ class Predictor:
             raise ModelLoadError(f"the model fails on a sample row: {type(exc).__name__}: {exc}") from None
 
     def predict(self, matrix: np.ndarray) -> list[dict[str, Any]]:
-        """One call into the model for the whole batch (the verified fast path when there is one)."""
-        return answers(self.pipeline, matrix, self.metadata.task, self.fast)
+        """One call into the model for the whole batch."""
+        return answers(self.model, matrix, self.metadata.task, self.metadata.classes)
 
 
-def load_verified(path: Path, sha256: str, what: str) -> Any:
-    """Unpickle `path` only if its sha256 is the one the pipeline recorded (joblib is pickle).
+def load_model(
+    model_dir: Path,
+    metadata: ModelMetadata,
+    path: str,
+    sha256: str,
+    compiled: CompiledFile | None,
+    what: str,
+) -> Model:
+    """The compiled arrays when there are some that check out, else the unpickled pipeline.
 
-    The bytes are read once, hashed, and those very bytes unpickled: no window in which the file
+    Both files are checked against their sha256 either way: a folder with a tampered model.joblib
+    is refused even when its arrays would serve.
+    """
+    payload = read_verified(_inside(model_dir, path, what), sha256, what)
+    if compiled is not None:
+        arrays = read_verified(
+            _inside(model_dir, compiled.path, what), compiled.sha256, f"{what} ({compiled.path})"
+        )
+        try:
+            return Model(CompiledModel.from_bytes(arrays), "compiled")
+        except CompiledError as exc:
+            # Not a security matter (the checksum matched): numpy on this machine disagrees, say.
+            log.warning("%s: %s not used (%s): serving the pipeline", what, compiled.path, exc)
+    pipeline = unpickle(payload, what)
+    task = metadata.task
+    if task == "classification" and not hasattr(pipeline, "predict_proba"):
+        return Model(pipeline.predict, "pipeline", pipeline, labels_only=True)
+    fast = _compiled_from(pipeline, metadata)
+    if fast is not None:
+        return Model(fast, "pipeline-compiled", pipeline)
+    return Model(reference_function(pipeline, task), "pipeline", pipeline)
+
+
+def _inside(model_dir: Path, relative: str, what: str) -> Path:
+    path = (model_dir / relative).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ModelLoadError(f"{what}: path {relative} leaves the model folder")
+    return path
+
+
+def read_verified(path: Path, sha256: str, what: str) -> bytes:
+    """The file's bytes, if their sha256 is the one the pipeline recorded.
+
+    The bytes are read once, hashed, and those very bytes used: no window in which the file
     could change between the check and the load.
     """
     try:
@@ -106,25 +176,28 @@ def load_verified(path: Path, sha256: str, what: str) -> Any:
     if digest != sha256:
         raise ChecksumMismatch(
             f"{what} sha256 {digest[:12]}... does not match {METADATA_FILE} ({sha256[:12]}...): "
-            "refusing to unpickle it"
+            "refusing to load it"
         )
+    return payload
+
+
+def unpickle(payload: bytes, what: str) -> Any:
+    """joblib is pickle: only ever called on bytes read_verified returned."""
+    import joblib  # here, not at import: a compiled model never needs it
+
     try:
         return joblib.load(io.BytesIO(payload))
     except Exception as exc:
         raise ModelLoadError(f"{what} cannot be unpickled: {type(exc).__name__}") from None
 
 
-def answers(
-    pipeline: Any, matrix: np.ndarray, task: str, fast: Compiled | None = None
-) -> list[dict[str, Any]]:
+def answers(model: Model, matrix: np.ndarray, task: str, classes: list[str]) -> list[dict[str, Any]]:
     """One model call for the batch, shaped as the API answers: label and probabilities, or value."""
     if task == "regression":
-        values = fast(matrix) if fast else pipeline.predict(matrix)
-        return [{"value": float(v)} for v in values]
-    classes = [str(c) for c in pipeline.classes_]
-    if not hasattr(pipeline, "predict_proba"):
-        return [{"label": str(label), "probabilities": None} for label in pipeline.predict(matrix)]
-    probabilities = fast(matrix) if fast else pipeline.predict_proba(matrix)
+        return [{"value": float(v)} for v in model.call(matrix)]
+    if model.labels_only:
+        return [{"label": str(label), "probabilities": None} for label in model.call(matrix)]
+    probabilities = model.call(matrix)
     best = probabilities.argmax(axis=1)
     return [
         {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
@@ -150,22 +223,12 @@ def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSett
     )
 
 
-def _fast_path(pipeline: Any, metadata: ModelMetadata, schema: RequestSchema) -> Compiled | None:
-    """The compiled path for all-numeric pipelines, if it matches the pipeline on probe rows."""
-    if schema.dtype is not np.float64:
-        return None
-    rng = np.random.default_rng(0)
-    low = np.array([f.min if f.min is not None else -1.0 for f in metadata.features])
-    high = np.array([f.max if f.max is not None else 1.0 for f in metadata.features])
-    # Inside and beyond the training range, with some gaps: where a mismatch would hide.
-    probe = rng.uniform(low - (high - low), high + (high - low), size=(64, len(low)))
-    probe[rng.random(probe.shape) < 0.1] = np.nan
-    reference = (
-        pipeline.predict if metadata.task == "regression" else getattr(pipeline, "predict_proba", None)
-    )
-    if reference is None:
-        return None
-    compiled = verified(compile_pipeline(pipeline, metadata.task), reference, probe)
+def _compiled_from(pipeline: Any, metadata: ModelMetadata) -> CompiledModel | None:
+    """For a folder without model.npz (an older train): the arrays read from the pipeline itself,
+    if they give its answers on probe rows."""
+    task = metadata.task
+    probe = probe_rows(metadata.features)
+    compiled = verified(compile_pipeline(pipeline, task), reference_function(pipeline, task), probe)
     if compiled is None:
-        log.info("serving through the sklearn pipeline (no verified fast path for %s)", metadata.name)
+        log.info("serving through the sklearn pipeline (no compiled form of %s)", metadata.name)
     return compiled

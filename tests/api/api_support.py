@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
 from app.core.artifacts import (
+    COMPILED_FILE,
     METADATA_FILE,
     MODEL_FILE,
     PROFILE_FILE,
@@ -24,6 +25,7 @@ from app.core.artifacts import (
 )
 from app.pipeline.candidates import build_pipeline
 from app.pipeline.profile import build_profile
+from app.pipeline.train import write_compiled
 
 SECRET = "test-secret-key-for-the-api-suite"
 ADMIN = ("admin", "admin-password-1")
@@ -62,8 +64,12 @@ def _colors() -> tuple[list[Feature], np.ndarray, np.ndarray]:
     return features, x, y
 
 
-def write_model(model_dir: Path, kind: str = "iris", version: str = "v1") -> ModelMetadata:
-    """Fit a small model with the pipeline's own code and write what train writes."""
+def write_model(
+    model_dir: Path, kind: str = "iris", version: str = "v1", compiled: bool = True
+) -> ModelMetadata:
+    """Fit a small model with the pipeline's own code and write what train writes.
+
+    compiled=False leaves out model.npz, as an older train (or a model compiled.py does not know) did."""
     model_dir.mkdir(parents=True, exist_ok=True)
     if kind == "iris":
         features, x, y, classes = _iris()
@@ -75,6 +81,7 @@ def write_model(model_dir: Path, kind: str = "iris", version: str = "v1") -> Mod
     pipeline.fit(x, y)
     joblib.dump(pipeline, model_dir / MODEL_FILE)
     sha = sha256_of(model_dir / MODEL_FILE)
+    arrays = write_compiled(pipeline, task, features, model_dir, Path(COMPILED_FILE)) if compiled else None
     metadata = ModelMetadata(
         version=version,
         name=name,
@@ -89,10 +96,13 @@ def write_model(model_dir: Path, kind: str = "iris", version: str = "v1") -> Mod
         git_commit="0" * 40,
         data_md5="0" * 32,
         sha256=sha,
+        compiled=arrays,
         python_version=platform.python_version(),
         sklearn_version=sklearn.__version__,
         candidates=[
-            CandidateInfo(name=name, path=MODEL_FILE, sha256=sha, cv_score=0.9, metrics={"score": 0.9})
+            CandidateInfo(
+                name=name, path=MODEL_FILE, sha256=sha, compiled=arrays, cv_score=0.9, metrics={"score": 0.9}
+            )
         ],
     )
     write_json_atomic(model_dir / METADATA_FILE, metadata)
@@ -139,6 +149,7 @@ def add_candidate(model_dir: Path, name: str, score: float) -> None:
         name=name,
         path=str(path),
         sha256=sha256_of(model_dir / path),
+        compiled=write_compiled(pipeline, "classification", features, model_dir, path.with_suffix(".npz")),
         cv_score=score,
         metrics={metadata.metric: score},
     )

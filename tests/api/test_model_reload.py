@@ -7,7 +7,7 @@ from pathlib import Path
 from api_support import IRIS_ROW, write_model
 from fastapi.testclient import TestClient
 
-from app.core.artifacts import METADATA_FILE, MODEL_FILE, sha256_of
+from app.core.artifacts import COMPILED_FILE, METADATA_FILE, MODEL_FILE, sha256_of
 
 BODY = {"instances": [IRIS_ROW]}
 
@@ -22,6 +22,8 @@ def test_model_info_has_metadata_metrics_schema_and_candidates(
     assert info["classes"] == ["setosa", "versicolor", "virginica"]
     assert info["candidates"][0]["name"] == "logistic_regression"
     assert "loaded_at" in info
+    assert info["served_by"] == "compiled"
+    assert info["compiled"]["path"] == "model.npz"
 
 
 def test_reload_swaps_in_a_new_model(
@@ -49,17 +51,58 @@ def test_reload_refused_on_checksum_mismatch_while_predictions_keep_working(
     assert client.get("/ready").status_code == 200
 
 
-def test_reload_refuses_a_broken_file_even_with_a_matching_checksum(
+def test_reload_refuses_a_broken_pickle_even_with_a_matching_checksum(
     client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
+    # A folder without compiled arrays: the pickle is what would serve.
+    write_model(model_dir, "iris", version="v-broken", compiled=False)
     (model_dir / MODEL_FILE).write_bytes(b"not a pickle at all")
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    metadata |= {"version": "v-broken", "sha256": sha256_of(model_dir / MODEL_FILE)}
+    sha = sha256_of(model_dir / MODEL_FILE)
+    metadata |= {"sha256": sha, "candidates": [metadata["candidates"][0] | {"sha256": sha}]}
     (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
     response = client.post("/model/reload", headers=admin_headers)
     assert response.status_code == 409
     assert "cannot be unpickled" in response.json()["detail"]
     assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+
+
+def test_reload_refuses_tampered_compiled_arrays(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    write_model(model_dir, "iris", version="v2")
+    (model_dir / COMPILED_FILE).write_bytes((model_dir / COMPILED_FILE).read_bytes() + b"\0")
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "model.npz" in response.json()["detail"] and "does not match" in response.json()["detail"]
+    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+
+
+def test_reload_checks_model_joblib_even_when_the_arrays_serve(
+    client: TestClient, admin_headers: dict[str, str], model_dir: Path
+) -> None:
+    write_model(model_dir, "iris", version="v2")
+    (model_dir / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "model.joblib" in response.json()["detail"]
+
+
+def test_unreadable_arrays_with_a_matching_checksum_fall_back_to_the_pipeline(
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
+) -> None:
+    # Written by train, checksum recorded, yet not loadable here (another numpy, say): the
+    # pipeline, verified by its own checksum, serves instead.
+    write_model(model_dir, "iris", version="v2")
+    (model_dir / COMPILED_FILE).write_bytes(b"not an npz")
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    compiled = {"path": COMPILED_FILE, "sha256": sha256_of(model_dir / COMPILED_FILE)}
+    metadata |= {"compiled": compiled, "candidates": [metadata["candidates"][0] | {"compiled": compiled}]}
+    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    assert client.post("/model/reload", headers=admin_headers).status_code == 200
+    assert client.get("/model-info", headers=user_headers).json()["served_by"] == "pipeline-compiled"
+    predicted = client.post("/predict", json=BODY, headers=user_headers)
+    assert predicted.json()["predictions"][0]["label"] == "setosa"
 
 
 def test_reload_refuses_a_missing_model(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -62,16 +63,16 @@ def test_an_unexpected_error_is_json_without_a_trace(
     client: TestClient, user_headers: dict[str, str]
 ) -> None:
     predictor = client.app.state.registry.current  # type: ignore[attr-defined]
-    original = predictor.fast
+    original = predictor.model
 
     def explode(_: object) -> None:
         raise RuntimeError("secret internals /srv/app/model.py line 42")
 
-    object.__setattr__(predictor, "fast", explode)  # the model call, compiled or not
+    object.__setattr__(predictor, "model", dataclasses.replace(original, call=explode))
     try:
         response = client.post("/predict", json={"instances": [IRIS_ROW]}, headers=user_headers)
     finally:
-        object.__setattr__(predictor, "fast", original)
+        object.__setattr__(predictor, "model", original)
     assert response.status_code == 500
     assert response.json()["detail"] == "Internal server error"
     assert "secret internals" not in response.text and "Traceback" not in response.text

@@ -1,9 +1,10 @@
-"""Serving stays light: no mlflow and no pandas on the request path.
+"""Serving stays light: no mlflow and no pandas on the request path, no scikit-learn at all when
+the model folder has its compiled arrays (model.npz).
 
-scikit-learn itself imports pandas when it is installed (sklearn.utils.fixes), and the dev
-environment installs pandas for training. So the check runs twice in a fresh interpreter:
-with pandas and mlflow made unimportable, as in a serving-only install, where a prediction
-must still succeed; and with them importable, where nothing but scikit-learn may import pandas.
+Each check runs in a fresh interpreter with some modules made unimportable, as in a serving-only
+install, where predictions must still succeed. A model without arrays needs scikit-learn, which
+itself imports pandas when it is installed (sklearn.utils.fixes): with everything importable,
+nothing but scikit-learn may import pandas.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
 
-    mode, database_url, model_dir = sys.argv[1:4]
+    mode, database_url, model_dir, guarded = sys.argv[1:5]
+    guarded = guarded.split(",")
     importers = []
 
     class Guard:
         def find_spec(self, name, path=None, target=None):
-            if name in ("pandas", "mlflow"):
+            if name in guarded:
                 if mode == "block":
                     raise ModuleNotFoundError(f"No module named {name!r}")
                 frame = sys._getframe(1)
@@ -58,18 +60,19 @@ SCRIPT = textwrap.dedent(
         ]
     print(json.dumps({
         "statuses": statuses,
-        "loaded": sorted(m for m in ("mlflow", "pandas") if m in sys.modules),
+        "loaded": sorted(m for m in guarded if m in sys.modules),
         "importers": sorted(set(importers)),
     }))
     """
 )
 
 
-def _serve_once(tmp_path: Path, mode: str) -> dict:
+def _serve_once(tmp_path: Path, mode: str, guarded: list[str], compiled: bool) -> dict:
     model_dir = tmp_path / "models"
-    write_model(model_dir)
+    write_model(model_dir, compiled=compiled)
+    database = f"sqlite:///{tmp_path}/users.db"
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode, f"sqlite:///{tmp_path}/users.db", str(model_dir)],
+        [sys.executable, "-c", SCRIPT, mode, database, str(model_dir), ",".join(guarded)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -80,14 +83,22 @@ def _serve_once(tmp_path: Path, mode: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_predictions_work_without_pandas_or_mlflow_installed(tmp_path: Path) -> None:
-    outcome = _serve_once(tmp_path, "block")
+def test_a_compiled_model_serves_without_scikit_learn_scipy_pandas_or_mlflow(tmp_path: Path) -> None:
+    outcome = _serve_once(
+        tmp_path, "block", ["sklearn", "scipy", "joblib", "pandas", "mlflow"], compiled=True
+    )
+    assert outcome["statuses"] == [200, 200]
+    assert outcome["loaded"] == []
+
+
+def test_a_pipeline_model_serves_without_pandas_or_mlflow_installed(tmp_path: Path) -> None:
+    outcome = _serve_once(tmp_path, "block", ["pandas", "mlflow"], compiled=False)
     assert outcome["statuses"] == [200, 200]
     assert outcome["loaded"] == []
 
 
 def test_only_scikit_learn_imports_pandas_and_nothing_imports_mlflow(tmp_path: Path) -> None:
-    outcome = _serve_once(tmp_path, "trace")
+    outcome = _serve_once(tmp_path, "trace", ["pandas", "mlflow"], compiled=False)
     assert outcome["statuses"] == [200, 200]
     assert "mlflow" not in outcome["loaded"]
     assert {module for _, module in outcome["importers"]} <= {"sklearn.utils.fixes"}

@@ -19,12 +19,16 @@ log = logging.getLogger("predictor")
 
 
 def _info(predictor: Any) -> dict[str, Any]:
-    return predictor.metadata.model_dump(mode="json") | {"loaded_at": predictor.loaded_at}
+    # served_by: compiled (model.npz's arrays), pipeline-compiled or pipeline (model.joblib).
+    return predictor.metadata.model_dump(mode="json") | {
+        "loaded_at": predictor.loaded_at,
+        "served_by": predictor.model.source,
+    }
 
 
 @router.get("/model-info")
 def model_info(_: ClaimsDep, predictor: PredictorDep) -> dict[str, Any]:
-    """model.json as served: version, metrics, feature schema, classes, candidates."""
+    """model.json as served: version, metrics, feature schema, classes, candidates, what serves it."""
     return _info(predictor)
 
 

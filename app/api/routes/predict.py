@@ -152,14 +152,14 @@ def _compare(body: bytes, request: Request) -> Response:
     predictor = served.predictor
     matrix = predictor.schema.parse_json(body)
     predictions = _predict(predictor, matrix, request)
-    task = predictor.metadata.task
+    task, classes = predictor.metadata.task, predictor.metadata.classes
     candidates = [
         {
             "name": c.name,
             "metric": c.metric,
             "score": c.score,
             "champion": c.champion,
-            "predictions": predictions if c.champion else c.predict(matrix, task),
+            "predictions": predictions if c.champion else c.predict(matrix, task, classes),
         }
         for c in served.candidates or ()
     ]
