@@ -1,10 +1,11 @@
 """A fitted numeric pipeline as plain numpy arrays: serving runs it without importing scikit-learn.
 
 train builds pipelines for all-numeric data as median imputer -> standard scaler -> model. Their
-arithmetic is small: fill the gaps, standardise, then a linear function or a walk down trees, then
-a link (softmax, logistic, none). This module reads those arrays out of a fitted pipeline
-(`compile_pipeline`), evaluates them (`CompiledModel.__call__`), and stores them as an .npz file
-that loads with `allow_pickle=False`: no code in it, unlike model.joblib.
+arithmetic is small: fill the gaps, standardise, then a linear function, a walk down trees or an
+RBF kernel, then a link (softmax, logistic, sigmoid calibration, none). This module reads those
+arrays out of a fitted pipeline (`compile_pipeline`), evaluates them (`CompiledModel.__call__`),
+and stores them as an .npz file that loads with `allow_pickle=False`: no code in it, unlike
+model.joblib.
 
 Why it exists: importing scikit-learn costs ~0.8-1.7 s on a small machine, most of a cold start,
 and its per-step input checks cost more than the arithmetic on one row. The compiled form is only
@@ -13,6 +14,10 @@ against the pipeline before writing it, and the file carries those probe rows an
 serving checks it again after loading, without scikit-learn.
 
 Nothing here imports scikit-learn: estimators are recognised by their class's module and name.
+
+One known limit: an SVC with more than two classes counts one-vs-one votes, a step function. A row
+whose pairwise decision value is within rounding (~1e-12) of zero can get the other vote here than
+in libsvm; such a row lies on the boundary between two classes either way.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 
 from app.core.artifacts import Feature
 
-Link = Literal["identity", "softmax", "logistic"]
+Link = Literal["identity", "softmax", "logistic", "calibrated"]
+LINKS = ("identity", "softmax", "logistic", "calibrated")
 TOLERANCE = 1e-9
 FORMAT = 1
 # sklearn's trees compare features cast to float32 with float64 thresholds: the same cast here.
@@ -49,7 +55,12 @@ class CompiledModel:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays
         z = (np.where(np.isnan(x), a["fill"], x) - a["mean"]) / a["scale"]
-        raw = z @ a["coef"] + a["intercept"] if "coef" in a else _trees(a, z)
+        if "coef" in a:
+            raw = z @ a["coef"] + a["intercept"]
+        elif "support" in a:
+            raw = _svc_decision(a, z)
+        else:
+            raw = _trees(a, z)
         if self.task == "regression":
             return raw[:, 0]
         if self.link == "softmax":
@@ -58,6 +69,8 @@ class CompiledModel:
         if self.link == "logistic":
             positive = _expit(raw[:, 0])
             return np.column_stack([1.0 - positive, positive])
+        if self.link == "calibrated":
+            return _sigmoid_calibrated(a, raw)
         return raw
 
     def to_bytes(self, probe: np.ndarray) -> bytes:
@@ -77,6 +90,8 @@ class CompiledModel:
             probe, expected = arrays.pop("probe"), arrays.pop("expected")
             if spec.get("format") != FORMAT:
                 raise CompiledError(f"format {spec.get('format')!r}, this version reads {FORMAT}")
+            if spec.get("task") not in ("classification", "regression") or spec.get("link") not in LINKS:
+                raise CompiledError(f"unknown task or link in {spec}")
             model = cls(spec["task"], spec["link"], arrays)
             ours = model(probe)
         except CompiledError:
@@ -108,6 +123,32 @@ def _trees(a: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
             break
         node = step
     return a["bias"] + a["weight"] * a["leaf"][node].sum(axis=1)
+
+
+def _svc_decision(a: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """An RBF SVC's decision_function: libsvm's one-vs-one values as one product with the kernel
+    (each pair's weights on the support vectors in one column), then sklearn's one-vs-rest votes
+    with confidences for more than two classes, or the single value, sign flipped, for two."""
+    distances = (z * z).sum(axis=1)[:, np.newaxis] + a["support_norms"] - 2.0 * (z @ a["support"].T)
+    pairwise = np.exp(-a["gamma"] * np.maximum(distances, 0.0)) @ a["pair_weights"] + a["pair_intercept"]
+    if pairwise.shape[1] == 1:
+        return -pairwise
+    confidences = (-pairwise) @ a["pair_sign"]  # +1 on a pair's second class, -1 on its first
+    votes = (pairwise >= 0) @ a["pair_first"] + (pairwise < 0) @ a["pair_second"]
+    return votes + confidences / (3.0 * (np.abs(confidences) + 1.0))
+
+
+def _sigmoid_calibrated(a: dict[str, np.ndarray], decision: np.ndarray) -> np.ndarray:
+    """CalibratedClassifierCV's sigmoid method: one sigmoid per class, then normalised."""
+    proba = _expit(-(a["calibration_a"] * decision + a["calibration_b"]))
+    if proba.shape[1] == 1:
+        proba = np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
+    else:
+        total = proba.sum(axis=1, keepdims=True)
+        uniform = np.full_like(proba, 1.0 / proba.shape[1])
+        proba = np.divide(proba, total, out=uniform, where=total != 0)
+    proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+    return proba
 
 
 # --- reading the arrays out of a fitted pipeline ------------------------------------------------
@@ -184,6 +225,9 @@ def _model_arrays(model: Any, task: str) -> tuple[dict[str, np.ndarray], Link] |
         arrays |= {"bias": np.zeros(width), "weight": np.array(1.0 / len(estimators))}
         return arrays, "identity"
 
+    if task == "classification" and _is(model, "sklearn.calibration", "CalibratedClassifierCV"):
+        return _calibrated_svc_arrays(model)
+
     boosting = "GradientBoostingClassifier" if task == "classification" else "GradientBoostingRegressor"
     if _is(model, "sklearn.ensemble", boosting):
         return _boosting_arrays(model, task)
@@ -212,6 +256,43 @@ def _boosting_arrays(model: Any, task: str) -> tuple[dict[str, np.ndarray], Link
     if task == "regression":
         return arrays, "identity"
     return arrays, "logistic" if width == 1 else "softmax"
+
+
+def _calibrated_svc_arrays(model: Any) -> tuple[dict[str, np.ndarray], Link] | None:
+    """CalibratedClassifierCV(SVC(kernel="rbf"), ensemble=False) with sigmoid calibration."""
+    if model.method != "sigmoid" or len(model.calibrated_classifiers_) != 1:
+        return None
+    calibrated = model.calibrated_classifiers_[0]
+    svc = calibrated.estimator
+    if not _is(svc, "sklearn.svm", "SVC") or svc.kernel != "rbf" or svc.break_ties:
+        return None
+    n_classes = len(svc.classes_)
+    if n_classes > 2 and svc.decision_function_shape != "ovr":
+        return None
+    # libsvm's own (unflipped) coefficients: support vectors grouped by class, one row per other class.
+    dual, intercept = np.asarray(svc._dual_coef_), np.asarray(svc._intercept_, dtype=np.float64)
+    bounds = np.concatenate([[0], np.cumsum(svc.n_support_)])
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    weights = np.zeros((dual.shape[1], len(pairs)))
+    first, second = np.zeros((len(pairs), n_classes)), np.zeros((len(pairs), n_classes))
+    for p, (i, j) in enumerate(pairs):
+        weights[bounds[i] : bounds[i + 1], p] = dual[j - 1, bounds[i] : bounds[i + 1]]
+        weights[bounds[j] : bounds[j + 1], p] = dual[i, bounds[j] : bounds[j + 1]]
+        first[p, i] = second[p, j] = 1.0
+    support = np.asarray(svc.support_vectors_, dtype=np.float64)
+    arrays = {
+        "support": support,
+        "support_norms": (support * support).sum(axis=1),
+        "gamma": np.array(float(svc._gamma)),
+        "pair_weights": weights,
+        "pair_intercept": intercept,
+        "pair_first": first,
+        "pair_second": second,
+        "pair_sign": second - first,
+        "calibration_a": np.array([c.a_ for c in calibrated.calibrators], dtype=np.float64),
+        "calibration_b": np.array([c.b_ for c in calibrated.calibrators], dtype=np.float64),
+    }
+    return arrays, "calibrated"
 
 
 def compile_pipeline(pipeline: Any, task: str) -> CompiledModel | None:

@@ -32,6 +32,7 @@ COMPILED = {
     "random_forest",
     "decision_tree",
     "gradient_boosting",
+    "svc",
     "linear_regression",
     "ridge",
 }
@@ -110,6 +111,9 @@ def test_broken_files_and_pickled_objects_are_refused():
         CompiledModel.from_bytes(_rewrite(payload, coef=np.array([{"x": 1}], dtype=object)))
     with pytest.raises(CompiledError, match="format"):
         CompiledModel.from_bytes(_rewrite(payload, spec=np.array('{"format": 99}')))
+    unknown_link = '{"format": 1, "task": "classification", "link": "tanh"}'
+    with pytest.raises(CompiledError, match="unknown task or link"):
+        CompiledModel.from_bytes(_rewrite(payload, spec=np.array(unknown_link)))
 
 
 def test_pipelines_with_categories_are_not_compiled():
