@@ -50,8 +50,8 @@ def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, .
         if info.sha256 == metadata.sha256:
             model = predictor.model  # the champion itself: already verified and loaded
         else:
-            what = f"candidate {info.name}: {Path(info.path).name}"
-            model = load_model(model_dir, metadata, info.path, info.sha256, info.compiled, what)
+            owner = f"candidate {info.name}: "
+            model = load_model(model_dir, metadata, info.path, info.sha256, info.compiled, owner)
         loaded.append(
             Candidate(
                 name=info.name,

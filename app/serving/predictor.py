@@ -87,7 +87,7 @@ class Predictor:
                 f"{model_dir / METADATA_FILE} is invalid: {str(exc).splitlines()[0]}"
             ) from None
 
-        model = load_model(model_dir, metadata, MODEL_FILE, metadata.sha256, metadata.compiled, MODEL_FILE)
+        model = load_model(model_dir, metadata, MODEL_FILE, metadata.sha256, metadata.compiled)
         predictor = cls(metadata, model, RequestSchema.build(metadata, max_rows))
         predictor._check()
         # After the check, so the made-up sample row is not counted as traffic.
@@ -128,24 +128,22 @@ def load_model(
     path: str,
     sha256: str,
     compiled: CompiledFile | None,
-    what: str,
+    owner: str = "",
 ) -> Model:
     """The compiled arrays when there are some that check out, else the unpickled pipeline.
 
     Both files are checked against their sha256 either way: a folder with a tampered model.joblib
-    is refused even when its arrays would serve.
+    is refused even when its arrays would serve. `owner` prefixes errors ("candidate svc: ").
     """
-    payload = read_verified(_inside(model_dir, path, what), sha256, what)
+    payload = _read_inside(model_dir, path, sha256, owner)
     if compiled is not None:
-        arrays = read_verified(
-            _inside(model_dir, compiled.path, what), compiled.sha256, f"{what} ({compiled.path})"
-        )
+        arrays = _read_inside(model_dir, compiled.path, compiled.sha256, owner)
         try:
             return Model(CompiledModel.from_bytes(arrays), "compiled")
         except CompiledError as exc:
             # Not a security matter (the checksum matched): numpy on this machine disagrees, say.
-            log.warning("%s: %s not used (%s): serving the pipeline", what, compiled.path, exc)
-    pipeline = unpickle(payload, what)
+            log.warning("%s%s not used (%s): serving the pipeline", owner, compiled.path, exc)
+    pipeline = unpickle(payload, f"{owner}{path}")
     task = metadata.task
     if task == "classification" and not hasattr(pipeline, "predict_proba"):
         return Model(pipeline.predict, "pipeline", pipeline, labels_only=True)
@@ -155,11 +153,11 @@ def load_model(
     return Model(reference_function(pipeline, task), "pipeline", pipeline)
 
 
-def _inside(model_dir: Path, relative: str, what: str) -> Path:
+def _read_inside(model_dir: Path, relative: str, sha256: str, owner: str) -> bytes:
     path = (model_dir / relative).resolve()
     if not path.is_relative_to(model_dir.resolve()):
-        raise ModelLoadError(f"{what}: path {relative} leaves the model folder")
-    return path
+        raise ModelLoadError(f"{owner}path {relative} leaves the model folder")
+    return read_verified(path, sha256, f"{owner}{relative}")
 
 
 def read_verified(path: Path, sha256: str, what: str) -> bytes:
