@@ -35,6 +35,8 @@ from app.core.artifacts import Feature
 Link = Literal["identity", "softmax", "logistic", "calibrated"]
 LINKS = ("identity", "softmax", "logistic", "calibrated")
 TOLERANCE = 1e-9
+# The most floats one step of a kernel or tree evaluation holds at once (~32 MB).
+BLOCK_ELEMENTS = 1 << 22
 FORMAT = 1
 # sklearn's trees compare features cast to float32 with float64 thresholds: the same cast here.
 _TREE_DTYPE = np.float32
@@ -57,10 +59,14 @@ class CompiledModel:
         z = (np.where(np.isnan(x), a["fill"], x) - a["mean"]) / a["scale"]
         if "coef" in a:
             raw = z @ a["coef"] + a["intercept"]
-        elif "support" in a:
-            raw = _svc_decision(a, z)
         else:
-            raw = _trees(a, z)
+            # Kernels and trees hold a (rows x support vectors) or (rows x trees x outputs) block:
+            # a batch is cut so that block stays bounded whatever the model's size.
+            kernel = "support" in a
+            width = len(a["support"]) if kernel else len(a["roots"]) * a["leaf"].shape[1]
+            step = max(1, BLOCK_ELEMENTS // max(width, 1))
+            part = _svc_decision if kernel else _trees
+            raw = np.concatenate([part(a, z[i : i + step]) for i in range(0, max(len(z), 1), step)])
         if self.task == "regression":
             return raw[:, 0]
         if self.link == "softmax":

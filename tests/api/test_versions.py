@@ -84,7 +84,9 @@ def test_a_bad_candidate_at_start_up_stops_compare_only(
         assert client.post("/predict", json=BODY, headers=headers).status_code == 200
         refused = client.post("/predict?compare=true", json=BODY, headers=headers)
     assert refused.status_code == 503
-    assert refused.json()["detail"].startswith("candidates unavailable: candidate knn: candidates/knn.joblib sha256")
+    assert refused.json()["detail"].startswith(
+        "candidates unavailable: candidate knn: candidates/knn.joblib sha256"
+    )
 
 
 def test_compare_validates_rows_like_predict(client: TestClient, user_headers: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
+from app.core import compiled as compiled_module
 from app.core.artifacts import Feature
 from app.core.compiled import (
     CompiledError,
@@ -82,6 +83,19 @@ def test_the_file_round_trips_and_checks_its_recorded_answers(kind: str, name: s
     loaded = CompiledModel.from_bytes(model.to_bytes(probe))
     rows = probe_rows(features_of(x), rows=50, seed=3)
     np.testing.assert_allclose(loaded(rows), reference(rows), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["random_forest", "svc", "gradient_boosting"])
+def test_big_batches_are_evaluated_in_blocks_with_the_same_answers(
+    name: str, monkeypatch: pytest.MonkeyPatch
+):
+    model, _, x = compiled_and_checked("multiclass", name)
+    rows = probe_rows(features_of(x), rows=101, seed=5)
+    whole = model(rows)
+    monkeypatch.setattr(compiled_module, "BLOCK_ELEMENTS", 1)  # one row per block
+    # The same arithmetic; only BLAS may sum a product in another order.
+    np.testing.assert_allclose(model(rows), whole, rtol=0, atol=1e-12)
+    assert model(rows[:0]).shape == (0, 3)
 
 
 def _rewrite(payload: bytes, **changes: np.ndarray) -> bytes:
