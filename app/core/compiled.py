@@ -53,6 +53,8 @@ class CompiledModel:
     task: str
     link: Link
     arrays: dict[str, np.ndarray]
+    # The order of the probability columns (the pipeline's classes_); empty for a regression.
+    classes: tuple[str, ...] = ()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays
@@ -81,7 +83,9 @@ class CompiledModel:
 
     def to_bytes(self, probe: np.ndarray) -> bytes:
         """The .npz file: the arrays, the link, and `probe` with this model's answers on it."""
-        spec = json.dumps({"format": FORMAT, "task": self.task, "link": self.link})
+        spec = json.dumps(
+            {"format": FORMAT, "task": self.task, "link": self.link, "classes": list(self.classes)}
+        )
         buffer = io.BytesIO()
         np.savez(buffer, spec=np.array(spec), probe=probe, expected=self(probe), **self.arrays)
         return buffer.getvalue()
@@ -98,7 +102,7 @@ class CompiledModel:
                 raise CompiledError(f"format {spec.get('format')!r}, this version reads {FORMAT}")
             if spec.get("task") not in ("classification", "regression") or spec.get("link") not in LINKS:
                 raise CompiledError(f"unknown task or link in {spec}")
-            model = cls(spec["task"], spec["link"], arrays)
+            model = cls(spec["task"], spec["link"], arrays, tuple(map(str, spec.get("classes", []))))
             ours = model(probe)
         except CompiledError:
             raise
@@ -325,7 +329,8 @@ def compile_pipeline(pipeline: Any, task: str) -> CompiledModel | None:
     if found is None:
         return None
     arrays, link = found
-    return CompiledModel(task, link, {"fill": fill, "mean": mean, "scale": scale} | arrays)
+    classes = tuple(str(c) for c in getattr(pipeline, "classes_", ())) if task == "classification" else ()
+    return CompiledModel(task, link, {"fill": fill, "mean": mean, "scale": scale} | arrays, classes)
 
 
 def probe_rows(features: list[Feature], rows: int = 64, seed: int = 0) -> np.ndarray | None:

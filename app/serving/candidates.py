@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from app.serving.predictor import Model, Predictor, answers, load_model
+from app.serving.predictor import Model, ModelLoadError, Predictor, answers, load_model
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, .
         else:
             owner = f"candidate {info.name}: "
             model = load_model(model_dir, metadata, info.path, info.sha256, info.compiled, owner)
+            if metadata.task == "classification" and list(model.classes) != metadata.classes:
+                raise ModelLoadError(f"{owner}its classes {list(model.classes)} differ from model.json's")
         loaded.append(
             Candidate(
                 name=info.name,

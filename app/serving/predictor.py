@@ -61,6 +61,8 @@ class Model:
     source: Literal["compiled", "pipeline-compiled", "pipeline"]
     pipeline: Any | None = field(default=None, repr=False)  # None when the arrays serve alone
     labels_only: bool = False  # a classifier without predict_proba
+    # The order of the model's probability columns, checked against model.json's at load.
+    classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,11 @@ class Predictor:
 
     def _check(self) -> None:
         """Predict once on a made-up row, so a model that cannot serve is refused at load."""
-        pipeline = self.model.pipeline
-        if self.metadata.task == "classification" and pipeline is not None:
-            classes = [str(c) for c in getattr(pipeline, "classes_", [])]
-            if self.metadata.classes and classes != self.metadata.classes:
-                raise ModelLoadError(f"the model's classes {classes} differ from model.json's")
+        classes = list(self.model.classes)
+        if self.metadata.task == "classification" and classes != self.metadata.classes:
+            raise ModelLoadError(
+                f"the model's classes {classes} differ from model.json's {self.metadata.classes}"
+            )
         row = [
             ((f.min or 0.0) + (f.max or 0.0)) / 2 if f.type == "numeric" else (f.categories or [""])[0]
             for f in self.metadata.features
@@ -139,18 +141,20 @@ def load_model(
     if compiled is not None:
         arrays = _read_inside(model_dir, compiled.path, compiled.sha256, owner)
         try:
-            return Model(CompiledModel.from_bytes(arrays), "compiled")
+            model = CompiledModel.from_bytes(arrays)
+            return Model(model, "compiled", classes=model.classes)
         except CompiledError as exc:
             # Not a security matter (the checksum matched): numpy on this machine disagrees, say.
             log.warning("%s%s not used (%s): serving the pipeline", owner, compiled.path, exc)
     pipeline = unpickle(payload, f"{owner}{path}")
     task = metadata.task
+    classes = tuple(str(c) for c in getattr(pipeline, "classes_", ())) if task == "classification" else ()
     if task == "classification" and not hasattr(pipeline, "predict_proba"):
-        return Model(pipeline.predict, "pipeline", pipeline, labels_only=True)
+        return Model(pipeline.predict, "pipeline", pipeline, labels_only=True, classes=classes)
     fast = _compiled_from(pipeline, metadata)
     if fast is not None:
-        return Model(fast, "pipeline-compiled", pipeline)
-    return Model(reference_function(pipeline, task), "pipeline", pipeline)
+        return Model(fast, "pipeline-compiled", pipeline, classes=classes)
+    return Model(reference_function(pipeline, task), "pipeline", pipeline, classes=classes)
 
 
 def _read_inside(model_dir: Path, relative: str, sha256: str, owner: str) -> bytes:

@@ -134,12 +134,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def add_candidate(model_dir: Path, name: str, score: float) -> None:
-    """Fit one more iris candidate and list it in model.json, the way train keeps every candidate."""
+def add_candidate(model_dir: Path, name: str, score: float, labels_prefix: str = "") -> None:
+    """Fit one more iris candidate and list it in model.json, the way train keeps every candidate.
+
+    labels_prefix fits it on renamed classes: a candidate that does not belong with this champion."""
     from app.core.artifacts import CANDIDATES_DIR
 
     metadata = ModelMetadata.read(model_dir)
     features, x, y, _ = _iris()
+    y = np.array([labels_prefix + label for label in y])
     pipeline = build_pipeline(name, "classification", {}, features, seed=0)
     pipeline.fit(x, y)
     path = Path(CANDIDATES_DIR) / f"{name}.joblib"

@@ -4,6 +4,7 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from api_support import IRIS_ROW, write_model
 from fastapi.testclient import TestClient
 
@@ -103,6 +104,25 @@ def test_unreadable_arrays_with_a_matching_checksum_fall_back_to_the_pipeline(
     assert client.get("/model-info", headers=user_headers).json()["served_by"] == "pipeline-compiled"
     predicted = client.post("/predict", json=BODY, headers=user_headers)
     assert predicted.json()["predictions"][0]["label"] == "setosa"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_reload_refuses_a_model_whose_classes_are_not_model_jsons(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    user_headers: dict[str, str],
+    model_dir: Path,
+    compiled: bool,
+) -> None:
+    # Probabilities would be labelled with the wrong classes: refused, compiled or not.
+    write_model(model_dir, "iris", version="v2", compiled=compiled)
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    metadata["classes"] = metadata["classes"][::-1]
+    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    response = client.post("/model/reload", headers=admin_headers)
+    assert response.status_code == 409
+    assert "differ from model.json" in response.json()["detail"]
+    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
 
 
 def test_reload_refuses_a_missing_model(

@@ -89,6 +89,20 @@ def test_a_bad_candidate_at_start_up_stops_compare_only(
     )
 
 
+def test_a_candidate_with_other_classes_stops_compare_only(
+    settings_factory: Callable[..., Settings], model_dir: Path
+) -> None:
+    from api_support import ADMIN, bearer, get_token
+
+    add_candidate(model_dir, "decision_tree", 0.9, labels_prefix="other-")
+    with TestClient(create_app(settings_factory())) as client:
+        headers = bearer(get_token(client, *ADMIN, scope="predict"))
+        assert client.post("/predict", json=BODY, headers=headers).status_code == 200
+        refused = client.post("/predict?compare=true", json=BODY, headers=headers)
+    assert refused.status_code == 503
+    assert "candidate decision_tree: its classes" in refused.json()["detail"]
+
+
 def test_compare_validates_rows_like_predict(client: TestClient, user_headers: dict[str, str]) -> None:
     bad = {"instances": [{**IRIS_ROW, "sepal_length": "wide"}]}
     answer = client.post("/predict?compare=true", json=bad, headers=user_headers)
