@@ -102,6 +102,8 @@ class CompiledModel:
                 raise CompiledError(f"format {spec.get('format')!r}, this version reads {FORMAT}")
             if spec.get("task") not in ("classification", "regression") or spec.get("link") not in LINKS:
                 raise CompiledError(f"unknown task or link in {spec}")
+            if spec["task"] == "classification" and not spec.get("classes"):
+                raise CompiledError("no class order recorded")
             model = cls(spec["task"], spec["link"], arrays, tuple(map(str, spec.get("classes", []))))
             ours = model(probe)
         except CompiledError:

@@ -81,6 +81,7 @@ def test_the_file_round_trips_and_checks_its_recorded_answers(kind: str, name: s
     model, reference, x = compiled_and_checked(kind, name)
     probe = probe_rows(features_of(x))
     loaded = CompiledModel.from_bytes(model.to_bytes(probe))
+    assert loaded.classes == model.classes and len(loaded.classes) == loaded(probe).shape[1]
     rows = probe_rows(features_of(x), rows=50, seed=3)
     np.testing.assert_allclose(loaded(rows), reference(rows), rtol=0, atol=1e-9)
 
@@ -125,9 +126,12 @@ def test_broken_files_and_pickled_objects_are_refused():
         CompiledModel.from_bytes(_rewrite(payload, coef=np.array([{"x": 1}], dtype=object)))
     with pytest.raises(CompiledError, match="format"):
         CompiledModel.from_bytes(_rewrite(payload, spec=np.array('{"format": 99}')))
-    unknown_link = '{"format": 1, "task": "classification", "link": "tanh"}'
+    unknown_link = '{"format": 1, "task": "classification", "link": "tanh", "classes": ["a"]}'
     with pytest.raises(CompiledError, match="unknown task or link"):
         CompiledModel.from_bytes(_rewrite(payload, spec=np.array(unknown_link)))
+    no_classes = '{"format": 1, "task": "classification", "link": "softmax"}'
+    with pytest.raises(CompiledError, match="no class order"):
+        CompiledModel.from_bytes(_rewrite(payload, spec=np.array(no_classes)))
 
 
 def test_pipelines_with_categories_are_not_compiled():
