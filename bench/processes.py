@@ -35,6 +35,21 @@ class Server:
     log_path: Path
     started_at: float  # time.monotonic() just before the process was created
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by every live process of the server's group:
+        uvicorn and its workers. Unlike throughput, it hardly moves with the machine's other load."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue  # the process ended meanwhile
+            # The fields after the command name, which may itself hold spaces and parentheses.
+            fields = text[text.rindex(")") + 2 :].split()
+            if int(fields[2]) == self.process.pid:  # process group: start_new_session made it the pid
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise BenchError(
