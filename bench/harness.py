@@ -89,10 +89,16 @@ class LoadResult:
     non_200: int
     socket_errors: int
     first_bad: str = ""
+    # The server's own CPU time during the run (all its processes), when the bench read it.
+    server_cpu_s: float | None = None
 
     @property
     def failed(self) -> bool:
         return self.non_200 > 0 or self.socket_errors > 0 or self.requests == 0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return 1e6 * (self.server_cpu_s or float("nan")) / max(self.requests, 1)
 
 
 def parse_wrk_report(stdout: str) -> LoadResult:

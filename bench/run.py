@@ -13,6 +13,7 @@ failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -254,10 +255,13 @@ def measure(
 ) -> LoadResult:
     if args.warmup > 0:
         drive(server, url, body_file, case.concurrency, args.warmup, authorization)
+    cpu_before = server.cpu_seconds()
     result = drive(server, url, body_file, case.concurrency, args.duration, authorization)
+    result = dataclasses.replace(result, server_cpu_s=server.cpu_seconds() - cpu_before)
     say(
-        f"  {server.name:<6} rows={case.rows:<3} c={case.concurrency:<2} "
-        f"{result.throughput:>8,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        f"  {server.name:<11} rows={case.rows:<3} c={case.concurrency:<2} "
+        f"{result.throughput:>8,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+        f"{result.cpu_us_per_request:6.0f} µs CPU/request"
     )
     return result
 
@@ -317,7 +321,7 @@ def bench_champion(
         ours, username, password = start_ours(processes, work, args, champion)
         token, seconds = first_prediction_ours(ours, username, password, bodies["ours", 1].read_bytes())
         starts["ours"].append(seconds)
-        if attempt < args.cold_starts - 1:
+        if attempt < args.cold_starts - 1:  # the last one serves the load
             processes.stop(ours)
     for attempt in range(args.cold_starts):
         mlflow = start_mlflow(processes, work, args, champion, metadata["registered_model"])
@@ -381,32 +385,25 @@ def bench_overhead(scratch: Path, processes: Processes, args: argparse.Namespace
         token, _ = first_prediction_ours(server, username, password, body.read_bytes())
         servers[label] = (server, f"Bearer {token}")
     case = Case(champion, 1, 32)
-    throughput = {"on": 0.0, "off": 0.0}
-    cpu = {"on": 0.0, "off": 0.0}  # server CPU seconds spent in the measured runs
-    requests = {"on": 0, "off": 0}
+    runs: dict[str, list[LoadResult]] = {"on": [], "off": []}
     try:
         for round_number in range(OVERHEAD_ROUNDS):
             # The order flips every round: whichever runs second in a pair tends to do better here.
             order = ["on", "off"] if round_number % 2 == 0 else ["off", "on"]
             for label in order:
                 server, authorization = servers[label]
-                url = f"{server.base_url}/predict"
-                if args.warmup > 0:
-                    drive(server, url, body, case.concurrency, args.warmup, authorization)
-                before = server.cpu_seconds()
-                result = drive(server, url, body, case.concurrency, args.duration, authorization)
-                cpu[label] += server.cpu_seconds() - before
-                requests[label] += result.requests
-                throughput[label] += result.throughput
-                say(
-                    f"  {server.name:<11} c=32 {result.throughput:>8,.0f} req/s  "
-                    f"{1e6 * (cpu[label] / requests[label]):6.0f} µs CPU per request so far"
+                runs[label].append(
+                    measure(server, f"{server.base_url}/predict", body, case, args, authorization)
                 )
     finally:
         for server, _ in servers.values():
             processes.stop(server)
-    on, off = throughput["on"] / OVERHEAD_ROUNDS, throughput["off"] / OVERHEAD_ROUNDS
-    cpu_on, cpu_off = (1e6 * cpu[label] / requests[label] for label in ("on", "off"))
+    on, off = (statistics.fmean(r.throughput for r in runs[label]) for label in ("on", "off"))
+    # CPU per request over all of a server's runs: total CPU time over total requests.
+    cpu_on, cpu_off = (
+        1e6 * sum(r.server_cpu_s or 0.0 for r in runs[label]) / sum(r.requests for r in runs[label])
+        for label in ("on", "off")
+    )
     overhead = {
         "champion": champion,
         "rows": 1,

@@ -173,8 +173,8 @@ def _is(obj: object, module: str, name: str) -> bool:
 
 
 def _flatten(trees: list[tuple[Any, np.ndarray]], width: int) -> dict[str, np.ndarray]:
-    """sklearn `tree_` objects, each with a function of its node values giving `width` outputs
-    per leaf, as one set of node arrays (indices offset per tree)."""
+    """sklearn `tree_` objects, each with its `width` outputs per node, as one set of node arrays
+    (indices offset per tree)."""
     feature, threshold, children, leaf, roots = [], [], [], [], []
     offset, depth = 0, 0
     for tree, values in trees:
@@ -209,10 +209,6 @@ def _class_shares(tree: Any, n_classes: int) -> np.ndarray:
     return values / total
 
 
-def _single_output(model: Any) -> bool:
-    return getattr(model, "n_outputs_", 1) == 1
-
-
 def _model_arrays(model: Any, task: str) -> tuple[dict[str, np.ndarray], Link] | None:
     linear = ("LogisticRegression", "LinearRegression", "Ridge")
     if any(_is(model, "sklearn.linear_model", name) for name in linear):
@@ -225,7 +221,7 @@ def _model_arrays(model: Any, task: str) -> tuple[dict[str, np.ndarray], Link] |
     forest = "RandomForestClassifier" if task == "classification" else "RandomForestRegressor"
     single = "DecisionTreeClassifier" if task == "classification" else "DecisionTreeRegressor"
     if _is(model, "sklearn.ensemble", forest) or _is(model, "sklearn.tree", single):
-        if not _single_output(model):
+        if getattr(model, "n_outputs_", 1) != 1:
             return None
         estimators = list(getattr(model, "estimators_", [model]))
         width = int(model.n_classes_) if task == "classification" else 1
@@ -353,6 +349,11 @@ def probe_rows(features: list[Feature], rows: int = 64, seed: int = 0) -> np.nda
 def reference_function(pipeline: Any, task: str) -> Any:
     """What the compiled model must reproduce: predict_proba, or predict for a regression."""
     return pipeline.predict if task == "regression" else getattr(pipeline, "predict_proba", None)
+
+
+def compile_verified(pipeline: Any, task: str, probe: np.ndarray | None) -> CompiledModel | None:
+    """The pipeline's arrays, if they give its own answers on the probe rows; else None."""
+    return verified(compile_pipeline(pipeline, task), reference_function(pipeline, task), probe)
 
 
 def verified(

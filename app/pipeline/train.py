@@ -243,10 +243,8 @@ def write_compiled(
     """The pipeline as numpy arrays (app/core/compiled.py) at out/path, written only if they give
     the pipeline's answers on probe rows; serving then needs no scikit-learn for it."""
     probe = compiled.probe_rows(features)
-    model = compiled.verified(
-        compiled.compile_pipeline(pipeline, task), compiled.reference_function(pipeline, task), probe
-    )
-    if model is None or probe is None:
+    model = compiled.compile_verified(pipeline, task, probe)
+    if model is None or probe is None:  # (no probe, i.e. categorical features, gives no model already)
         return None
     (out / path).write_bytes(model.to_bytes(probe))
     return CompiledFile(path=str(path), sha256=sha256_of(out / path))

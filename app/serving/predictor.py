@@ -31,10 +31,9 @@ from app.core.artifacts import (
 from app.core.compiled import (
     CompiledError,
     CompiledModel,
-    compile_pipeline,
+    compile_verified,
     probe_rows,
     reference_function,
-    verified,
 )
 from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema
@@ -228,9 +227,7 @@ def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSett
 def _compiled_from(pipeline: Any, metadata: ModelMetadata) -> CompiledModel | None:
     """For a folder without model.npz (an older train): the arrays read from the pipeline itself,
     if they give its answers on probe rows."""
-    task = metadata.task
-    probe = probe_rows(metadata.features)
-    compiled = verified(compile_pipeline(pipeline, task), reference_function(pipeline, task), probe)
+    compiled = compile_verified(pipeline, metadata.task, probe_rows(metadata.features))
     if compiled is None:
         log.info("serving through the sklearn pipeline (no compiled form of %s)", metadata.name)
     return compiled

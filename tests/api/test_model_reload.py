@@ -11,6 +11,24 @@ from fastapi.testclient import TestClient
 from app.core.artifacts import COMPILED_FILE, METADATA_FILE, MODEL_FILE, sha256_of
 
 BODY = {"instances": [IRIS_ROW]}
+Headers = dict[str, str]
+
+
+def edit_metadata(model_dir: Path, **changes: object) -> dict:
+    """Rewrite model.json with some fields changed, as someone other than the pipeline would."""
+    metadata = json.loads((model_dir / METADATA_FILE).read_text()) | changes
+    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    return metadata
+
+
+def assert_reload_refused(client: TestClient, admin: Headers, user: Headers, *fragments: str) -> None:
+    """409 naming what is wrong, and the model served before (v1) goes on answering."""
+    response = client.post("/model/reload", headers=admin)
+    assert response.status_code == 409
+    for fragment in fragments:
+        assert fragment in response.json()["detail"]
+    predicted = client.post("/predict", json=BODY, headers=user)
+    assert predicted.status_code == 200 and predicted.json()["model_version"] == "v1"
 
 
 def test_model_info_has_metadata_metrics_schema_and_candidates(
@@ -43,12 +61,7 @@ def test_reload_refused_on_checksum_mismatch_while_predictions_keep_working(
 ) -> None:
     # Someone replaces the pickle without the pipeline writing its checksum: never unpickle it.
     (model_dir / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    response = client.post("/model/reload", headers=admin_headers)
-    assert response.status_code == 409
-    assert "does not match" in response.json()["detail"]
-    predicted = client.post("/predict", json=BODY, headers=user_headers)
-    assert predicted.status_code == 200
-    assert predicted.json()["model_version"] == "v1"
+    assert_reload_refused(client, admin_headers, user_headers, "does not match")
     assert client.get("/ready").status_code == 200
 
 
@@ -58,14 +71,10 @@ def test_reload_refuses_a_broken_pickle_even_with_a_matching_checksum(
     # A folder without compiled arrays: the pickle is what would serve.
     write_model(model_dir, "iris", version="v-broken", compiled=False)
     (model_dir / MODEL_FILE).write_bytes(b"not a pickle at all")
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
     sha = sha256_of(model_dir / MODEL_FILE)
-    metadata |= {"sha256": sha, "candidates": [metadata["candidates"][0] | {"sha256": sha}]}
-    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
-    response = client.post("/model/reload", headers=admin_headers)
-    assert response.status_code == 409
-    assert "cannot be unpickled" in response.json()["detail"]
-    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+    candidate = json.loads((model_dir / METADATA_FILE).read_text())["candidates"][0] | {"sha256": sha}
+    edit_metadata(model_dir, sha256=sha, candidates=[candidate])
+    assert_reload_refused(client, admin_headers, user_headers, "cannot be unpickled")
 
 
 def test_reload_refuses_tampered_compiled_arrays(
@@ -73,20 +82,15 @@ def test_reload_refuses_tampered_compiled_arrays(
 ) -> None:
     write_model(model_dir, "iris", version="v2")
     (model_dir / COMPILED_FILE).write_bytes((model_dir / COMPILED_FILE).read_bytes() + b"\0")
-    response = client.post("/model/reload", headers=admin_headers)
-    assert response.status_code == 409
-    assert "model.npz" in response.json()["detail"] and "does not match" in response.json()["detail"]
-    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+    assert_reload_refused(client, admin_headers, user_headers, "model.npz", "does not match")
 
 
 def test_reload_checks_model_joblib_even_when_the_arrays_serve(
-    client: TestClient, admin_headers: dict[str, str], model_dir: Path
+    client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
     write_model(model_dir, "iris", version="v2")
     (model_dir / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    response = client.post("/model/reload", headers=admin_headers)
-    assert response.status_code == 409
-    assert "model.joblib" in response.json()["detail"]
+    assert_reload_refused(client, admin_headers, user_headers, "model.joblib", "does not match")
 
 
 def test_unreadable_arrays_with_a_matching_checksum_fall_back_to_the_pipeline(
@@ -96,10 +100,9 @@ def test_unreadable_arrays_with_a_matching_checksum_fall_back_to_the_pipeline(
     # pipeline, verified by its own checksum, serves instead.
     write_model(model_dir, "iris", version="v2")
     (model_dir / COMPILED_FILE).write_bytes(b"not an npz")
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
     compiled = {"path": COMPILED_FILE, "sha256": sha256_of(model_dir / COMPILED_FILE)}
-    metadata |= {"compiled": compiled, "candidates": [metadata["candidates"][0] | {"compiled": compiled}]}
-    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    candidate = json.loads((model_dir / METADATA_FILE).read_text())["candidates"][0] | {"compiled": compiled}
+    edit_metadata(model_dir, compiled=compiled, candidates=[candidate])
     assert client.post("/model/reload", headers=admin_headers).status_code == 200
     assert client.get("/model-info", headers=user_headers).json()["served_by"] == "pipeline-compiled"
     predicted = client.post("/predict", json=BODY, headers=user_headers)
@@ -115,14 +118,9 @@ def test_reload_refuses_a_model_whose_classes_are_not_model_jsons(
     compiled: bool,
 ) -> None:
     # Probabilities would be labelled with the wrong classes: refused, compiled or not.
-    write_model(model_dir, "iris", version="v2", compiled=compiled)
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    metadata["classes"] = metadata["classes"][::-1]
-    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
-    response = client.post("/model/reload", headers=admin_headers)
-    assert response.status_code == 409
-    assert "differ from model.json" in response.json()["detail"]
-    assert client.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v1"
+    metadata = write_model(model_dir, "iris", version="v2", compiled=compiled)
+    edit_metadata(model_dir, classes=metadata.classes[::-1])
+    assert_reload_refused(client, admin_headers, user_headers, "differ from model.json")
 
 
 def test_reload_refuses_a_missing_model(

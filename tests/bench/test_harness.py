@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,9 @@ def test_export_commit_copies_the_app_and_params_of_a_commit(tmp_path: Path):
     }
     with pytest.raises(BenchError, match="not a commit"):
         export_commit("no-such-ref-anywhere", tmp_path / "other")
+
+
+def test_cpu_per_request_is_the_servers_cpu_time_over_its_requests():
+    run = dataclasses.replace(load(throughput=200, p50=1, p99=2), server_cpu_s=1.0)  # 2,000 requests
+    assert run.cpu_us_per_request == 500
+    assert math.isnan(load(throughput=200, p50=1, p99=2).cpu_us_per_request)  # not read

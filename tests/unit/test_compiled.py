@@ -16,6 +16,7 @@ from app.core.compiled import (
     CompiledError,
     CompiledModel,
     compile_pipeline,
+    compile_verified,
     probe_rows,
     reference_function,
     verified,
@@ -58,7 +59,7 @@ def fitted(kind: str, name: str):
 def compiled_and_checked(kind: str, name: str):
     task, x, pipeline = fitted(kind, name)
     reference = reference_function(pipeline, task)
-    model = verified(compile_pipeline(pipeline, task), reference, probe_rows(features_of(x)))
+    model = compile_verified(pipeline, task, probe_rows(features_of(x)))
     return model, reference, x
 
 
