@@ -17,7 +17,6 @@ from app.api import errors
 from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core import security
 from app.core.config import Settings, load_settings
-from app.core.versions import VersionStore
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
 from app.db.throttle import DatabaseLoginThrottle
@@ -38,7 +37,8 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             bootstrap(database, settings)
         drift = (
             DriftSettings(settings.drift_window, settings.drift_min_rows, settings.drift_refresh_seconds)
-            if settings.drift_enabled
+            # Drift is measured for the metrics: without them, nothing would read it.
+            if settings.drift_enabled and settings.metrics_enabled
             else None
         )
         registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift, settings.versions_dir)
@@ -51,7 +51,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         app.state.registry = registry
         jobs = TrainingJobs(
             registry,
-            VersionStore(settings.versions_dir),
+            registry.store,
             settings.train_params,
             settings.promotion_tolerance,
             settings.train_timeout_seconds,

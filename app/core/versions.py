@@ -27,6 +27,7 @@ from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
 RECORD_FILE = "version.json"
 SERVING_FILE = "serving.json"
 JOBS_DIR = "jobs"
+RESULT_FILE = "result.json"  # a retraining job's answer, in jobs/<job id>/
 # Versions are training timestamps; anything else would be a path trick.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -98,17 +99,17 @@ class VersionStore:
         except (OSError, ValueError, UnknownVersion):
             return None
 
-    def versions(self) -> list[str]:
-        """Every stored version, newest trained first."""
+    def versions(self) -> list[tuple[str, ModelMetadata]]:
+        """Every stored version with its model.json, newest trained first."""
         if not self.root.is_dir():
             return []
         found = []
         for folder in self.root.iterdir():
             try:
-                found.append((self.metadata(folder.name).trained_at, folder.name))
+                found.append((folder.name, self.metadata(folder.name)))
             except (OSError, ValueError, UnknownVersion):
                 continue  # not a version, or one being written
-        return [name for _, name in sorted(found, reverse=True)]
+        return sorted(found, key=lambda item: (item[1].trained_at, item[0]), reverse=True)
 
     def add(self, model_dir: Path, record: VersionRecord) -> str:
         """Copy a model folder in as its version; a version already stored is left as it is."""
@@ -128,9 +129,6 @@ class VersionStore:
             if not self.exists(version):  # not lost to a concurrent add of the same version
                 raise
         return version
-
-    def set_record(self, version: str, record: VersionRecord) -> None:
-        write_json_atomic(self.path(version) / RECORD_FILE, record)
 
     def serving(self) -> Serving | None:
         try:

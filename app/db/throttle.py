@@ -1,6 +1,6 @@
 """The login lockout counted in the users database: one count for every worker and replica.
 
-The same rule and interface as app.core.lockout.LoginThrottle (retry_after, record_failure, reset).
+It implements app.core.lockout.Throttle (retry_after, record_failure, reset).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,10 +135,9 @@ def port_free(port: int) -> bool:
         return sock.connect_ex((HOST, port)) != 0
 
 
-def http_up(url: str, headers: dict[str, str] | None = None) -> bool:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (http on 127.0.0.1)
+def http_up(url: str) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http on 127.0.0.1)
             return response.status < 400
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -205,7 +203,6 @@ class Runner:
         command: list[str],
         ready: str,
         *,
-        check: Callable[[], bool] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         port = self.stack.ports[name]
@@ -224,9 +221,8 @@ class Runner:
             )
         url = self.stack.url(name)
         self.stack._record(Service(name, process.pid, url, str(log), Path(command[0]).name))
-        is_ready = check or (lambda: http_up(url + ready))
         deadline = time.monotonic() + START_TIMEOUT
-        while not is_ready():
+        while not http_up(url + ready):
             if process.poll() is not None:
                 raise StackError(f"{name} exited with {process.returncode}; {log}:\n{tail(log)}")
             if time.monotonic() > deadline:

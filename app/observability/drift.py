@@ -34,10 +34,10 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class DriftSettings:
-    window: int = 1000
-    min_rows: int = 100
+    window: int
+    min_rows: int
     # PSI is recomputed at most this often per process (and at every scrape of /metrics).
-    refresh_seconds: float = 1.0
+    refresh_seconds: float
 
 
 class BinnedWindow:

@@ -13,7 +13,7 @@ import os
 from collections import Counter as Tally
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +26,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from app.observability.drift import DriftMonitor
 
 # The `_created` series double what is scraped and no dashboard or alert reads them.
 disable_created_metrics()
@@ -167,10 +170,12 @@ def predictions_served(version: str, labels: list[str], seconds: float) -> None:
         _predictions(version, label).inc(count)
 
 
-def drift_measured(feature_psi: dict[str, float], prediction_psi: float) -> None:
-    for feature, value in feature_psi.items():
+def publish_drift(monitor: DriftMonitor) -> None:
+    """Set the PSI gauges from this process's monitor, as of now (NaN: too few rows yet, left as is)."""
+    for feature, value in monitor.feature_psi().items():
         if not math.isnan(value):
             FEATURE_PSI.labels(feature=feature).set(value)
+    prediction_psi = monitor.prediction_psi()
     if not math.isnan(prediction_psi):
         PREDICTION_PSI.set(prediction_psi)
 

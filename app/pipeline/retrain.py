@@ -16,6 +16,7 @@ Writes DIR/result.json; a problem with the data or params exits 1 with the one-l
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import sys
@@ -23,8 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from app.core.artifacts import MODEL_FILE, ModelMetadata, sha256_of, write_json_atomic
-from app.core.versions import VersionRecord, VersionStore, now
+from app.core.artifacts import MODEL_FILE, ModelMetadata, write_json_atomic
+from app.core.versions import RESULT_FILE, VersionRecord, VersionStore, now
 from app.pipeline import layout
 from app.pipeline.dataset import RawData, read_split
 from app.pipeline.errors import PipelineError
@@ -34,8 +35,6 @@ from app.pipeline.params import DEFAULT_PARAMS, Params
 from app.pipeline.prepare import prepare
 from app.pipeline.train import load_schema, split_xy, test_metrics, train
 
-RESULT_FILE = "result.json"
-
 
 def champion_score(champion_dir: Path, ws: layout.Workspace, metric: str) -> float:
     """The serving champion's `metric` on this job's test split; PipelineError when it cannot be scored."""
@@ -43,8 +42,8 @@ def champion_score(champion_dir: Path, ws: layout.Workspace, metric: str) -> flo
 
     metadata = ModelMetadata.read(champion_dir)
     schema = load_schema(ws.processed_dir)
-    path = champion_dir / MODEL_FILE
-    if sha256_of(path) != metadata.sha256:
+    payload = (champion_dir / MODEL_FILE).read_bytes()
+    if hashlib.sha256(payload).hexdigest() != metadata.sha256:
         raise PipelineError(f"the champion {metadata.version}: sha256 of {MODEL_FILE} does not match")
     if metadata.task != schema.task:
         raise PipelineError(f"the champion {metadata.version} does {metadata.task}, this data {schema.task}")
@@ -55,8 +54,7 @@ def champion_score(champion_dir: Path, ws: layout.Workspace, metric: str) -> flo
             f"the champion {metadata.version} takes other features "
             f"({', '.join(n for n, _ in theirs)}) than this data ({', '.join(n for n, _ in ours)})"
         )
-    with io.BytesIO(path.read_bytes()) as payload:
-        model = joblib.load(payload)
+    model = joblib.load(io.BytesIO(payload))
     test = read_split(ws.processed_dir / layout.TEST_FILE, schema.features, schema.target, schema.task)
     x_test, y_test = split_xy(test, schema)
     scores = test_metrics(model, x_test, y_test, schema)

@@ -1,12 +1,12 @@
 """The model currently served, its load-then-swap reload, and the versions it can switch between.
 
-Readers take `registry.current` (or `registry.served`, with the candidates) once per request and
-keep that reference: a reload, promotion or rollback builds the new Predictor fully (checksum,
-unpickle, sample prediction, candidates) before swapping a single attribute, so requests in
-flight finish on the old model and none sees a half-loaded one.
+Readers take `registry.current` (or `registry.with_candidates()`, with the candidates) once per
+request and keep that reference: a reload, promotion or rollback builds the new Predictor fully
+(checksum, unpickle, sample prediction, candidates) before swapping a single attribute, so requests
+in flight finish on the old model and none sees a half-loaded one.
 
-MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). With a
-versions store (VERSIONS_DIR), the registry records each MODEL_DIR model there as a version and
+MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). The
+registry records each MODEL_DIR model in the versions store (VERSIONS_DIR) as a version and
 serves from the store: the version in its serving.json, which promotions and rollbacks move and
 which survives restarts. At start-up serving.json wins while MODEL_DIR still holds the version it
 held when serving.json was written; once the pipeline has written another one (a fresh `make train`
@@ -43,13 +43,13 @@ class ModelRegistry:
         self,
         model_dir: Path,
         max_rows: int,
-        drift: DriftSettings | None = None,
-        versions_dir: Path | None = None,
+        drift: DriftSettings | None,
+        versions_dir: Path,
     ) -> None:
         self.model_dir = model_dir
         self.max_rows = max_rows
         self.drift = drift
-        self.store = VersionStore(versions_dir) if versions_dir is not None else None
+        self.store = VersionStore(versions_dir)
         self._served: Served | None = None
         self._error: str | None = "not loaded yet"
         # Serialises swaps; readers never take it.
@@ -59,10 +59,6 @@ class ModelRegistry:
     def current(self) -> Predictor | None:
         served = self._served
         return served.predictor if served is not None else None
-
-    @property
-    def served(self) -> Served | None:
-        return self._served
 
     @property
     def error(self) -> str | None:
@@ -78,8 +74,8 @@ class ModelRegistry:
             threading.Thread(target=self.with_candidates, name="candidates", daemon=True).start()
 
     def _load_initial(self) -> None:
-        pointer = self.store.serving() if self.store else None
-        if self.store and pointer and self.store.exists(pointer.version):
+        pointer = self.store.serving()
+        if pointer and self.store.exists(pointer.version):
             pipeline_version = self._model_dir_version()
             if pipeline_version is None or pipeline_version == pointer.model_dir_version:
                 try:
@@ -136,14 +132,13 @@ class ModelRegistry:
         Raises ModelLoadError and keeps the old model serving."""
         with self._lock:
             new = self._load(self.model_dir, candidates)
-            if self.store is not None:
-                version = new.predictor.version
-                try:
-                    self.store.add(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
-                    self.store.set_serving(version, f"loaded from {self.model_dir}", version)
-                except (OSError, UnknownVersion) as exc:
-                    # Serving goes on; only the history misses this version.
-                    log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
+            version = new.predictor.version
+            try:
+                self.store.add(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
+                self.store.set_serving(version, f"loaded from {self.model_dir}", version)
+            except (OSError, UnknownVersion) as exc:
+                # Serving goes on; only the history misses this version.
+                log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
             return self._swap(new)
 
     def serve_version(self, version: str, reason: str | None = None, candidates: bool = True) -> Predictor:
@@ -151,7 +146,7 @@ class ModelRegistry:
 
         `reason` moves serving.json too; without it (start-up, another worker's change) it is only followed.
         """
-        if self.store is None or not self.store.exists(version):
+        if not self.store.exists(version):
             raise UnknownVersion(version)
         with self._lock:
             new = self._load(self.store.path(version), candidates)
@@ -167,7 +162,7 @@ class ModelRegistry:
 
     def sync(self) -> None:
         """Follow serving.json when another process (worker) moved it."""
-        pointer = self.store.serving() if self.store else None
+        pointer = self.store.serving()
         current = self.current
         if pointer is None or (current is not None and current.version == pointer.version):
             return

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from app.core.artifacts import ModelMetadata, write_json_atomic
-from app.core.versions import UnknownVersion, VersionStore, now
+from app.core.versions import RESULT_FILE, UnknownVersion, VersionStore, now
 from app.serving.predictor import ModelLoadError
 from app.serving.registry import ModelRegistry
 
@@ -36,7 +35,6 @@ log = logging.getLogger("predictor")
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"
 UPLOAD_FILE = "upload.csv"
-RESULT_FILE = "result.json"  # written by app.pipeline.retrain
 LOCK_FILE = ".train.lock"
 ALIAS_TIMEOUT_SECONDS = 60
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -287,7 +285,6 @@ def update_champion_alias(metadata: ModelMetadata) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=ALIAS_TIMEOUT_SECONDS,
-            env=dict(os.environ),
             check=False,
         )
         outcome = json.loads(done.stdout.strip().splitlines()[-1])

@@ -25,7 +25,6 @@ class SessionExpired(ApiError):
 class Login:
     token: str
     scopes: list[str]
-    expires_in: int
 
 
 def _message(response: httpx.Response) -> tuple[str, Any]:
@@ -85,7 +84,7 @@ class ApiClient:
                 raise ApiError(f"too many failed logins: {exc}", 429) from None
             raise
         body = response.json()
-        return Login(body["access_token"], body.get("scope", "").split(), int(body.get("expires_in", 0)))
+        return Login(body["access_token"], body.get("scope", "").split())
 
     def model_info(self) -> dict[str, Any]:
         return self._request("GET", "/model-info").json()

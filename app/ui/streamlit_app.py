@@ -16,7 +16,6 @@ from app.ui.client import ApiClient, ApiError, SessionExpired
 from app.ui.settings import get_ui_settings
 
 PAGES = ("Predict", "Batch", "Model")
-JOB_DONE = ("succeeded", "failed")
 
 
 def client() -> ApiClient:

@@ -1,6 +1,16 @@
+"""The login lockout rule, on the throttle the service uses (counted in a SQLite users database)."""
+
 from __future__ import annotations
 
-from app.core.lockout import LoginThrottle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db.models import LoginFailure
+from app.db.session import Database
+from app.db.throttle import DatabaseLoginThrottle
 
 
 class Clock:
@@ -11,9 +21,17 @@ class Clock:
         return self.now
 
 
-def test_five_failures_within_the_window_lock_the_username_until_it_passes() -> None:
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/users.db")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def test_five_failures_within_the_window_lock_the_username_until_it_passes(database: Database) -> None:
     clock = Clock()
-    throttle = LoginThrottle(5, 900, clock=clock)
+    throttle = DatabaseLoginThrottle(database.session, 5, 900, clock=clock)
     for _ in range(4):
         throttle.record_failure("Alice")
         clock.now += 10
@@ -28,9 +46,9 @@ def test_five_failures_within_the_window_lock_the_username_until_it_passes() -> 
     assert throttle.retry_after("alice") is None
 
 
-def test_old_failures_do_not_count() -> None:
+def test_old_failures_do_not_count(database: Database) -> None:
     clock = Clock()
-    throttle = LoginThrottle(5, 900, clock=clock)
+    throttle = DatabaseLoginThrottle(database.session, 5, 900, clock=clock)
     for _ in range(4):
         throttle.record_failure("alice")
     clock.now += 901
@@ -38,12 +56,16 @@ def test_old_failures_do_not_count() -> None:
     assert throttle.retry_after("alice") is None
 
 
-def test_reset_clears_failures_and_memory_is_bounded() -> None:
-    throttle = LoginThrottle(2, 900, clock=Clock(), max_usernames=3)
+def test_reset_clears_failures_and_expired_rows_are_deleted(database: Database) -> None:
+    clock = Clock()
+    throttle = DatabaseLoginThrottle(database.session, 2, 900, clock=clock)
     throttle.record_failure("alice")
     throttle.reset("alice")
     throttle.record_failure("alice")
     assert throttle.retry_after("alice") is None
     for name in ("a", "b", "c", "d"):
         throttle.record_failure(name)
-    assert len(throttle._failures) == 3
+    clock.now += 901  # a flood of made-up names is bounded by the window: the next failure sweeps them
+    throttle.record_failure("e")
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 1

@@ -7,7 +7,7 @@ import hmac
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import Response
 
-from app.api.deps import SettingsDep
+from app.api.deps import RegistryDep, SettingsDep
 from app.observability import metrics
 from app.observability.metrics import exposition
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", include_in_schema=False)
-def prometheus_metrics(request: Request, settings: SettingsDep) -> Response:
+def prometheus_metrics(request: Request, settings: SettingsDep, registry: RegistryDep) -> Response:
     if settings.metrics_token is not None:
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         given = request.headers.get("authorization", "").encode()
@@ -25,9 +25,8 @@ def prometheus_metrics(request: Request, settings: SettingsDep) -> Response:
                 "metrics need the METRICS_TOKEN",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-    registry = getattr(request.app.state, "registry", None)
-    drift = registry.current.drift if registry and registry.current else None
-    if drift is not None:  # this process's drift as of now, whatever the refresh period
-        metrics.drift_measured(drift.feature_psi(), drift.prediction_psi())
+    predictor = registry.current
+    if predictor is not None and predictor.drift is not None:
+        metrics.publish_drift(predictor.drift)  # as of now, whatever the refresh period
     body, content_type = exposition()
     return Response(body, media_type=content_type)

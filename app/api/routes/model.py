@@ -90,13 +90,8 @@ def list_versions(_: ClaimsDep, registry: RegistryDep) -> dict[str, Any]:
     serving = current.version if current else None
     store = registry.store
     versions: list[dict[str, Any]] = []
-    if store is None:
-        return {"serving": serving, "versions": versions}
-    for version in store.versions():
-        try:
-            meta = store.metadata(version)
-        except (OSError, ValueError, UnknownVersion):
-            continue  # a folder being written or damaged: listed once it reads
+    # A folder being written or damaged is left out by versions(): listed once it reads.
+    for version, meta in store.versions():
         record = store.record(version)
         versions.append(
             {

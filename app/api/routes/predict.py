@@ -60,13 +60,15 @@ async def read_csv_upload(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=10)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "send the CSV as the form field 'file'"
-            )
-        data = await upload.read(MAX_BODY_BYTES + 1)
-        await form.close()
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT, "send the CSV as the form field 'file'"
+                )
+            data = await upload.read(MAX_BODY_BYTES + 1)
+        finally:  # its spooled files, also when the field is missing
+            await form.close()
     else:
         data = await read_body(request)
     if len(data) > MAX_BODY_BYTES:
@@ -110,7 +112,7 @@ def _predict(predictor: Predictor, matrix: np.ndarray, request: Request) -> list
         if predictor.drift is not None:
             predictor.drift.observe(matrix, labels if classification else None)
             if predictor.drift.refresh_due():
-                metrics.drift_measured(predictor.drift.feature_psi(), predictor.drift.prediction_psi())
+                metrics.publish_drift(predictor.drift)
     return predictions
 
 
