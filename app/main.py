@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api import errors
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core import security
 from app.core.config import Settings, load_settings
@@ -41,7 +42,13 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             if settings.drift_enabled and settings.metrics_enabled
             else None
         )
-        registry = ModelRegistry(settings.model_dir, settings.max_batch_rows, drift, settings.versions_dir)
+        registry = ModelRegistry(
+            settings.model_dir,
+            settings.max_batch_rows,
+            drift,
+            settings.versions_dir,
+            threads=settings.onnx_intra_op_threads,
+        )
         registry.load_initial()
         stop_watching = registry.watch()
         app.state.database = database
@@ -106,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
 
+    # The last added runs first: the request context wraps the body limit, so a 413 is logged and counted.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
     routers = (auth, predict, model, train, health, users, metrics)

@@ -52,11 +52,11 @@ def _prepare_database(settings: Settings) -> None:
 
 
 def _unpickles(model_dir: Path) -> bool:
-    """Whether serving the model will unpickle a scikit-learn pipeline (no compiled arrays)."""
+    """Whether serving the model will unpickle a scikit-learn pipeline (no ONNX file)."""
     from app.core.artifacts import ModelMetadata
 
     try:
-        return ModelMetadata.read(model_dir).compiled is None
+        return ModelMetadata.read(model_dir).onnx is None
     except (OSError, ValueError):
         return False  # nothing to serve yet: the app says why
 
@@ -81,6 +81,8 @@ def main() -> None:
 
         if _unpickles(settings.model_dir):
             import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
+        else:
+            import onnxruntime  # noqa: F401 - what serves the model
     setup.join()
     if setup.exitcode != 0:
         raise SystemExit(setup.exitcode or 1)

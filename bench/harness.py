@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 RESULT_MARKER = "BENCH_RESULT "
 
@@ -25,13 +25,25 @@ class BenchError(Exception):
 # --- Inputs -------------------------------------------------------------------------------
 
 
-def forced_params(params: dict[str, Any], champion: str) -> dict[str, Any]:
-    """A copy of params.yaml's content with `train.champion` forced to one of its candidates."""
+def forced_params(
+    params: dict[str, Any], champion: str, task: Literal["classification", "regression"] = "classification"
+) -> dict[str, Any]:
+    """A copy of params.yaml's content with `train.champion` forced to one of its candidates for
+    `task` (the benchmarked champions are classifiers, trained on the project's data set)."""
+    # Imported here: app.pipeline brings scikit-learn, which the other helpers do without.
+    from pydantic import ValidationError
+
+    from app.pipeline.params import TrainParams
+
     train = dict(params.get("train") or {})
-    candidates = train.get("candidates") or {}
-    if champion not in candidates:
-        known = ", ".join(candidates) or "none"
-        raise BenchError(f"params.yaml: '{champion}' is not in train.candidates (listed: {known})")
+    try:
+        listed = TrainParams.model_validate({**train, "champion": None}).candidates_for(task)
+    except ValidationError as exc:
+        raise BenchError(f"params.yaml: train: {exc.errors()[0]['msg']}") from None
+    if champion not in listed:
+        raise BenchError(
+            f"params.yaml: '{champion}' is not in train.candidates for {task} (listed: {', '.join(listed)})"
+        )
     train["champion"] = champion
     return {**params, "train": train}
 

@@ -17,13 +17,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 MODEL_FILE = "model.joblib"
-# The same model as numpy arrays, when train could compile it (app/core/compiled.py).
-COMPILED_FILE = "model.npz"
+# The same model as ONNX, when it converted (app/pipeline/onnx_export.py): what serving runs.
+ONNX_FILE = "model.onnx"
 METADATA_FILE = "model.json"
 PROFILE_FILE = "reference_profile.json"
 CANDIDATES_DIR = "candidates"
 
 Task = Literal["classification", "regression"]
+# A gap in a categorical column, in training and serving alike: ONNX string tensors hold no NaN.
+MISSING_CATEGORY = ""
 FeatureType = Literal["numeric", "categorical"]
 
 
@@ -100,8 +102,8 @@ class DatasetSchema(_Strict):
     test_rows: int
 
 
-class CompiledFile(_Strict):
-    """A model's compiled form: serving runs it without scikit-learn (app/core/compiled.py)."""
+class ModelFile(_Strict):
+    """A file of the model folder, and the checksum serving verifies before reading it."""
 
     path: str  # relative to the model directory
     sha256: str
@@ -111,7 +113,11 @@ class CandidateInfo(_Strict):
     name: str
     path: str  # relative to the model directory
     sha256: str
-    compiled: CompiledFile | None = None
+    onnx: ModelFile | None = None
+    # Why there is no ONNX file (then serving unpickles the pipeline).
+    onnx_error: str | None = None
+    # Numpy arrays of an older train (model.npz); read by nothing since ONNX serves.
+    compiled: ModelFile | None = None
     mlflow_run_id: str | None = None
     cv_score: float
     metrics: dict[str, float]
@@ -133,8 +139,10 @@ class ModelMetadata(_Strict):
     git_commit: str
     data_md5: str
     sha256: str
-    # None when the champion is not a pipeline compiled.py knows (then serving unpickles model.joblib).
-    compiled: CompiledFile | None = None
+    # model.onnx; None when the champion did not convert (then serving unpickles model.joblib).
+    onnx: ModelFile | None = None
+    onnx_error: str | None = None
+    compiled: ModelFile | None = None  # an older train's model.npz, unused
     mlflow_run_id: str | None = None
     mlflow_experiment: str | None = None
     registered_model: str | None = None

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     admin_username: str = "admin"
     admin_password: SecretStr = SecretStr(EXAMPLE_ADMIN_PASSWORD)
     max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    # onnxruntime's intra-op threads per loaded model: 1 per worker process, so workers do not
+    # fight over the cores (raise it for one worker serving large batches).
+    onnx_intra_op_threads: int = Field(default=1, ge=1, le=64)
     # Login throttling: this many failures for one username within the window lock it out.
     login_max_failures: int = Field(default=5, ge=1)
     login_window_seconds: int = Field(default=15 * 60, ge=1)

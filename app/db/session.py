@@ -12,16 +12,28 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+# A database that does not answer fails the request in seconds (a 503), rather than holding it:
+# PostgreSQL's connect timeout, SQLite's wait for another process's lock.
+CONNECT_TIMEOUT_SECONDS = 5
+# The wait for a pooled connection when all are taken, e.g. by requests stuck connecting.
+POOL_TIMEOUT_SECONDS = 10
+
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # FastAPI runs plain `def` routes in a thread pool: connections cross threads.
-        return create_engine(url, connect_args={"check_same_thread": False})
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        connect_args = {"check_same_thread": False, "timeout": CONNECT_TIMEOUT_SECONDS}
+        if not parsed.database or parsed.database == ":memory:":
+            return create_engine(url, connect_args=connect_args)  # one connection, no pool to wait for
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, pool_timeout=POOL_TIMEOUT_SECONDS, connect_args=connect_args)
+    connect_args = (
+        {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if parsed.get_backend_name() == "postgresql" else {}
+    )
+    return create_engine(
+        url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT_SECONDS, connect_args=connect_args
+    )
 
 
 class Database:

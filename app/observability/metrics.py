@@ -86,6 +86,12 @@ MODEL_TRAINED = Gauge(
 )
 
 TOKENS_ISSUED = Counter("tokens_issued", "Access tokens issued.", namespace=NAMESPACE)
+DATABASE_ERRORS = Counter(
+    "database_errors",
+    "Requests answered 503 because the database failed: down, unreachable, locked or out of connections.",
+    ["route"],
+    namespace=NAMESPACE,
+)
 AUTH_FAILURES = Counter("auth_failures", "Refused authentications.", ["reason"], namespace=NAMESPACE)
 
 VALIDATION_ERRORS = Counter("validation_errors", "Rejected inputs, by field.", ["field"], namespace=NAMESPACE)

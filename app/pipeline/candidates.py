@@ -26,7 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC, SVR
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-from app.core.artifacts import Feature
+from app.core.artifacts import MISSING_CATEGORY, Feature
 
 Factory = Callable[[], BaseEstimator]
 
@@ -51,12 +51,30 @@ REGRESSORS: dict[str, Factory] = {
 }
 
 ALL_CANDIDATES = set(CLASSIFIERS) | set(REGRESSORS)
-_BY_TASK = {"classification": CLASSIFIERS, "regression": REGRESSORS}
+BY_TASK: dict[str, dict[str, Factory]] = {"classification": CLASSIFIERS, "regression": REGRESSORS}
+
+# What train fits when params.yaml names no candidates for the data's task (`candidates: auto`,
+# or a per-task form that leaves the task out); params.yaml spells out the same lists. A few models
+# of different kinds per task, each quick to fit on small data (the test suite fits them often).
+DEFAULT_CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "classification": {
+        "logistic_regression": {"C": 1.0, "max_iter": 1000},
+        "random_forest": {"n_estimators": 100},
+        "svc": {"C": 1.0, "kernel": "rbf"},
+        "decision_tree": {"max_depth": 5},
+    },
+    "regression": {
+        "ridge": {"alpha": 1.0},
+        "random_forest": {"n_estimators": 100},
+        "gradient_boosting": {"n_estimators": 100},
+        "decision_tree": {"max_depth": 5},
+    },
+}
 
 
 def build_estimator(name: str, task: str, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
     """The bare estimator; raises ValueError naming the candidate or hyperparameter at fault."""
-    registry = _BY_TASK[task]
+    registry = BY_TASK[task]
     if name not in registry:
         raise ValueError(
             f"train.candidates: '{name}' does not do {task} (use one of {', '.join(sorted(registry))})"
@@ -95,7 +113,8 @@ def build_preprocessing(features: list[Feature]) -> ColumnTransformer:
                 "categorical",
                 Pipeline(
                     [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        # The gap marker as a string, so the imputer converts to ONNX.
+                        ("impute", SimpleImputer(strategy="most_frequent", missing_values=MISSING_CATEGORY)),
                         ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
                     ]
                 ),

@@ -23,23 +23,23 @@ import sklearn
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
-from app.core import compiled
 from app.core.artifacts import (
     CANDIDATES_DIR,
-    COMPILED_FILE,
     METADATA_FILE,
+    MISSING_CATEGORY,
     MODEL_FILE,
+    ONNX_FILE,
     PROFILE_FILE,
     CandidateInfo,
-    CompiledFile,
     DatasetSchema,
     Feature,
+    ModelFile,
     ModelMetadata,
     matrix_dtype,
     sha256_of,
     write_json_atomic,
 )
-from app.pipeline import layout, tracking
+from app.pipeline import layout, onnx_export, tracking
 from app.pipeline.candidates import build_pipeline
 from app.pipeline.dataset import read_split
 from app.pipeline.errors import PipelineError
@@ -67,9 +67,17 @@ def load_schema(processed: Path = layout.PROCESSED_DIR) -> DatasetSchema:
     return DatasetSchema.model_validate_json(path.read_text())
 
 
+def feature_matrix(frame: pd.DataFrame, features: list[Feature]) -> np.ndarray:
+    """The raw feature columns as the pipelines take them: a categorical gap is MISSING_CATEGORY."""
+    columns = frame[[f.name for f in features]].copy()
+    for feature in features:
+        if feature.type == "categorical":
+            columns[feature.name] = columns[feature.name].astype(object).fillna(MISSING_CATEGORY)
+    return columns.to_numpy(dtype=matrix_dtype(features))
+
+
 def split_xy(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[np.ndarray, np.ndarray]:
-    features = frame[[f.name for f in schema.features]].to_numpy(dtype=matrix_dtype(schema.features))
-    return features, frame[schema.target].to_numpy()
+    return feature_matrix(frame, schema.features), frame[schema.target].to_numpy()
 
 
 def test_metrics(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, float]:
@@ -99,14 +107,18 @@ def fit_candidates(
     sign = 1 if ALL_METRICS[metric].greater_is_better else -1
 
     # Build every candidate first: a bad name or hyperparameter fails before any fitting.
+    candidates = params.train.candidates_for(schema.task)
+    key = params.train.candidates_key(schema.task)  # where they are in params.yaml
     pipelines = {}
-    for name, hyperparameters in params.train.candidates.items():
+    for name, hyperparameters in candidates.items():
         try:
             pipelines[name] = build_pipeline(name, schema.task, hyperparameters, schema.features, params.seed)
         except (ValueError, TypeError) as exc:
-            raise PipelineError(str(exc)) from None
+            raise PipelineError(str(exc).replace("train.candidates", key, 1)) from None
     if params.train.champion is not None and params.train.champion not in pipelines:
-        raise PipelineError(f"train.champion: '{params.train.champion}' is not one of train.candidates")
+        raise PipelineError(
+            f"train.champion: '{params.train.champion}' is not one of {key} (the data does {schema.task})"
+        )
 
     fitted = []
     for name, pipeline in pipelines.items():
@@ -119,12 +131,12 @@ def fit_candidates(
                 )
                 pipeline.fit(x_train, y_train)
             except ValueError as exc:
-                raise PipelineError(f"train.candidates.{name}: {exc}".replace("\n", " ")) from None
+                raise PipelineError(f"{key}.{name}: {exc}".replace("\n", " ")) from None
         fitted.append(
             Fitted(
                 name=name,
                 pipeline=pipeline,
-                hyperparameters=params.train.candidates[name],
+                hyperparameters=candidates[name],
                 cv_score=round(float(sign * np.mean(scores)), 6),
                 metrics=test_metrics(pipeline, x_test, y_test, schema),
             )
@@ -190,7 +202,7 @@ def track(
             mlflow.log_metrics(
                 {f"cv_{metric}": candidate.cv_score} | {f"test_{k}": v for k, v in candidate.metrics.items()}
             )
-            x_example = example.to_numpy(dtype=matrix_dtype(schema.features))
+            x_example = feature_matrix(example, schema.features)
             signature = infer_signature(example, candidate.pipeline.predict(x_example))
             info = mlflow.sklearn.log_model(
                 candidate.pipeline,
@@ -237,17 +249,19 @@ def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
     print(f"train: * champion: {champion.name} (best cv_{metric})")
 
 
-def write_compiled(
-    pipeline: Pipeline, task: str, features: list[Feature], out: Path, path: Path
-) -> CompiledFile | None:
-    """The pipeline as numpy arrays (app/core/compiled.py) at out/path, written only if they give
-    the pipeline's answers on probe rows; serving then needs no scikit-learn for it."""
-    probe = compiled.probe_rows(features)
-    model = compiled.compile_verified(pipeline, task, probe)
-    if model is None or probe is None:  # (no probe, i.e. categorical features, gives no model already)
-        return None
-    (out / path).write_bytes(model.to_bytes(probe))
-    return CompiledFile(path=str(path), sha256=sha256_of(out / path))
+def write_onnx(
+    name: str, pipeline: Pipeline, task: str, features: list[Feature], out: Path, path: Path
+) -> tuple[ModelFile | None, str | None]:
+    """The pipeline as ONNX at out/path, written only if onnxruntime gives the pipeline's answers
+    on probe rows; else no file and the reason, which train prints (that candidate then serves
+    through its pickled pipeline)."""
+    try:
+        payload = onnx_export.export(pipeline, task, features)  # type: ignore[arg-type]
+    except onnx_export.ExportError as exc:
+        print(f"train: {name}: no ONNX file, it will serve through its pipeline: {exc}")
+        return None, str(exc)
+    (out / path).write_bytes(payload)
+    return ModelFile(path=str(path), sha256=sha256_of(out / path)), None
 
 
 def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool = True) -> ModelMetadata:
@@ -273,24 +287,32 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
         for candidate in fitted:
             path = Path(CANDIDATES_DIR) / f"{candidate.name}.joblib"
             joblib.dump(candidate.pipeline, out / path)
+            onnx_file, onnx_error = write_onnx(
+                candidate.name,
+                candidate.pipeline,
+                schema.task,
+                schema.features,
+                out,
+                path.with_suffix(".onnx"),
+            )
             infos.append(
                 CandidateInfo(
                     name=candidate.name,
                     path=str(path),
                     sha256=sha256_of(out / path),
-                    compiled=write_compiled(
-                        candidate.pipeline, schema.task, schema.features, out, path.with_suffix(".npz")
-                    ),
+                    onnx=onnx_file,
+                    onnx_error=onnx_error,
                     mlflow_run_id=candidate.run_id,
                     cv_score=candidate.cv_score,
                     metrics=candidate.metrics,
                 )
             )
         shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
-        champion_compiled = next(info.compiled for info in infos if info.name == champion.name)
-        if champion_compiled is not None:
-            shutil.copyfile(out / champion_compiled.path, out / COMPILED_FILE)
-            champion_compiled = CompiledFile(path=COMPILED_FILE, sha256=champion_compiled.sha256)
+        champion_info = next(info for info in infos if info.name == champion.name)
+        champion_onnx = None
+        if champion_info.onnx is not None:
+            shutil.copyfile(out / champion_info.onnx.path, out / ONNX_FILE)
+            champion_onnx = ModelFile(path=ONNX_FILE, sha256=champion_info.onnx.sha256)
         shutil.copyfile(ws.processed_dir / layout.PROFILE_FILE, out / PROFILE_FILE)
         metadata = ModelMetadata(
             version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
@@ -306,7 +328,8 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
             git_commit=commit,
             data_md5=schema.data_md5,
             sha256=sha256_of(out / MODEL_FILE),
-            compiled=champion_compiled,
+            onnx=champion_onnx,
+            onnx_error=champion_info.onnx_error,
             mlflow_run_id=champion.run_id,
             mlflow_experiment=experiment_id,
             registered_model=params.train.registered_model,

@@ -1,7 +1,7 @@
 """The last training run's candidates, served beside the champion for `POST /predict?compare=true`.
 
-Loaded with the champion (same folder, each file's checksum verified first, compiled arrays
-preferred as for the champion) and swapped with it as one object, so a comparison never mixes
+Loaded with the champion (same folder, each file's checksum verified first, ONNX preferred as
+for the champion) and swapped with it as one object, so a comparison never mixes
 two versions.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.artifacts import ModelMetadata
 from app.serving.predictor import Model, ModelLoadError, Predictor, answers, load_model
 
 
@@ -25,9 +26,9 @@ class Candidate:
     champion: bool
     model: Model
 
-    def predict(self, matrix: np.ndarray, task: str, classes: list[str]) -> list[dict[str, Any]]:
+    def predict(self, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:
         """Answers shaped like the champion's: label and probabilities, or value."""
-        return answers(self.model, matrix, task, classes)
+        return answers(self.model, matrix, metadata)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Served:
     candidates_error: str | None = None
 
 
-def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, ...]:
+def load_candidates(model_dir: Path, predictor: Predictor, threads: int = 1) -> tuple[Candidate, ...]:
     metadata = predictor.metadata
     loaded = []
     for info in metadata.candidates:
@@ -51,7 +52,7 @@ def load_candidates(model_dir: Path, predictor: Predictor) -> tuple[Candidate, .
             model = predictor.model  # the champion itself: already verified and loaded
         else:
             owner = f"candidate {info.name}: "
-            model = load_model(model_dir, metadata, info.path, info.sha256, info.compiled, owner)
+            model = load_model(model_dir, metadata, info.path, info.sha256, info.onnx, owner, threads)
             if metadata.task == "classification" and list(model.classes) != metadata.classes:
                 raise ModelLoadError(f"{owner}its classes {list(model.classes)} differ from model.json's")
         loaded.append(

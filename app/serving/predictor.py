@@ -1,9 +1,10 @@
 """One loaded model: what serves it, its metadata and the request schema built from it.
 
-A model folder holds the pipeline (model.joblib) and, when train could compile it, the same model
-as numpy arrays (model.npz, app/core/compiled.py). Serving prefers the arrays: they load without
-importing scikit-learn (most of a cold start) and run without its per-step checks. Either way the
-files are checked against model.json's sha256 before anything is read out of them.
+A model folder holds the pipeline (model.joblib, a pickle) and, when it converted, the same model as
+ONNX (model.onnx, app/pipeline/onnx_export.py). Serving runs the ONNX file in onnxruntime: no pickle,
+no scikit-learn import (most of a cold start), one session created at load. A folder without one (a
+model that did not convert, or an older train) serves through the unpickled pipeline. Either way
+every file is checked against model.json's sha256 before anything is read out of it.
 """
 
 from __future__ import annotations
@@ -24,19 +25,14 @@ from app.core.artifacts import (
     METADATA_FILE,
     MODEL_FILE,
     PROFILE_FILE,
-    CompiledFile,
+    Feature,
+    ModelFile,
     ModelMetadata,
     ReferenceProfile,
 )
-from app.core.compiled import (
-    CompiledError,
-    CompiledModel,
-    compile_verified,
-    probe_rows,
-    reference_function,
-)
+from app.core.onnx_model import OnnxError, OnnxModel, finite_rows
 from app.observability.drift import DriftMonitor, DriftSettings
-from app.serving.schema import RequestSchema
+from app.serving.schema import RequestSchema, RowError
 
 log = logging.getLogger("predictor")
 
@@ -53,12 +49,12 @@ class ChecksumMismatch(ModelLoadError):
 class Model:
     """One loaded model and the one function serving calls on a batch."""
 
-    # Probabilities (classification), values (regression), or labels when `labels_only`.
+    # Probabilities (classification), values (regression), or labels when `labels_only`; NaN for
+    # a row the model cannot answer.
     call: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    # compiled: model.npz's arrays; pipeline-compiled: arrays read from the unpickled pipeline;
-    # pipeline: the scikit-learn pipeline itself (a model compiled.py does not know).
-    source: Literal["compiled", "pipeline-compiled", "pipeline"]
-    pipeline: Any | None = field(default=None, repr=False)  # None when the arrays serve alone
+    # onnx: model.onnx in onnxruntime; pipeline: the unpickled scikit-learn pipeline.
+    source: Literal["onnx", "pipeline"]
+    pipeline: Any | None = field(default=None, repr=False)  # None when ONNX serves
     labels_only: bool = False  # a classifier without predict_proba
     # The order of the model's probability columns, checked against model.json's at load.
     classes: tuple[str, ...] = ()
@@ -78,7 +74,9 @@ class Predictor:
         return self.metadata.version
 
     @classmethod
-    def load(cls, model_dir: Path, max_rows: int, drift: DriftSettings | None = None) -> Predictor:
+    def load(
+        cls, model_dir: Path, max_rows: int, drift: DriftSettings | None = None, threads: int = 1
+    ) -> Predictor:
         try:
             metadata = ModelMetadata.read(model_dir)
         except FileNotFoundError:
@@ -88,7 +86,7 @@ class Predictor:
                 f"{model_dir / METADATA_FILE} is invalid: {str(exc).splitlines()[0]}"
             ) from None
 
-        model = load_model(model_dir, metadata, MODEL_FILE, metadata.sha256, metadata.compiled)
+        model = load_model(model_dir, metadata, MODEL_FILE, metadata.sha256, metadata.onnx, threads=threads)
         predictor = cls(metadata, model, RequestSchema.build(metadata, max_rows))
         predictor._check()
         # After the check, so the made-up sample row is not counted as traffic.
@@ -119,8 +117,8 @@ class Predictor:
             raise ModelLoadError(f"the model fails on a sample row: {type(exc).__name__}: {exc}") from None
 
     def predict(self, matrix: np.ndarray) -> list[dict[str, Any]]:
-        """One call into the model for the whole batch."""
-        return answers(self.model, matrix, self.metadata.task, self.metadata.classes)
+        """One call into the model for the whole batch; RowError naming each row it cannot answer."""
+        return answers(self.model, matrix, self.metadata)
 
 
 def load_model(
@@ -128,32 +126,52 @@ def load_model(
     metadata: ModelMetadata,
     path: str,
     sha256: str,
-    compiled: CompiledFile | None,
+    onnx: ModelFile | None,
     owner: str = "",
+    threads: int = 1,
 ) -> Model:
-    """The compiled arrays when there are some that check out, else the unpickled pipeline.
+    """The ONNX model when there is one that checks out, else the unpickled pipeline.
 
     Both files are checked against their sha256 either way: a folder with a tampered model.joblib
-    is refused even when its arrays would serve. `owner` prefixes errors ("candidate svc: ").
+    is refused even when its ONNX file would serve. `owner` prefixes errors ("candidate svc: ").
     """
     payload = _read_inside(model_dir, path, sha256, owner)
-    if compiled is not None:
-        arrays = _read_inside(model_dir, compiled.path, compiled.sha256, owner)
+    if onnx is not None:
+        graph = _read_inside(model_dir, onnx.path, onnx.sha256, owner)
         try:
-            model = CompiledModel.from_bytes(arrays)
-            return Model(model, "compiled", classes=model.classes)
-        except CompiledError as exc:
-            # Not a security matter (the checksum matched): numpy on this machine disagrees, say.
-            log.warning("%s%s not used (%s): serving the pipeline", owner, compiled.path, exc)
+            model = OnnxModel.from_bytes(graph, threads=threads)
+            return Model(model, "onnx", classes=model.classes)
+        except OnnxError as exc:
+            # Not a security matter (the checksum matched): this onnxruntime disagrees, say.
+            log.warning("%s%s not used (%s): serving the pipeline", owner, onnx.path, exc)
+    else:
+        log.info("%s%s has no ONNX file: serving the pickled pipeline", owner, path)
     pipeline = unpickle(payload, f"{owner}{path}")
     task = metadata.task
     classes = tuple(str(c) for c in getattr(pipeline, "classes_", ())) if task == "classification" else ()
     if task == "classification" and not hasattr(pipeline, "predict_proba"):
         return Model(pipeline.predict, "pipeline", pipeline, labels_only=True, classes=classes)
-    fast = _compiled_from(pipeline, metadata)
-    if fast is not None:
-        return Model(fast, "pipeline-compiled", pipeline, classes=classes)
-    return Model(reference_function(pipeline, task), "pipeline", pipeline, classes=classes)
+    call = pipeline.predict if task == "regression" else pipeline.predict_proba
+    refused = np.full((1, len(classes)) if task == "classification" else 1, np.nan)
+    return Model(_refusing_rows(call, refused), "pipeline", pipeline, classes=classes)
+
+
+def _refusing_rows(
+    call: Callable[[np.ndarray], Any], refused: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """scikit-learn refuses a whole batch for one row whose standardised value overflows: then
+    each row is asked alone, and those it refuses answer `refused`, NaN (a 422 for that row)."""
+
+    def answer(matrix: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            try:
+                return np.asarray(call(matrix), dtype=np.float64)
+            except ValueError:
+                if len(matrix) == 1:
+                    return refused
+                return np.concatenate([answer(matrix[i : i + 1]) for i in range(len(matrix))])
+
+    return answer
 
 
 def _read_inside(model_dir: Path, relative: str, sha256: str, owner: str) -> bytes:
@@ -184,7 +202,7 @@ def read_verified(path: Path, sha256: str, what: str) -> bytes:
 
 def unpickle(payload: bytes, what: str) -> Any:
     """joblib is pickle: only ever called on bytes read_verified returned."""
-    import joblib  # here, not at import: a compiled model never needs it
+    import joblib  # here, not at import: an ONNX model never needs it
 
     try:
         return joblib.load(io.BytesIO(payload))
@@ -192,18 +210,53 @@ def unpickle(payload: bytes, what: str) -> Any:
         raise ModelLoadError(f"{what} cannot be unpickled: {type(exc).__name__}") from None
 
 
-def answers(model: Model, matrix: np.ndarray, task: str, classes: list[str]) -> list[dict[str, Any]]:
-    """One model call for the batch, shaped as the API answers: label and probabilities, or value."""
-    if task == "regression":
-        return [{"value": float(v)} for v in model.call(matrix)]
-    if model.labels_only:
+def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:
+    """One model call for the batch, shaped as the API answers: label and probabilities, or value.
+
+    A row without a finite answer (or whose probabilities do not sum to 1) refuses the whole
+    request with a RowError naming every such row, never a 500 or a silently shorter answer."""
+    task, classes = metadata.task, metadata.classes
+    if task == "classification" and model.labels_only:
         return [{"label": str(label), "probabilities": None} for label in model.call(matrix)]
-    probabilities = model.call(matrix)
-    best = probabilities.argmax(axis=1)
+    found = model.call(matrix)
+    usable = finite_rows(found, task)
+    if not usable.all():
+        raise RowError(unanswerable(matrix, np.flatnonzero(~usable), metadata.features))
+    if task == "regression":
+        return [{"value": v} for v in found.tolist()]
+    best = found.argmax(axis=1)
     return [
-        {"label": classes[i], "probabilities": dict(zip(classes, map(float, p), strict=True))}
-        for i, p in zip(best.tolist(), probabilities.round(6), strict=True)
+        {"label": classes[i], "probabilities": dict(zip(classes, p, strict=True))}
+        for i, p in zip(best.tolist(), found.round(6).tolist(), strict=True)
     ]
+
+
+def unanswerable(matrix: np.ndarray, rows: np.ndarray, features: list[Feature]) -> list[dict[str, Any]]:
+    """One error per refused row and feature far outside its training range (the likely cause)."""
+    errors = []
+    for row in rows.tolist():
+        far = []
+        for i, feature in enumerate(features):
+            value = matrix[row, i]
+            if feature.type != "numeric" or feature.min is None or feature.max is None or value != value:
+                continue
+            span = max(feature.max - feature.min, 1e-12)
+            if not feature.min - span <= float(value) <= feature.max + span:
+                far.append((feature.name, float(value), feature))
+        message = "the model has no finite answer for this row"
+        for name, value, feature in far or [(None, None, None)]:
+            error: dict[str, Any] = {"loc": ["instances", row], "type": "no_finite_answer", "row": row}
+            if name is None:
+                error["msg"] = message
+            else:
+                error["loc"].append(name)
+                error["field"] = name
+                error["msg"] = (
+                    f"{message}: {name}={value:g} is far outside the training range "
+                    f"({feature.min:g} to {feature.max:g})"
+                )
+            errors.append(error)
+    return errors
 
 
 def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSettings) -> DriftMonitor | None:
@@ -222,12 +275,3 @@ def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSett
         min_rows=settings.min_rows,
         refresh_seconds=settings.refresh_seconds,
     )
-
-
-def _compiled_from(pipeline: Any, metadata: ModelMetadata) -> CompiledModel | None:
-    """For a folder without model.npz (an older train): the arrays read from the pipeline itself,
-    if they give its answers on probe rows."""
-    compiled = compile_verified(pipeline, metadata.task, probe_rows(metadata.features))
-    if compiled is None:
-        log.info("serving through the sklearn pipeline (no compiled form of %s)", metadata.name)
-    return compiled

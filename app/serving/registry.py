@@ -45,8 +45,10 @@ class ModelRegistry:
         max_rows: int,
         drift: DriftSettings | None,
         versions_dir: Path,
+        threads: int = 1,
     ) -> None:
         self.model_dir = model_dir
+        self.threads = threads  # onnxruntime intra-op threads per model
         self.max_rows = max_rows
         self.drift = drift
         self.store = VersionStore(versions_dir)
@@ -92,10 +94,10 @@ class ModelRegistry:
             log.warning("model not loaded: %s", exc)
 
     def _load(self, folder: Path, candidates: bool = True) -> Served:
-        predictor = Predictor.load(folder, self.max_rows, self.drift)
+        predictor = Predictor.load(folder, self.max_rows, self.drift, self.threads)
         if not candidates:
             return Served(predictor, folder)
-        return Served(predictor, folder, load_candidates(folder, predictor))
+        return Served(predictor, folder, load_candidates(folder, predictor, self.threads))
 
     def with_candidates(self) -> Served | None:
         """The served model with its candidates, loading them now if start-up deferred them."""
@@ -108,7 +110,9 @@ class ModelRegistry:
                 return served  # a swap, or another thread, got there first
             try:
                 complete = Served(
-                    served.predictor, served.folder, load_candidates(served.folder, served.predictor)
+                    served.predictor,
+                    served.folder,
+                    load_candidates(served.folder, served.predictor, self.threads),
                 )
             except ModelLoadError as exc:
                 log.warning("candidates of %s not served: %s", served.predictor.version, exc)

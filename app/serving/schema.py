@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from app.core.artifacts import Feature, ModelMetadata, matrix_dtype
+from app.core.artifacts import MISSING_CATEGORY, Feature, ModelMetadata, matrix_dtype
 
 
 class RowError(ValueError):
@@ -85,8 +85,13 @@ class RequestSchema:
         if self.dtype is np.float64:
             # None (an allowed missing value) becomes NaN, which the pipeline's imputer fills.
             return np.array([tuple(row.__dict__.values()) for row in rows], dtype=np.float64)
+        gaps = tuple(MISSING_CATEGORY if f.type == "categorical" else np.nan for f in self.features)
         return np.array(
-            [tuple(np.nan if v is None else v for v in row.__dict__.values()) for row in rows], dtype=object
+            [
+                tuple(g if v is None else v for v, g in zip(row.__dict__.values(), gaps, strict=True))
+                for row in rows
+            ],
+            dtype=object,
         )
 
     def parse_json(self, body: bytes) -> np.ndarray:

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
 from app.core.artifacts import (
-    COMPILED_FILE,
     METADATA_FILE,
     MODEL_FILE,
+    ONNX_FILE,
     PROFILE_FILE,
     CandidateInfo,
     Feature,
@@ -25,7 +25,7 @@ from app.core.artifacts import (
 )
 from app.pipeline.candidates import build_pipeline
 from app.pipeline.profile import build_profile
-from app.pipeline.train import write_compiled
+from app.pipeline.train import write_onnx
 
 SECRET = "test-secret-key-for-the-api-suite"
 ADMIN = ("admin", "admin-password-1")
@@ -65,23 +65,34 @@ def _colors() -> tuple[list[Feature], np.ndarray, np.ndarray]:
 
 
 def write_model(
-    model_dir: Path, kind: str = "iris", version: str = "v1", compiled: bool = True
+    model_dir: Path,
+    kind: str = "iris",
+    version: str = "v1",
+    onnx: bool = True,
+    candidate: str | None = None,
 ) -> ModelMetadata:
     """Fit a small model with the pipeline's own code and write what train writes.
 
-    compiled=False leaves out model.npz, as an older train (or a model compiled.py does not know) did."""
+    kind: iris (numeric classification), colors (regression on a categorical and a numeric column
+    with gaps) or shades (the same columns, classified). onnx=False leaves out model.onnx, as an
+    older train (or a model that did not convert) did. candidate: any of the task's candidates."""
     model_dir.mkdir(parents=True, exist_ok=True)
     if kind == "iris":
         features, x, y, classes = _iris()
         task, name, target = "classification", "logistic_regression", "species"
+    elif kind == "shades":
+        features, x, values = _colors()
+        y = np.where(values > np.median(values), "dark", "light")
+        classes, task, name, target = ["dark", "light"], "classification", "logistic_regression", "shade"
     else:
         features, x, y = _colors()
         classes, task, name, target = [], "regression", "ridge", "price"
+    name = candidate or name
     pipeline = build_pipeline(name, task, {}, features, seed=0)
     pipeline.fit(x, y)
     joblib.dump(pipeline, model_dir / MODEL_FILE)
     sha = sha256_of(model_dir / MODEL_FILE)
-    arrays = write_compiled(pipeline, task, features, model_dir, Path(COMPILED_FILE)) if compiled else None
+    graph = write_onnx(name, pipeline, task, features, model_dir, Path(ONNX_FILE))[0] if onnx else None
     metadata = ModelMetadata(
         version=version,
         name=name,
@@ -96,12 +107,12 @@ def write_model(
         git_commit="0" * 40,
         data_md5="0" * 32,
         sha256=sha,
-        compiled=arrays,
+        onnx=graph,
         python_version=platform.python_version(),
         sklearn_version=sklearn.__version__,
         candidates=[
             CandidateInfo(
-                name=name, path=MODEL_FILE, sha256=sha, compiled=arrays, cv_score=0.9, metrics={"score": 0.9}
+                name=name, path=MODEL_FILE, sha256=sha, onnx=graph, cv_score=0.9, metrics={"score": 0.9}
             )
         ],
     )
@@ -152,7 +163,7 @@ def add_candidate(model_dir: Path, name: str, score: float, labels_prefix: str =
         name=name,
         path=str(path),
         sha256=sha256_of(model_dir / path),
-        compiled=write_compiled(pipeline, "classification", features, model_dir, path.with_suffix(".npz")),
+        onnx=write_onnx(name, pipeline, "classification", features, model_dir, path.with_suffix(".onnx"))[0],
         cv_score=score,
         metrics={metadata.metric: score},
     )

@@ -6,6 +6,7 @@ TEST_DATABASE_URL is set (each PostgreSQL test gets its own schema, dropped afte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -17,6 +18,7 @@ from api_support import ADMIN, SECRET, USER, bearer, get_token, write_model
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from app.core.config import Settings
 from app.db import crud
@@ -44,9 +46,44 @@ def colors_model_dir(tmp_path: Path, _fitted_models: dict[str, Path]) -> Path:
     return target
 
 
+# What tests that need PostgreSQL itself use when TEST_DATABASE_URL is not set (trust auth).
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
 def _postgres_schema_url(base: str, schema: str) -> str:
     url = make_url(base)
     return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def scratch_schema(base: str) -> Iterator[str]:
+    """A URL on `base` whose tables go to a new schema, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin_engine = create_engine(base)
+    with admin_engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(base, schema)
+    finally:
+        with admin_engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin_engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A scratch schema on TEST_DATABASE_URL, or on a local PostgreSQL; skips only when none answers."""
+    base = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES_URL
+    engine = create_engine(base, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {make_url(base).render_as_string()}: {type(exc).__name__}")
+    finally:
+        engine.dispose()
+    with scratch_schema(base) as url:
+        yield url
 
 
 @pytest.fixture(
@@ -64,17 +101,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/users.db"
         return
-    base = os.environ["TEST_DATABASE_URL"]
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin_engine = create_engine(base)
-    with admin_engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _postgres_schema_url(base, schema)
-    finally:
-        with admin_engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin_engine.dispose()
+    with scratch_schema(os.environ["TEST_DATABASE_URL"]) as url:
+        yield url
 
 
 @pytest.fixture

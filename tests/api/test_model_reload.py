@@ -8,7 +8,7 @@ import pytest
 from api_support import IRIS_ROW, write_model
 from fastapi.testclient import TestClient
 
-from app.core.artifacts import COMPILED_FILE, METADATA_FILE, MODEL_FILE, sha256_of
+from app.core.artifacts import METADATA_FILE, MODEL_FILE, ONNX_FILE, sha256_of
 
 BODY = {"instances": [IRIS_ROW]}
 Headers = dict[str, str]
@@ -41,8 +41,8 @@ def test_model_info_has_metadata_metrics_schema_and_candidates(
     assert info["classes"] == ["setosa", "versicolor", "virginica"]
     assert info["candidates"][0]["name"] == "logistic_regression"
     assert "loaded_at" in info
-    assert info["served_by"] == "compiled"
-    assert info["compiled"]["path"] == "model.npz"
+    assert info["served_by"] == "onnx"
+    assert info["onnx"]["path"] == "model.onnx"
 
 
 def test_reload_swaps_in_a_new_model(
@@ -68,8 +68,8 @@ def test_reload_refused_on_checksum_mismatch_while_predictions_keep_working(
 def test_reload_refuses_a_broken_pickle_even_with_a_matching_checksum(
     client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
-    # A folder without compiled arrays: the pickle is what would serve.
-    write_model(model_dir, "iris", version="v-broken", compiled=False)
+    # A folder without an ONNX file: the pickle is what would serve.
+    write_model(model_dir, "iris", version="v-broken", onnx=False)
     (model_dir / MODEL_FILE).write_bytes(b"not a pickle at all")
     sha = sha256_of(model_dir / MODEL_FILE)
     candidate = json.loads((model_dir / METADATA_FILE).read_text())["candidates"][0] | {"sha256": sha}
@@ -77,15 +77,15 @@ def test_reload_refuses_a_broken_pickle_even_with_a_matching_checksum(
     assert_reload_refused(client, admin_headers, user_headers, "cannot be unpickled")
 
 
-def test_reload_refuses_tampered_compiled_arrays(
+def test_reload_refuses_a_tampered_onnx_file_while_the_old_model_serves(
     client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
     write_model(model_dir, "iris", version="v2")
-    (model_dir / COMPILED_FILE).write_bytes((model_dir / COMPILED_FILE).read_bytes() + b"\0")
-    assert_reload_refused(client, admin_headers, user_headers, "model.npz", "does not match")
+    (model_dir / ONNX_FILE).write_bytes((model_dir / ONNX_FILE).read_bytes() + b"\0")
+    assert_reload_refused(client, admin_headers, user_headers, "model.onnx", "does not match")
 
 
-def test_reload_checks_model_joblib_even_when_the_arrays_serve(
+def test_reload_checks_model_joblib_even_when_onnx_serves(
     client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
     write_model(model_dir, "iris", version="v2")
@@ -93,32 +93,32 @@ def test_reload_checks_model_joblib_even_when_the_arrays_serve(
     assert_reload_refused(client, admin_headers, user_headers, "model.joblib", "does not match")
 
 
-def test_unreadable_arrays_with_a_matching_checksum_fall_back_to_the_pipeline(
+def test_an_unloadable_onnx_file_with_a_matching_checksum_falls_back_to_the_pipeline(
     client: TestClient, admin_headers: dict[str, str], user_headers: dict[str, str], model_dir: Path
 ) -> None:
     # Written by train, checksum recorded, yet not loadable here (another numpy, say): the
     # pipeline, verified by its own checksum, serves instead.
     write_model(model_dir, "iris", version="v2")
-    (model_dir / COMPILED_FILE).write_bytes(b"not an npz")
-    compiled = {"path": COMPILED_FILE, "sha256": sha256_of(model_dir / COMPILED_FILE)}
-    candidate = json.loads((model_dir / METADATA_FILE).read_text())["candidates"][0] | {"compiled": compiled}
-    edit_metadata(model_dir, compiled=compiled, candidates=[candidate])
+    (model_dir / ONNX_FILE).write_bytes(b"not an onnx graph")
+    onnx = {"path": ONNX_FILE, "sha256": sha256_of(model_dir / ONNX_FILE)}
+    candidate = json.loads((model_dir / METADATA_FILE).read_text())["candidates"][0] | {"onnx": onnx}
+    edit_metadata(model_dir, onnx=onnx, candidates=[candidate])
     assert client.post("/model/reload", headers=admin_headers).status_code == 200
-    assert client.get("/model-info", headers=user_headers).json()["served_by"] == "pipeline-compiled"
+    assert client.get("/model-info", headers=user_headers).json()["served_by"] == "pipeline"
     predicted = client.post("/predict", json=BODY, headers=user_headers)
     assert predicted.json()["predictions"][0]["label"] == "setosa"
 
 
-@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("onnx", [True, False])
 def test_reload_refuses_a_model_whose_classes_are_not_model_jsons(
     client: TestClient,
     admin_headers: dict[str, str],
     user_headers: dict[str, str],
     model_dir: Path,
-    compiled: bool,
+    onnx: bool,
 ) -> None:
-    # Probabilities would be labelled with the wrong classes: refused, compiled or not.
-    metadata = write_model(model_dir, "iris", version="v2", compiled=compiled)
+    # Probabilities would be labelled with the wrong classes: refused, ONNX or not.
+    metadata = write_model(model_dir, "iris", version="v2", onnx=onnx)
     edit_metadata(model_dir, classes=metadata.classes[::-1])
     assert_reload_refused(client, admin_headers, user_headers, "differ from model.json")
 

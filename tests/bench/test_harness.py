@@ -75,6 +75,10 @@ def test_forced_params_sets_the_champion_and_leaves_the_input_alone():
 def test_forced_params_refuses_a_champion_that_is_not_a_candidate():
     with pytest.raises(BenchError, match=r"not in train\.candidates"):
         forced_params({"train": {"candidates": {"svc": {}}}}, "random_forest")
+    # Per task, the bench's task (classification) is the list that counts.
+    per_task = {"classification": {"svc": {}}, "regression": {"random_forest": {}}}
+    with pytest.raises(BenchError, match=r"not in train\.candidates for classification \(listed: svc\)"):
+        forced_params({"train": {"candidates": per_task}}, "random_forest")
 
 
 @pytest.mark.parametrize("champion", CHAMPIONS)

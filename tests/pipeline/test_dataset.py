@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from app.pipeline.candidates import DEFAULT_CANDIDATES
 from app.pipeline.dataset import RawData, load_source, parse
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import DataParams, Params
-from tests.pipeline.conftest import customer_frame, write_params
+from tests.pipeline.conftest import DEFAULT_PARAMS, ROOT, customer_frame, write_params
 
 
 def raw(text: str) -> RawData:
@@ -96,6 +98,27 @@ def test_csv_source_needs_a_target_and_an_existing_file(tmp_path: Path):
         ({"metric": "accuracyy"}, "train.metric: Value error, unknown metric 'accuracyy'"),
         ({"candidates": {}}, "list at least one candidate"),
         ({"cv_fold": 3}, "train.cv_fold: Extra inputs are not permitted"),
+        # Per task, each name is checked against that task's candidates.
+        (
+            {"candidates": {"regression": {"xgboost": {}}}},
+            "train.candidates.regression: Value error, unknown candidate 'xgboost' (known: decision_tree,",
+        ),
+        (
+            {"candidates": {"classification": ["svc", "svr"]}},
+            "train.candidates.classification: Value error, 'svr' does not do classification",
+        ),
+        (
+            {"candidates": {"regression": {"logistic_regression": {}}}},
+            "train.candidates.regression: Value error, 'logistic_regression' does not do regression",
+        ),
+        ({"candidates": {"regression": {}}}, "train.candidates.regression: Value error, list at least one"),
+        ({"candidates": {"regression": {"ridge": 3}}}, "train.candidates.regression.ridge: Input should be"),
+        (
+            {"candidates": {"regression": {"ridge": {}}, "svc": {}}},
+            "train.candidates: Value error, give either",
+        ),
+        ({"candidates": "all"}, "train.candidates: Value error, expected auto, name -> hyperparameters"),
+        ({"champion": "knn"}, "train.champion: Value error, 'knn' is not one of train.candidates"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path: Path, train, message):
@@ -110,3 +133,43 @@ def test_candidates_may_be_a_plain_list(tmp_path: Path):
     text = path.read_text().split("  candidates:")[0] + "  candidates: [svc, knn]\n"
     path.write_text(text)
     assert Params.load(path).train.candidates == {"svc": {}, "knn": {}}
+    # A flat list is task-agnostic: train checks it against the data's task.
+    assert Params.load(path).train.candidates_for("regression") == {"svc": {}, "knn": {}}
+
+
+def test_the_projects_params_list_candidates_per_task():
+    train = Params.load(ROOT / "params.yaml").train
+    # The classifiers (and so the default Iris run) are the ones it always had.
+    assert train.candidates_for("classification") == {
+        "logistic_regression": {"C": 1.0, "max_iter": 1000},
+        "random_forest": {"n_estimators": 100},
+        "svc": {"C": 1.0, "kernel": "rbf"},
+        "decision_tree": {"max_depth": 5},
+    }
+    assert list(train.candidates_for("regression")) == [
+        "ridge",
+        "random_forest",
+        "gradient_boosting",
+        "decision_tree",
+    ]
+    assert train.candidates_key("regression") == "train.candidates.regression"
+
+
+@pytest.mark.parametrize("candidates", ["auto", None, "omitted"])
+def test_auto_or_no_candidates_means_the_built_in_lists(tmp_path: Path, candidates):
+    train = {k: v for k, v in DEFAULT_PARAMS["train"].items() if k != "candidates"}
+    if candidates != "omitted":
+        train["candidates"] = candidates
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    loaded = Params.load(tmp_path / "params.yaml").train
+    for task in ("classification", "regression"):
+        assert loaded.candidates_for(task) == DEFAULT_CANDIDATES[task]
+
+
+def test_per_task_lists_take_names_and_a_task_left_out_gets_the_built_in_list(tmp_path: Path):
+    path = write_params(tmp_path, train={"candidates": {"regression": ["ridge", "knn"]}, "champion": "knn"})
+    train = Params.load(path).train
+    assert train.candidates_for("regression") == {"ridge": {}, "knn": {}}
+    assert train.candidates_for("classification") == DEFAULT_CANDIDATES["classification"]
+    # model.json keeps the params as read: they load again to the same thing.
+    assert Params.model_validate(Params.load(path).model_dump(mode="json")) == Params.load(path)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from app.core.artifacts import ModelMetadata, ReferenceProfile, matrix_dtype, sha256_of
-from app.core.compiled import CompiledModel
-from tests.pipeline.conftest import customer_frame, run_stage, write_params
+from app.core.onnx_model import OnnxModel
+from tests.pipeline.conftest import DEFAULT_PARAMS, customer_frame, run_stage, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -62,20 +64,20 @@ def test_iris_metadata_describes_the_model_file(iris: Path):
         assert sha256_of(iris / "models" / candidate.path) == candidate.sha256
 
 
-def test_iris_compiled_arrays_give_each_candidates_answers(iris: Path):
+def test_iris_onnx_files_give_each_candidates_answers(iris: Path):
     meta = ModelMetadata.read(iris / "models")
     rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, np.nan, 2.3], [50.0, -3.0, 0.0, 9.0]])
-    compiled = {c.name: c.compiled for c in meta.candidates}
-    assert all(compiled.values()), compiled
+    graphs = {c.name: c.onnx for c in meta.candidates}
+    assert all(graphs.values()), {c.name: c.onnx_error for c in meta.candidates}
     for candidate in meta.candidates:
-        arrays = iris / "models" / candidate.compiled.path
-        assert sha256_of(arrays) == candidate.compiled.sha256
-        model = CompiledModel.from_bytes(arrays.read_bytes())
+        graph = iris / "models" / candidate.onnx.path
+        assert sha256_of(graph) == candidate.onnx.sha256
+        model = OnnxModel.from_bytes(graph.read_bytes())
         pipeline = joblib.load(iris / "models" / candidate.path)
-        np.testing.assert_allclose(model(rows), pipeline.predict_proba(rows), rtol=0, atol=1e-9)
-    # The champion's arrays sit beside model.joblib, as model.npz.
-    assert meta.compiled is not None
-    assert meta.compiled.path == "model.npz" and meta.compiled.sha256 == compiled[meta.name].sha256
+        np.testing.assert_allclose(model(rows), pipeline.predict_proba(rows), rtol=0, atol=1e-6)
+    # The champion's graph sits beside model.joblib, as model.onnx.
+    assert meta.onnx is not None
+    assert meta.onnx.path == "model.onnx" and meta.onnx.sha256 == graphs[meta.name].sha256
 
 
 def test_iris_model_takes_a_raw_numpy_array(iris: Path):
@@ -160,13 +162,57 @@ def test_generated_data_with_categories_and_missing_values(project: Path, task: 
     assert len(model.predict(rows)) == 3
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_projects_params_fit_whichever_task_a_csv_has(project: Path, task: str):
+    # The README's "Your own data": only data.source and data.target change.
+    target = "churn" if task == "classification" else "spend"
+    customer_frame(120, task).to_csv(project / "data/input/customers.csv", index=False)
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["data"].update(source="data/input/customers.csv", target=target)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("prepare", "train"):
+        run_stage(stage, project)
+    meta = ModelMetadata.read(project / "models")
+    assert meta.task == task
+    assert meta.metric == ("f1_macro" if task == "classification" else "r2")
+    assert [c.name for c in meta.candidates] == list(DEFAULT_PARAMS["train"]["candidates"][task])
+
+
+def test_train_refuses_candidates_of_another_task(project: Path):
+    customer_frame(60, "regression").to_csv(project / "data/input/customers.csv", index=False)
+    data = {"source": "data/input/customers.csv", "target": "spend"}
+    write_params(project, data=data)
+    run_stage("prepare", project)
+    # A classifier named explicitly in a flat list is not swapped for a regressor.
+    write_params(project, data=data, train={"candidates": {"logistic_regression": {}}})
+    assert_refused(
+        run_stage("train", project, check=False),
+        "train: error:",
+        "train.candidates: 'logistic_regression' does not do regression",
+    )
+    per_task = DEFAULT_PARAMS["train"]["candidates"]
+    write_params(project, data=data, train={"candidates": per_task, "champion": "svc"})
+    assert_refused(
+        run_stage("train", project, check=False),
+        "train.champion: 'svc' is not one of train.candidates.regression (the data does regression)",
+    )
+    write_params(
+        project, data=data, train={"candidates": {**per_task, "regression": {"ridge": {"depth": 3}}}}
+    )
+    assert_refused(
+        run_stage("train", project, check=False),
+        "train.candidates.regression.ridge: unknown hyperparameter 'depth'",
+    )
+    assert not (project / "models").exists()
+
+
 def test_forced_champion(project: Path):
     write_params(project, train={"champion": "decision_tree"})
     meta = run_pipeline(project)
     assert meta.name == "decision_tree"
-    # A champion compiled.py knows is written as arrays too: serving then skips scikit-learn.
-    assert meta.compiled is not None
-    assert sha256_of(project / "models" / "model.npz") == meta.compiled.sha256
+    # The champion is written as ONNX too: serving then skips scikit-learn.
+    assert meta.onnx is not None
+    assert sha256_of(project / "models" / "model.onnx") == meta.onnx.sha256
 
 
 def assert_refused(result, *fragments: str) -> None:

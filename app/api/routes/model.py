@@ -19,7 +19,7 @@ log = logging.getLogger("predictor")
 
 
 def _info(predictor: Any) -> dict[str, Any]:
-    # served_by: compiled (model.npz's arrays), pipeline-compiled or pipeline (model.joblib).
+    # served_by: onnx (model.onnx in onnxruntime) or pipeline (the unpickled model.joblib).
     return predictor.metadata.model_dump(mode="json") | {
         "loaded_at": predictor.loaded_at,
         "served_by": predictor.model.source,

@@ -23,9 +23,6 @@ from app.serving.predictor import Predictor
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
 
-# Far above 1000 rows of any reasonable width; a guard against memory abuse, not a quota.
-MAX_BODY_BYTES = 32 * 1024 * 1024
-
 
 class Prediction(BaseModel):
     label: str | None = None
@@ -49,9 +46,7 @@ class PredictResponse(BaseModel):
 
 
 async def read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+    # Its size is bounded by app.api.body_limit (413 past MAX_BODY_BYTES, declared or not).
     return await request.body()
 
 
@@ -66,13 +61,11 @@ async def read_csv_upload(request: Request) -> bytes:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT, "send the CSV as the form field 'file'"
                 )
-            data = await upload.read(MAX_BODY_BYTES + 1)
+            data = await upload.read()  # within the body's limit
         finally:  # its spooled files, also when the field is missing
             await form.close()
     else:
         data = await read_body(request)
-    if len(data) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "CSV too large")
     return data
 
 
@@ -154,14 +147,13 @@ def _compare(body: bytes, request: Request) -> Response:
     predictor = served.predictor
     matrix = predictor.schema.parse_json(body)
     predictions = _predict(predictor, matrix, request)
-    task, classes = predictor.metadata.task, predictor.metadata.classes
     candidates = [
         {
             "name": c.name,
             "metric": c.metric,
             "score": c.score,
             "champion": c.champion,
-            "predictions": predictions if c.champion else c.predict(matrix, task, classes),
+            "predictions": predictions if c.champion else c.predict(matrix, predictor.metadata),
         }
         for c in served.candidates or ()
     ]

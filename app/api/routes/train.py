@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AdminDep, JobsDep
-from app.api.routes.predict import MAX_BODY_BYTES
 from app.serving.retraining import JobConflict, UnknownJob
 
 router = APIRouter(tags=["train"])
@@ -34,10 +33,9 @@ UPLOAD_DOC: dict[str, Any] = {
 
 
 async def _upload(request: Request) -> tuple[bytes | None, str | None]:
-    """The CSV of the multipart field `file`, or None when the request carries no file."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "upload too large")
+    """The CSV of the multipart field `file`, or None when the request carries no file.
+
+    app.api.body_limit refuses a body past MAX_BODY_BYTES (413), declared or not."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         if await request.body():
@@ -53,12 +51,10 @@ async def _upload(request: Request) -> tuple[bytes | None, str | None]:
             return None, None
         if isinstance(upload, str):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the form field 'file' must be a file")
-        data = await upload.read(MAX_BODY_BYTES + 1)
+        data = await upload.read()
         name = upload.filename
     finally:
         await form.close()
-    if len(data) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "upload too large")
     return data, name
 
 
