@@ -35,6 +35,32 @@ class Server:
     log_path: Path
     started_at: float  # time.monotonic() just before the process was created
 
+    def _group_stats(self) -> list[str]:
+        """/proc/<pid>/stat of every live process of the server's group: uvicorn and its workers."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue  # the process ended meanwhile
+            # The fields after the command name, which may itself hold spaces and parentheses.
+            if int(text[text.rindex(")") + 2 :].split()[2]) == self.process.pid:  # start_new_session
+                found.append(stat.parent.name)
+        return found
+
+    def worker_rss_mib(self) -> float:
+        """The largest resident set among the server's processes: one worker with its model."""
+        largest = 0
+        for pid in self._group_stats():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    largest = max(largest, int(line.split()[1]))
+        return largest / 1024
+
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by every live process of the server's group:
         uvicorn and its workers. Unlike throughput, it hardly moves with the machine's other load."""

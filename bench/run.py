@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from bench import engines
 from bench.harness import (
     BenchError,
     Case,
@@ -61,7 +62,8 @@ from bench.processes import (
 ROOT = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = Path(__file__).with_name("post.lua")
 OUT_DIR = ROOT / "artifacts" / "bench"
-CHAMPIONS = ["logistic_regression", "random_forest"]
+# svc: the default params' champion (a calibrated RBF SVC on Iris).
+CHAMPIONS = ["svc", "logistic_regression", "random_forest"]
 ROWS = [1, 100]
 CONCURRENCIES = [1, 32]
 STAGES = ["prepare", "train", "evaluate"]
@@ -122,6 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ref",
         default=os.environ.get("BENCH_REF") or None,
         help="measure the app/ and params.yaml of this git commit instead of the working tree (BENCH_REF)",
+    )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        default=_flag("BENCH_ENGINES", default=True),
+        help="also time one call per candidate type: scikit-learn pipeline vs ONNX (BENCH_ENGINES=0 skips)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
@@ -298,6 +306,7 @@ def bench_champion(
     processes: Processes,
     args: argparse.Namespace,
     cold: dict[str, dict[str, float]],
+    rss: dict[str, float],
 ) -> list[Comparison]:
     logs = args.out.parent / "logs"
     work = scratch / champion
@@ -335,6 +344,7 @@ def bench_champion(
             f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {samples}"
         )
     if args.cold_only:
+        rss[champion] = ours.worker_rss_mib()
         processes.stop(mlflow)
         processes.stop(ours)
         return []
@@ -350,6 +360,8 @@ def bench_champion(
                 mlflow, f"{mlflow.base_url}/invocations", bodies["mlflow", case.rows], case, args
             )
             comparisons.append(Comparison(case, ours_result, mlflow_result))
+        rss[champion] = ours.worker_rss_mib()
+        say(f"  ours: {rss[champion]:.0f} MiB resident per worker after the load")
         if args.profile:
             profile(ours, bodies["ours", 1], f"Bearer {token}", champion, args)
     finally:
@@ -480,6 +492,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     processes = Processes()
     cold: dict[str, dict[str, float]] = {"ours": {}, "mlflow": {}}
+    rss: dict[str, float] = {}
     comparisons: list[Comparison] = []
     try:
         ref_commit = export_commit(args.ref, scratch / "src") if args.ref else None
@@ -496,9 +509,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.workers} worker(s) per server; logs in {args.out.parent / 'logs'}"
     )
     overhead = None
+    timings: list[engines.EngineTiming] = []
     try:
+        if args.engines and not args.cold_only:
+            say("engines: one call per candidate type, scikit-learn pipeline vs ONNX (in this process)")
+            timings = engines.measure()
         for champion in args.champions:
-            comparisons += bench_champion(champion, scratch, processes, args, cold)
+            comparisons += bench_champion(champion, scratch, processes, args, cold, rss)
         if args.overhead and not args.cold_only:
             overhead = bench_overhead(scratch, processes, args)
     finally:
@@ -518,17 +535,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_time_s": round(time.monotonic() - started, 1),
         "load": "wrk -t1, one fixed body per run, 127.0.0.1",
     }
-    document = results_document(comparisons, cold, settings)
+    document = results_document(comparisons, cold, settings, rss)
     if overhead is not None:
         document["observability_overhead"] = overhead
+    if timings:
+        document["engines"] = engines.as_json(timings)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
 
     print()
+    if timings:
+        print(engines.format_timings(timings))
+        print()
     print(format_table(comparisons))
     print()
     print(format_cold_starts(cold["ours"], cold["mlflow"]))
+    print(", ".join(f"RSS per worker {name}: {mib:.0f} MiB" for name, mib in rss.items()))
     print()
-    for verdict in target_verdicts(comparisons, cold["ours"]):
+    for verdict in target_verdicts(comparisons, cold["ours"], rss):
         print(f"{'met   ' if verdict['met'] else 'MISSED'}  {verdict['target']}: {verdict['measured']}")
     say(f"wrote {args.out} ({settings['wall_time_s']:.0f} s in all)")
     return document

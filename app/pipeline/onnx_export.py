@@ -66,7 +66,12 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
     from skl2onnx import convert_sklearn
 
     classes = [str(c) for c in getattr(pipeline, "classes_", [])] if task == "classification" else []
-    options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if task == "classification" else None
+    model_options: dict[str, Any] = {"zipmap": False} if task == "classification" else {}
+    if hasattr(pipeline.steps[-1][1], "n_neighbors"):
+        # onnxruntime's CDist op instead of a Scan loop over the training rows: ~60x faster per call
+        # (595 -> 10 us for one row on diabetes), same answers.
+        model_options["optim"] = "cdist"
+    options = {id(pipeline.steps[-1][1]): model_options} if model_options else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -22,6 +22,10 @@ class RowError(ValueError):
         super().__init__(f"{len(errors)} validation error(s)")
         self.errors = errors
 
+    def at_lines(self, lines: list[int]) -> RowError:
+        """The same errors, each also naming its row's line in a CSV file."""
+        return RowError([e | {"line": lines[e["row"]]} if "row" in e else e for e in self.errors])
+
 
 _ROW_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=False)
 

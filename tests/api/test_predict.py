@@ -81,6 +81,29 @@ def test_nan_and_infinities_are_rejected(client: TestClient, user_headers: Heade
     assert error["row"] == 0 and error["field"] == "sepal_length"
 
 
+def test_extreme_finite_floats_get_422_naming_the_row_never_500(
+    client: TestClient, user_headers: Headers
+) -> None:
+    # A fuzzer's batch: valid JSON floats at the edges of float64. Once a 500 (NaN probabilities
+    # that the JSON encoder refused); now the whole request is refused, naming the bad row.
+    body = (
+        '{"instances": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},'
+        ' {"sepal_length": 5.1, "sepal_width": 1.7976931348623157e+308, "petal_length": -5e-324,'
+        ' "petal_width": 0.2}]}'
+    )
+    response = client.post(
+        "/predict", content=body, headers=user_headers | {"Content-Type": "application/json"}
+    )
+    [error] = _errors(response)
+    assert (error["row"], error["field"], error["type"]) == (1, "sepal_width", "no_finite_answer")
+    assert "far outside the training range" in error["msg"]
+    # The CSV route names the line too.
+    text = _csv(HEADER, "5.1,3.5,1.4,0.2", "5.1,1.7976931348623157e+308,-5e-324,0.2")
+    response = client.post("/predict/csv", files={"file": ("rows.csv", text)}, headers=user_headers)
+    [error] = _errors(response)
+    assert (error["row"], error["line"], error["field"]) == (1, 3, "sepal_width")
+
+
 def test_nan_as_a_string_is_rejected_too(client: TestClient, user_headers: Headers) -> None:
     response = client.post(
         "/predict", json={"instances": [{**IRIS_ROW, "petal_width": "nan"}]}, headers=user_headers

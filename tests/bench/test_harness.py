@@ -159,13 +159,17 @@ def test_ratios_verdicts_and_table():
     assert fast.throughput_ratio == pytest.approx(4.0)
     assert fast.p99_ratio == pytest.approx(0.2)
 
-    verdicts = {v["target"]: v["met"] for v in target_verdicts([fast, slow, other], {"random_forest": 3.1})}
+    verdicts = {
+        v["target"]: v["met"]
+        for v in target_verdicts([fast, slow, other], {"random_forest": 3.1}, {"random_forest": 120.0})
+    }
     assert verdicts == {
         "logistic_regression: throughput >= 3x mlflow (1 row, c=32)": True,
         "logistic_regression: p99 below mlflow's (1 row, c=32)": True,
         "random_forest: throughput >= 1.5x mlflow (1 row, c=32)": False,
         "random_forest: p99 below mlflow's (1 row, c=32)": False,
-        "random_forest: our cold start < 2.5 s": False,
+        "random_forest: our cold start <= 1 s": False,
+        "random_forest: RSS per worker after the load <= 150 MiB": True,
     }
 
     table = format_table([fast, slow, other]).splitlines()
@@ -176,14 +180,15 @@ def test_ratios_verdicts_and_table():
 
 def test_results_document_is_json(tmp_path: Path):
     comparison = Comparison(Case("random_forest", 1, 32), load(200, 50, 90), load(80, 300, 600))
-    cold = {"ours": {"random_forest": 1.9}, "mlflow": {"random_forest": 8.5}}
-    document = results_document([comparison], cold, {"duration_s": 10})
+    cold = {"ours": {"random_forest": 0.9}, "mlflow": {"random_forest": 8.5}}
+    document = results_document([comparison], cold, {"duration_s": 10}, {"random_forest": 110.0})
     path = tmp_path / "results.json"
     path.write_text(json.dumps(document))
     again = json.loads(path.read_text())
     assert again["results"][0]["throughput_ratio"] == pytest.approx(2.5)
     assert again["results"][0]["ours"]["p99_ms"] == 90
-    assert again["cold_start_s"]["ours"]["random_forest"] == 1.9
+    assert again["cold_start_s"]["ours"]["random_forest"] == 0.9
+    assert again["rss_mib"] == {"random_forest": 110.0}
     assert all(v["met"] for v in again["targets"])
 
 

@@ -40,10 +40,11 @@ def dataset(name: str) -> Data:
     if name == "diabetes":
         data = load_diabetes()
         return _numeric_features(data.data, list(data.feature_names)), data.data, data.target, "regression"
-    # wine-like: the wine measurements, a categorical column, and gaps in both kinds of column.
+    # wine-like: the wine measurements, a categorical column, and gaps in both kinds of column;
+    # classified by cultivar, or (wine-like-regression) the alcohol content regressed on the rest.
     data = load_wine()
     rng = np.random.default_rng(3)
-    numbers = data.data[:, :5].copy()
+    numbers = data.data[:, 1:6].copy()
     numbers[rng.random(numbers.shape) < 0.06] = np.nan
     region = rng.choice(["north", "south", "coast"], len(numbers)).astype(object)
     region[rng.random(len(region)) < 0.08] = MISSING_CATEGORY
@@ -63,6 +64,8 @@ def dataset(name: str) -> Data:
             name="region", type="categorical", categories=["coast", "north", "south"], missing_fraction=0.08
         ),
     ]
+    if name == "wine-like-regression":
+        return features, x, data.data[:, 0], "regression"
     return features, x, np.array(["cultivar_" + str(t) for t in data.target]), "classification"
 
 
@@ -78,6 +81,7 @@ CASES = [
     *(("iris", name) for name in CLASSIFIERS),
     *(("wine-like", name) for name in CLASSIFIERS),
     *(("diabetes", name) for name in REGRESSORS),
+    *(("wine-like-regression", name) for name in REGRESSORS),
 ]
 
 

@@ -20,6 +20,7 @@ from app.api.deps import PredictorDep, current_claims
 from app.observability import metrics
 from app.serving.candidates import Served
 from app.serving.predictor import Predictor
+from app.serving.schema import RowError
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
 
@@ -246,7 +247,10 @@ def predict_csv(
     """A CSV with a header naming the feature columns. Answers CSV when `Accept: text/csv`."""
     header, records, lines = read_csv(data, predictor)
     matrix = predictor.schema.parse_records(records, lines)
-    predictions = _predict(predictor, matrix, request)
+    try:
+        predictions = _predict(predictor, matrix, request)
+    except RowError as exc:  # rows the model has no finite answer for
+        raise exc.at_lines(lines) from None
     if "text/csv" in request.headers.get("accept", ""):
         return _csv_response(predictor, header, records, predictions)
     return _response(predictor, predictions)
