@@ -13,16 +13,23 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run ui train test lint format mlflow-ui lock clean bench
 
+# One line per target, in the order of docs/development.md's table (tests/deploy/test_docs.py keeps them in step).
 help:
-	@echo "make run        install, train if models/model.joblib is missing, start the service"
-	@echo "make ui         the web UI (Streamlit) on http://127.0.0.1:8501, talking to the API at API_URL"
-	@echo "make test       install the dev dependencies and run the whole suite"
-	@echo "make train      dvc repro: prepare -> train -> evaluate"
-	@echo "make mlflow-ui  open the local MLflow store on http://127.0.0.1:5000"
-	@echo "make lint       ruff check and format check"
-	@echo "make bench      load benchmark: this service against mlflow models serve (BENCH_QUICK=1: ~2 min)"
-	@echo "make stack      the docker-compose topology without Docker: S3 (moto), MLflow, train + push, API,"
-	@echo "                Prometheus, Alertmanager on 127.0.0.1; make stack-down stops it"
+	@echo "make run                       install, train if models/model.joblib is missing, start the service"
+	@echo "make test                      install the dev dependencies and run the whole suite"
+	@echo "make lint                      ruff check, format check and mypy over app/"
+	@echo "make format                    ruff fix and format"
+	@echo "make ui                        the web UI (Streamlit) on http://127.0.0.1:8501, talking to the API at API_URL"
+	@echo "make train                     dvc repro: prepare -> train -> evaluate"
+	@echo "make push / make pull          dvc push / dvc pull to the S3 remote (DVC_REMOTE_URL, DVC_S3_ENDPOINT_URL)"
+	@echo "make mlflow-ui                 open the local MLflow store on http://127.0.0.1:5000"
+	@echo "make bench                     load benchmark: this service against mlflow models serve (BENCH_QUICK=1: a shorter run)"
+	@echo "make stack / make stack-down   the docker-compose topology without Docker: S3 (moto), MLflow, train + push,"
+	@echo "                               API, Prometheus, Alertmanager on 127.0.0.1; stack-down stops it"
+	@echo "make stack-status              what make stack runs, where, and its log"
+	@echo "make obs-tools                 install Debian's prometheus and prometheus-alertmanager if missing"
+	@echo "make lock                      refresh requirements.lock from the pins in pyproject.toml"
+	@echo "make clean                     remove .venv and the pytest and ruff caches"
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -74,6 +81,7 @@ test: $(INSTALLED) obs-tools ui-tools
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
@@ -109,15 +117,15 @@ pull: $(INSTALLED)
 	$(BIN)/python -m app.pipeline.remote
 	$(BIN)/dvc pull
 
-# The docker-compose topology without Docker (app/devstack): state, logs and configs in .stack/.
+# The docker-compose topology without Docker (tools/devstack): state, logs and configs in .stack/.
 # Ports: STACK_S3_PORT, STACK_MLFLOW_PORT, STACK_API_PORT, STACK_PROMETHEUS_PORT, STACK_ALERTMANAGER_PORT.
 .PHONY: stack stack-down stack-status
 stack: $(INSTALLED) obs-tools
-	$(BIN)/python -m app.devstack up
+	$(BIN)/python -m tools.devstack up
 
 # Stops whatever `make stack` started, even after a failed start, and restores .dvc/config.local.
 stack-down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m app.devstack down; else echo "no .venv: nothing was started"; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tools.devstack down; else echo "no .venv: nothing was started"; fi
 
 stack-status:
-	$(BIN)/python -m app.devstack status
+	$(BIN)/python -m tools.devstack status

@@ -24,8 +24,8 @@ from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
-from app.serving.registry import ModelRegistry
-from app.serving.retraining import TrainingJobs
+from app.serving.jobs import TrainingJobs
+from app.serving.state import ServingState
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
@@ -42,23 +42,23 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             if settings.drift_enabled and settings.metrics_enabled
             else None
         )
-        registry = ModelRegistry(
+        serving = ServingState(
             settings.model_dir,
             settings.max_batch_rows,
             drift,
             settings.versions_dir,
             threads=settings.onnx_intra_op_threads,
         )
-        registry.load_initial()
-        stop_watching = registry.watch()
+        serving.load_initial()
+        stop_watching = serving.watch()
         app.state.database = database
         app.state.throttle = DatabaseLoginThrottle(
             database.session, settings.login_max_failures, settings.login_window_seconds
         )
-        app.state.registry = registry
+        app.state.serving = serving
         jobs = TrainingJobs(
-            registry,
-            registry.store,
+            serving,
+            serving.store,
             settings.train_params,
             settings.promotion_tolerance,
             settings.train_timeout_seconds,
@@ -80,8 +80,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     cache: dict[str | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        registry: ModelRegistry | None = getattr(app.state, "registry", None)
-        current = registry.current if registry else None
+        serving: ServingState | None = getattr(app.state, "serving", None)
+        current = serving.current if serving else None
         version = current.version if current else None
         if version not in cache:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -120,5 +120,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (auth, predict, model, train, health, users, metrics)
     for router in (module.router for module in routers):
         app.include_router(router)
+    # FastAPI documents overriding app.openapi; mypy sees a method assignment.
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

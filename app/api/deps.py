@@ -21,9 +21,9 @@ from app.db import crud
 from app.db.models import User
 from app.db.session import Database
 from app.observability.audit import auth_failed
+from app.serving.jobs import TrainingJobs
 from app.serving.predictor import Predictor
-from app.serving.registry import ModelRegistry
-from app.serving.retraining import TrainingJobs
+from app.serving.state import ServingState
 
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
@@ -36,8 +36,8 @@ async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-async def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+async def get_serving(request: Request) -> ServingState:
+    return request.app.state.serving
 
 
 async def get_throttle(request: Request) -> Throttle:
@@ -50,7 +50,7 @@ async def get_jobs(request: Request) -> TrainingJobs:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ServingDep = Annotated[ServingState, Depends(get_serving)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
 JobsDep = Annotated[TrainingJobs, Depends(get_jobs)]
 
@@ -63,11 +63,11 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_predictor(registry: RegistryDep) -> Predictor:
+async def get_predictor(serving: ServingDep) -> Predictor:
     # One read of the reference: this request uses this model even if a reload swaps it meanwhile.
-    predictor = registry.current
+    predictor = serving.current
     if predictor is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {registry.error}")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {serving.error}")
     return predictor
 
 

@@ -23,8 +23,8 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
 async def _row_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RowError)
-    registry = getattr(request.app.state, "registry", None)
-    known = set(registry.current.metadata.feature_names) if registry and registry.current else set()
+    serving = getattr(request.app.state, "serving", None)
+    known = set(serving.current.metadata.feature_names) if serving and serving.current else set()
     validation_failed([e.get("field") for e in exc.errors], known)
     return JSONResponse({"detail": exc.errors}, status_code=422)
 

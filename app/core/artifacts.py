@@ -20,7 +20,7 @@ MODEL_FILE = "model.joblib"
 # The same model as ONNX, when it converted (app/pipeline/onnx_export.py): what serving runs.
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "model.json"
-PROFILE_FILE = "reference_profile.json"
+REFERENCE_PROFILE_FILE = "reference_profile.json"
 CANDIDATES_DIR = "candidates"
 
 Task = Literal["classification", "regression"]
@@ -86,20 +86,6 @@ class ReferenceProfile(_Strict):
     rows: int
     features: dict[str, FeatureProfile]
     target: TargetProfile
-
-
-class DatasetSchema(_Strict):
-    """What prepare decided about the data set; train and evaluate build on it."""
-
-    source: str
-    target: str
-    task: Task
-    features: list[Feature]
-    classes: list[str] = []
-    data_md5: str
-    rows: int
-    train_rows: int
-    test_rows: int
 
 
 class ModelFile(_Strict):

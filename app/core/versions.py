@@ -18,16 +18,16 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
+from app.core.messages import GateOutcome
 
 RECORD_FILE = "version.json"
 SERVING_FILE = "serving.json"
 JOBS_DIR = "jobs"
-RESULT_FILE = "result.json"  # a retraining job's answer, in jobs/<job id>/
 # Versions are training timestamps; anything else would be a path trick.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -43,7 +43,7 @@ class VersionRecord(BaseModel):
     # accepted: it was (or may be) served; rejected: a challenger that failed the promotion gate.
     status: Status = "accepted"
     job_id: str | None = None
-    gate: dict[str, Any] | None = None
+    gate: GateOutcome | None = None
 
 
 class Serving(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,14 +106,14 @@ class DriftMonitor:
         self.refresh_seconds = refresh_seconds
         self._last_refresh = -math.inf
         self._lock = threading.Lock()
-        self._features: list[tuple[int, str, object, BinnedWindow]] = []
+        self._features: list[tuple[int, str, Callable[[np.ndarray], np.ndarray], BinnedWindow]] = []
         for position, feature in enumerate(features):
             reference = profile.features.get(feature.name)
             if reference is None:
                 continue
             if isinstance(reference, CategoricalProfile):
                 categories = sorted(reference.proportions)
-                binner: object = _CategoricalBinner(categories)
+                binner: Callable[[np.ndarray], np.ndarray] = _CategoricalBinner(categories)
                 expected = [reference.proportions[c] for c in categories] + [0.0]
             else:
                 binner = _NumericBinner(reference.bin_edges)

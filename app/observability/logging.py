@@ -33,5 +33,6 @@ def configure_logging(level: str = "INFO") -> None:
     if not any(getattr(h, "_predictor", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(JsonFormatter())
+        # A mark on our own handler, so a second configure_logging() does not add another.
         handler._predictor = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -2,22 +2,22 @@
 
     python -m app.pipeline.alias --model predictor --version 3
 
-Prints one JSON line: {"status": "updated"} or {"status": "failed", "reason": "..."}; exits 0 either
-way, so the caller reports MLflow's state rather than failing what it already did.
+Prints one JSON line, an AliasOutcome (app/core/messages.py): updated, or failed with the reason; exits 0
+either way, so the caller reports MLflow's state rather than failing what it already did.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 # Only tracking: this runs after every promotion and rollback, and the training modules are slow to import.
+from app.core.messages import AliasOutcome
 from app.pipeline import tracking
 from app.pipeline.tracking import CHAMPION_ALIAS
 
 
-def set_champion(model: str, version: str) -> dict[str, str]:
+def set_champion(model: str, version: str) -> AliasOutcome:
     # Fail fast when the tracking server is down: the default retries for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -30,8 +30,8 @@ def set_champion(model: str, version: str) -> dict[str, str]:
         MlflowClient().set_registered_model_alias(model, CHAMPION_ALIAS, version)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300]
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {reason}"}
-    return {"status": "updated", "alias": CHAMPION_ALIAS}
+        return AliasOutcome(status="failed", reason=f"{type(exc).__name__}: {reason}")
+    return AliasOutcome(status="updated", alias=CHAMPION_ALIAS)
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--version", required=True)
     args = parser.parse_args()
-    print(json.dumps(set_champion(args.model, args.version)), flush=True)
+    print(set_champion(args.model, args.version).model_dump_json(), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ straight from the validated request, with no DataFrame per call.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sklearn.base import BaseEstimator
@@ -139,3 +140,16 @@ def build_pipeline(
             ]
         )
     return Pipeline([("preprocess", build_preprocessing(features)), ("model", estimator)])
+
+
+@dataclass
+class Fitted:
+    """A fitted candidate, its scores, and (once tracked) its MLflow run."""
+
+    name: str
+    pipeline: Pipeline
+    hyperparameters: dict[str, Any]
+    cv_score: float
+    metrics: dict[str, float]
+    run_id: str | None = None
+    model_uri: str | None = None

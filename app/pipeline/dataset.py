@@ -14,10 +14,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from app.core.artifacts import Feature, Task
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import DataParams
+
+
+class DatasetSchema(BaseModel):
+    """What prepare decided about the data set (data/processed/schema.json); train and evaluate build
+    on it. Serving never reads it: model.json carries what serving needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    target: str
+    task: Task
+    features: list[Feature]
+    classes: list[str] = []
+    data_md5: str
+    rows: int
+    train_rows: int
+    test_rows: int
+
 
 SKLEARN_PREFIX = "sklearn:"
 # A numeric-looking integer target with at most this many distinct values is a class label.

@@ -12,18 +12,18 @@ import json
 import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from app.core.artifacts import MODEL_FILE, ModelMetadata, sha256_of
+from app.core.artifacts import MODEL_FILE, ModelMetadata
+from app.core.loading import ModelLoadError, load_pipeline
 from app.pipeline import layout, tracking
 from app.pipeline.dataset import read_split
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import Params
 from app.pipeline.stage import run_stage
-from app.pipeline.train import load_schema, split_xy, test_metrics
+from app.pipeline.train import load_schema, score_split, split_xy
 
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
@@ -75,17 +75,15 @@ def evaluate(params: Params, ws: layout.Workspace = layout.PROJECT) -> dict[str,
     model_path = ws.models_dir / MODEL_FILE
     if not model_path.is_file():
         raise PipelineError(f"{model_path} not found: run the train stage first")
-    metadata = ModelMetadata.read(ws.models_dir)
-    if sha256_of(model_path) != metadata.sha256:
-        raise PipelineError(
-            f"{model_path}: sha256 does not match model.json; retrain instead of editing models/"
-        )
-    model = joblib.load(model_path)
+    try:
+        metadata, model = load_pipeline(ws.models_dir)
+    except ModelLoadError as exc:
+        raise PipelineError(f"{ws.models_dir}: {exc}; retrain instead of editing models/") from None
 
     test = read_split(ws.processed_dir / layout.TEST_FILE, schema.features, schema.target, schema.task)
     x_test, y_test = split_xy(test, schema)
     predicted = model.predict(x_test)
-    scores = test_metrics(model, x_test, y_test, schema)
+    scores = score_split(model, x_test, y_test, schema)
 
     with layout.staged_output(ws.evaluation_dir) as out:
         plots = out / PLOTS_DIR

@@ -14,7 +14,7 @@ PROCESSED_DIR = Path("data/processed")
 TRAIN_FILE = "train.csv"
 TEST_FILE = "test.csv"
 SCHEMA_FILE = "schema.json"
-PROFILE_FILE = "profile.json"
+TRAINING_PROFILE_FILE = "profile.json"
 MODELS_DIR = Path("models")
 EVALUATION_DIR = Path("data/evaluation")
 

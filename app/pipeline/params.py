@@ -20,7 +20,7 @@ from pydantic import (
 from app.core.artifacts import Task
 from app.pipeline.candidates import ALL_CANDIDATES, BY_TASK, DEFAULT_CANDIDATES
 from app.pipeline.errors import PipelineError
-from app.pipeline.metrics import ALL_METRICS
+from app.pipeline.scoring import ALL_METRICS
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -77,7 +77,7 @@ class TaskCandidates(_Section):
     @field_validator("classification", "regression")
     @classmethod
     def _known_for_the_task(cls, value: CandidateSet, info: ValidationInfo) -> CandidateSet:
-        task = info.field_name
+        task = str(info.field_name)
         registry = BY_TASK[task]
         for name in value:
             if name in ALL_CANDIDATES and name not in registry:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from sklearn.model_selection import train_test_split
 
-from app.core.artifacts import DatasetSchema, write_json_atomic
+from app.core.artifacts import write_json_atomic
 from app.pipeline import layout
-from app.pipeline.dataset import RawData, data_md5, load_source, parse
+from app.pipeline.dataset import DatasetSchema, RawData, data_md5, load_source, parse
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import Params
 from app.pipeline.profile import build_profile, describe_features
@@ -52,7 +52,7 @@ def prepare(
         train.to_csv(out / layout.TRAIN_FILE, index=False)
         test.to_csv(out / layout.TEST_FILE, index=False)
         write_json_atomic(out / layout.SCHEMA_FILE, schema)
-        write_json_atomic(out / layout.PROFILE_FILE, profile)
+        write_json_atomic(out / layout.TRAINING_PROFILE_FILE, profile)
 
     kinds = ", ".join(f"{f.name}:{f.type}" for f in features)
     print(f"prepare: {schema.rows} rows, task={data.task}, target={data.target}, features: {kinds}")

@@ -1,4 +1,5 @@
-"""Stage 2: fit every candidate, track each as an MLflow run, and crown the best one champion.
+"""Stage 2: fit every candidate, track each as an MLflow run (tracking.py), crown the best one
+champion, and write the model folder serving reads.
 
     python -m app.pipeline.train [--params params.yaml]
 
@@ -29,35 +30,24 @@ from app.core.artifacts import (
     MISSING_CATEGORY,
     MODEL_FILE,
     ONNX_FILE,
-    PROFILE_FILE,
+    REFERENCE_PROFILE_FILE,
     CandidateInfo,
-    DatasetSchema,
     Feature,
     ModelFile,
     ModelMetadata,
+    Task,
     matrix_dtype,
     sha256_of,
     write_json_atomic,
 )
 from app.pipeline import layout, onnx_export, tracking
-from app.pipeline.candidates import build_pipeline
-from app.pipeline.dataset import read_split
+from app.pipeline.candidates import Fitted, build_pipeline
+from app.pipeline.dataset import DatasetSchema, read_split
 from app.pipeline.errors import PipelineError
-from app.pipeline.metrics import ALL_METRICS, classification_metrics, regression_metrics, resolve_metric
 from app.pipeline.params import Params
+from app.pipeline.scoring import ALL_METRICS, classification_metrics, regression_metrics, resolve_metric
 from app.pipeline.stage import run_stage
 from app.pipeline.tracking import CHAMPION_ALIAS
-
-
-@dataclass
-class Fitted:
-    name: str
-    pipeline: Pipeline
-    hyperparameters: dict[str, Any]
-    cv_score: float
-    metrics: dict[str, float]
-    run_id: str | None = None
-    model_uri: str | None = None
 
 
 def load_schema(processed: Path = layout.PROCESSED_DIR) -> DatasetSchema:
@@ -80,7 +70,7 @@ def split_xy(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[np.ndarray, np
     return feature_matrix(frame, schema.features), frame[schema.target].to_numpy()
 
 
-def test_metrics(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, float]:
+def score_split(pipeline: Pipeline, x: np.ndarray, y: np.ndarray, schema: DatasetSchema) -> dict[str, float]:
     predicted = pipeline.predict(x)
     if schema.task == "regression":
         return regression_metrics(y, predicted)
@@ -138,7 +128,7 @@ def fit_candidates(
                 pipeline=pipeline,
                 hyperparameters=candidates[name],
                 cv_score=round(float(sign * np.mean(scores)), 6),
-                metrics=test_metrics(pipeline, x_test, y_test, schema),
+                metrics=score_split(pipeline, x_test, y_test, schema),
             )
         )
     return fitted
@@ -153,83 +143,6 @@ def choose_champion(fitted: list[Fitted], metric: str, forced: str | None) -> Fi
     better = ALL_METRICS[metric].greater_is_better
     # Stable: on a tie the candidate listed first in params wins.
     return sorted(fitted, key=lambda c: -c.cv_score if better else c.cv_score)[0]
-
-
-def track(
-    fitted: list[Fitted],
-    params: Params,
-    schema: DatasetSchema,
-    metric: str,
-    commit: str,
-    processed: Path = layout.PROCESSED_DIR,
-) -> str:
-    """One MLflow run per candidate; returns the experiment id."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from skops.io import dumps as skops_dumps
-    from skops.io import get_untrusted_types
-
-    experiment_id = tracking.configure(params.train.experiment)
-    train = read_split(processed / layout.TRAIN_FILE, schema.features, schema.target, schema.task)
-    example = train[[f.name for f in schema.features]].head(5)
-    requirements = [
-        f"scikit-learn=={sklearn.__version__}",
-        f"numpy=={np.__version__}",
-        f"joblib=={joblib.__version__}",
-    ]
-    for candidate in fitted:
-        with warnings.catch_warnings(), mlflow.start_run(run_name=candidate.name) as run:
-            warnings.simplefilter("ignore")
-            mlflow.set_tags(
-                {
-                    "candidate": candidate.name,
-                    "git_commit": commit,
-                    "data_md5": schema.data_md5,
-                    "task": schema.task,
-                }
-            )
-            mlflow.log_params(
-                {
-                    "candidate": candidate.name,
-                    "seed": params.seed,
-                    "metric": metric,
-                    "data_source": schema.source,
-                    "test_size": params.data.test_size,
-                    "cv_folds": params.train.cv_folds,
-                }
-                | {f"hp_{k}": v for k, v in candidate.hyperparameters.items()}
-            )
-            mlflow.log_metrics(
-                {f"cv_{metric}": candidate.cv_score} | {f"test_{k}": v for k, v in candidate.metrics.items()}
-            )
-            x_example = feature_matrix(example, schema.features)
-            signature = infer_signature(example, candidate.pipeline.predict(x_example))
-            info = mlflow.sklearn.log_model(
-                candidate.pipeline,
-                name="model",
-                signature=signature,
-                input_example=example,
-                pip_requirements=requirements,
-                # skops (MLflow's safe format) asks which types to trust: this pipeline was fitted
-                # a moment ago in this process, so all of its own types are.
-                skops_trusted_types=get_untrusted_types(data=skops_dumps(candidate.pipeline)),
-            )
-            candidate.run_id = run.info.run_id
-            candidate.model_uri = info.model_uri
-    return experiment_id
-
-
-def register(champion: Fitted, name: str, alias: bool = True) -> str:
-    """A registry version for the champion; `alias` moves the `champion` alias to it."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    version = mlflow.register_model(champion.model_uri, name).version
-    if alias:
-        client = MlflowClient()
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-        client.set_tag(champion.run_id, "champion", "true")
-    return str(version)
 
 
 def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
@@ -250,18 +163,98 @@ def print_table(fitted: list[Fitted], champion: Fitted, metric: str) -> None:
 
 
 def write_onnx(
-    name: str, pipeline: Pipeline, task: str, features: list[Feature], out: Path, path: Path
+    name: str, pipeline: Pipeline, task: Task, features: list[Feature], out: Path, path: Path
 ) -> tuple[ModelFile | None, str | None]:
     """The pipeline as ONNX at out/path, written only if onnxruntime gives the pipeline's answers
     on probe rows; else no file and the reason, which train prints (that candidate then serves
     through its pickled pipeline)."""
     try:
-        payload = onnx_export.export(pipeline, task, features)  # type: ignore[arg-type]
+        payload = onnx_export.export(pipeline, task, features)
     except onnx_export.ExportError as exc:
         print(f"train: {name}: no ONNX file, it will serve through its pipeline: {exc}")
         return None, str(exc)
     (out / path).write_bytes(payload)
     return ModelFile(path=str(path), sha256=sha256_of(out / path)), None
+
+
+@dataclass(frozen=True)
+class FolderFacts:
+    """What model.json says about a model besides its files: one training run's facts."""
+
+    version: str
+    task: Task
+    target: str
+    features: list[Feature]
+    classes: list[str]
+    metric: str
+    params: dict[str, Any]
+    trained_at: str
+    git_commit: str
+    data_md5: str
+    mlflow_experiment: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+
+
+def write_model_folder(
+    out: Path, fitted: list[Fitted], champion: Fitted, facts: FolderFacts, profile: Path
+) -> ModelMetadata:
+    """The model folder serving reads, written into `out` (an empty folder): every candidate's
+    pipeline and ONNX file, the champion's beside them as model.joblib and model.onnx, the reference
+    profile, and model.json with every checksum. train writes it; the test suite's tiny models too."""
+    (out / CANDIDATES_DIR).mkdir(exist_ok=True)
+    infos = []
+    for candidate in fitted:
+        path = Path(CANDIDATES_DIR) / f"{candidate.name}.joblib"
+        joblib.dump(candidate.pipeline, out / path)
+        onnx_file, onnx_error = write_onnx(
+            candidate.name, candidate.pipeline, facts.task, facts.features, out, path.with_suffix(".onnx")
+        )
+        infos.append(
+            CandidateInfo(
+                name=candidate.name,
+                path=str(path),
+                sha256=sha256_of(out / path),
+                onnx=onnx_file,
+                onnx_error=onnx_error,
+                mlflow_run_id=candidate.run_id,
+                cv_score=candidate.cv_score,
+                metrics=candidate.metrics,
+            )
+        )
+    shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
+    champion_info = next(info for info in infos if info.name == champion.name)
+    champion_onnx = None
+    if champion_info.onnx is not None:
+        shutil.copyfile(out / champion_info.onnx.path, out / ONNX_FILE)
+        champion_onnx = ModelFile(path=ONNX_FILE, sha256=champion_info.onnx.sha256)
+    shutil.copyfile(profile, out / REFERENCE_PROFILE_FILE)
+    metadata = ModelMetadata(
+        version=facts.version,
+        name=champion.name,
+        task=facts.task,
+        target=facts.target,
+        features=facts.features,
+        classes=facts.classes,
+        metric=facts.metric,
+        metrics=champion.metrics,
+        params=facts.params,
+        trained_at=facts.trained_at,
+        git_commit=facts.git_commit,
+        data_md5=facts.data_md5,
+        sha256=sha256_of(out / MODEL_FILE),
+        onnx=champion_onnx,
+        onnx_error=champion_info.onnx_error,
+        mlflow_run_id=champion.run_id,
+        mlflow_experiment=facts.mlflow_experiment,
+        registered_model=facts.registered_model,
+        registered_version=facts.registered_version,
+        python_version=platform.python_version(),
+        sklearn_version=sklearn.__version__,
+        candidates=infos,
+    )
+    write_json_atomic(out / METADATA_FILE, metadata)
+    return metadata
 
 
 def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool = True) -> ModelMetadata:
@@ -278,67 +271,34 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
 
     commit = tracking.git_commit()
     trained_at = datetime.now(UTC)
-    experiment_id = track(fitted, params, schema, metric, commit, ws.processed_dir)
-    registered_version = register(champion, params.train.registered_model, alias=set_alias)
+    training_rows = read_split(
+        ws.processed_dir / layout.TRAIN_FILE, schema.features, schema.target, schema.task
+    )
+    example = training_rows[[f.name for f in schema.features]].head(5)
+    experiment_id = tracking.log_candidates(
+        fitted, params, schema, metric, commit, example, feature_matrix(example, schema.features)
+    )
+    registered_version = tracking.register(champion, params.train.registered_model, alias=set_alias)
 
+    folder = FolderFacts(
+        version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
+        task=schema.task,
+        target=schema.target,
+        features=schema.features,
+        classes=schema.classes,
+        metric=metric,
+        params=params.model_dump(mode="json"),
+        trained_at=trained_at.isoformat(timespec="seconds"),
+        git_commit=commit,
+        data_md5=schema.data_md5,
+        mlflow_experiment=experiment_id,
+        registered_model=params.train.registered_model,
+        registered_version=registered_version,
+    )
     with layout.staged_output(ws.models_dir) as out:
-        (out / CANDIDATES_DIR).mkdir()
-        infos = []
-        for candidate in fitted:
-            path = Path(CANDIDATES_DIR) / f"{candidate.name}.joblib"
-            joblib.dump(candidate.pipeline, out / path)
-            onnx_file, onnx_error = write_onnx(
-                candidate.name,
-                candidate.pipeline,
-                schema.task,
-                schema.features,
-                out,
-                path.with_suffix(".onnx"),
-            )
-            infos.append(
-                CandidateInfo(
-                    name=candidate.name,
-                    path=str(path),
-                    sha256=sha256_of(out / path),
-                    onnx=onnx_file,
-                    onnx_error=onnx_error,
-                    mlflow_run_id=candidate.run_id,
-                    cv_score=candidate.cv_score,
-                    metrics=candidate.metrics,
-                )
-            )
-        shutil.copyfile(out / CANDIDATES_DIR / f"{champion.name}.joblib", out / MODEL_FILE)
-        champion_info = next(info for info in infos if info.name == champion.name)
-        champion_onnx = None
-        if champion_info.onnx is not None:
-            shutil.copyfile(out / champion_info.onnx.path, out / ONNX_FILE)
-            champion_onnx = ModelFile(path=ONNX_FILE, sha256=champion_info.onnx.sha256)
-        shutil.copyfile(ws.processed_dir / layout.PROFILE_FILE, out / PROFILE_FILE)
-        metadata = ModelMetadata(
-            version=trained_at.strftime("%Y-%m-%dT%H-%M-%S"),
-            name=champion.name,
-            task=schema.task,
-            target=schema.target,
-            features=schema.features,
-            classes=schema.classes,
-            metric=metric,
-            metrics=champion.metrics,
-            params=params.model_dump(mode="json"),
-            trained_at=trained_at.isoformat(timespec="seconds"),
-            git_commit=commit,
-            data_md5=schema.data_md5,
-            sha256=sha256_of(out / MODEL_FILE),
-            onnx=champion_onnx,
-            onnx_error=champion_info.onnx_error,
-            mlflow_run_id=champion.run_id,
-            mlflow_experiment=experiment_id,
-            registered_model=params.train.registered_model,
-            registered_version=registered_version,
-            python_version=platform.python_version(),
-            sklearn_version=sklearn.__version__,
-            candidates=infos,
+        metadata = write_model_folder(
+            out, fitted, champion, folder, ws.processed_dir / layout.TRAINING_PROFILE_FILE
         )
-        write_json_atomic(out / METADATA_FILE, metadata)
 
     print(
         f"train: model {ws.models_dir / MODEL_FILE} "

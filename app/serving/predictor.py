@@ -10,8 +10,6 @@ every file is checked against model.json's sha256 before anything is read out of
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,25 +22,18 @@ import numpy as np
 from app.core.artifacts import (
     METADATA_FILE,
     MODEL_FILE,
-    PROFILE_FILE,
+    REFERENCE_PROFILE_FILE,
     Feature,
     ModelFile,
     ModelMetadata,
     ReferenceProfile,
 )
+from app.core.loading import ModelLoadError, read_inside, unpickle
 from app.core.onnx_model import OnnxError, OnnxModel, finite_rows
 from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema, RowError
 
 log = logging.getLogger("predictor")
-
-
-class ModelLoadError(Exception):
-    """The model directory cannot be served: missing files, a checksum mismatch, a broken pickle."""
-
-
-class ChecksumMismatch(ModelLoadError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -135,9 +126,9 @@ def load_model(
     Both files are checked against their sha256 either way: a folder with a tampered model.joblib
     is refused even when its ONNX file would serve. `owner` prefixes errors ("candidate svc: ").
     """
-    payload = _read_inside(model_dir, path, sha256, owner)
+    payload = read_inside(model_dir, path, sha256, owner)
     if onnx is not None:
-        graph = _read_inside(model_dir, onnx.path, onnx.sha256, owner)
+        graph = read_inside(model_dir, onnx.path, onnx.sha256, owner)
         try:
             model = OnnxModel.from_bytes(graph, threads=threads)
             return Model(model, "onnx", classes=model.classes)
@@ -174,42 +165,6 @@ def _refusing_rows(
     return answer
 
 
-def _read_inside(model_dir: Path, relative: str, sha256: str, owner: str) -> bytes:
-    path = (model_dir / relative).resolve()
-    if not path.is_relative_to(model_dir.resolve()):
-        raise ModelLoadError(f"{owner}path {relative} leaves the model folder")
-    return read_verified(path, sha256, f"{owner}{relative}")
-
-
-def read_verified(path: Path, sha256: str, what: str) -> bytes:
-    """The file's bytes, if their sha256 is the one the pipeline recorded.
-
-    The bytes are read once, hashed, and those very bytes used: no window in which the file
-    could change between the check and the load.
-    """
-    try:
-        payload = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{what} cannot be read: {exc.strerror}") from None
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != sha256:
-        raise ChecksumMismatch(
-            f"{what} sha256 {digest[:12]}... does not match {METADATA_FILE} ({sha256[:12]}...): "
-            "refusing to load it"
-        )
-    return payload
-
-
-def unpickle(payload: bytes, what: str) -> Any:
-    """joblib is pickle: only ever called on bytes read_verified returned."""
-    import joblib  # here, not at import: an ONNX model never needs it
-
-    try:
-        return joblib.load(io.BytesIO(payload))
-    except Exception as exc:
-        raise ModelLoadError(f"{what} cannot be unpickled: {type(exc).__name__}") from None
-
-
 def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:
     """One model call for the batch, shaped as the API answers: label and probabilities, or value.
 
@@ -233,34 +188,33 @@ def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[d
 
 def unanswerable(matrix: np.ndarray, rows: np.ndarray, features: list[Feature]) -> list[dict[str, Any]]:
     """One error per refused row and feature far outside its training range (the likely cause)."""
-    errors = []
+    message = "the model has no finite answer for this row"
+    errors: list[dict[str, Any]] = []
     for row in rows.tolist():
-        far = []
+        found = []
         for i, feature in enumerate(features):
             value = matrix[row, i]
             if feature.type != "numeric" or feature.min is None or feature.max is None or value != value:
                 continue
             span = max(feature.max - feature.min, 1e-12)
             if not feature.min - span <= float(value) <= feature.max + span:
-                far.append((feature.name, float(value), feature))
-        message = "the model has no finite answer for this row"
-        for name, value, feature in far or [(None, None, None)]:
-            error: dict[str, Any] = {"loc": ["instances", row], "type": "no_finite_answer", "row": row}
-            if name is None:
-                error["msg"] = message
-            else:
-                error["loc"].append(name)
-                error["field"] = name
-                error["msg"] = (
-                    f"{message}: {name}={value:g} is far outside the training range "
-                    f"({feature.min:g} to {feature.max:g})"
+                found.append(
+                    {
+                        "loc": ["instances", row, feature.name],
+                        "msg": f"{message}: {feature.name}={float(value):g} is far outside the training "
+                        f"range ({feature.min:g} to {feature.max:g})",
+                        "type": "no_finite_answer",
+                        "row": row,
+                        "field": feature.name,
+                    }
                 )
-            errors.append(error)
+        generic = {"loc": ["instances", row], "msg": message, "type": "no_finite_answer", "row": row}
+        errors += found or [generic]
     return errors
 
 
 def _drift_monitor(model_dir: Path, metadata: ModelMetadata, settings: DriftSettings) -> DriftMonitor | None:
-    path = model_dir / PROFILE_FILE
+    path = model_dir / REFERENCE_PROFILE_FILE
     try:
         profile = ReferenceProfile.model_validate_json(path.read_text())
     except (OSError, ValueError) as exc:

@@ -104,6 +104,7 @@ class RequestSchema:
             request = self.request_model.model_validate_json(body)
         except ValidationError as exc:
             raise RowError(_clean_errors(exc)) from None
+        # `instances` is a field of the model create_model built at run time: mypy cannot see it.
         return self._to_matrix(request.instances)  # type: ignore[attr-defined]
 
     def parse_records(self, records: list[dict[str, Any]], lines: list[int]) -> np.ndarray:
@@ -112,4 +113,5 @@ class RequestSchema:
             request = self.request_model.model_validate({"instances": records})
         except ValidationError as exc:
             raise RowError(_clean_errors(exc, lines)) from None
+        # `instances` is a field of the model create_model built at run time: mypy cannot see it.
         return self._to_matrix(request.instances)  # type: ignore[attr-defined]

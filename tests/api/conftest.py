@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from api_support import ADMIN, SECRET, USER, bearer, get_token, write_model
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -23,6 +22,8 @@ from sqlalchemy.exc import OperationalError
 from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
+from tests.support.models import write_model
+from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from api_support import ADMIN, IRIS_ROW, SECRET, USER, bearer, get_token
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
@@ -15,6 +14,8 @@ from app.db import crud
 from app.db.models import LoginFailure
 from app.db.throttle import DatabaseLoginThrottle
 from app.main import create_app
+from tests.support.models import IRIS_ROW
+from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 BODY = {"instances": [IRIS_ROW]}
 

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from api_support import ADMIN, IRIS_FEATURES, IRIS_ROW, write_model
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.body_limit import LARGE_BODY_PATHS, MAX_BODY_BYTES, SMALL_BODY_BYTES, BodyLimitMiddleware
-from tests.servers import free_port, running
+from tests.support.models import IRIS_FEATURES, IRIS_ROW, write_model
+from tests.support.servers import api_server
+from tests.support.tokens import ADMIN, login
 
 MiB = 1024 * 1024
 Headers = dict[str, str]
@@ -140,25 +139,9 @@ def test_predict_and_its_uploads_past_the_large_limit(
 def server(tmp_path: Path) -> Iterator[tuple[str, Headers, int]]:
     """python -m app.serve on a free port: its URL, a predict token's header and its pid."""
     write_model(tmp_path / "models")
-    port = free_port()
-    env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{tmp_path}/users.db",
-        "MODEL_DIR": str(tmp_path / "models"),
-        "VERSIONS_DIR": str(tmp_path / "versions"),
-        "ADMIN_USERNAME": ADMIN[0],
-        "ADMIN_PASSWORD": ADMIN[1],
-        "SECRET_KEY": "body-limit-test-secret",
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-    }
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "app.serve"]
-    with running(
-        command, ready_url=f"{base}/ready", env=env, cwd=tmp_path, timeout=60, log=tmp_path / "api.log"
-    ) as process:
-        token = httpx.post(f"{base}/token", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        yield base, headers, process.pid
+    settings = {"VERSIONS_DIR": str(tmp_path / "versions"), "LOG_LEVEL": "WARNING"}
+    with api_server(tmp_path, tmp_path / "models", **settings) as api:
+        yield api.url, login(api.url, *ADMIN), api.process.pid
 
 
 def status_bytes(pid: int, field: str) -> int:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import ADMIN, USER, bearer, get_token
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy.engine import make_url
@@ -28,7 +27,8 @@ from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
 from app.observability.logging import JsonFormatter
-from tests.servers import free_port
+from tests.support.servers import free_port
+from tests.support.tokens import ADMIN, USER, bearer, get_token
 
 # Far above the connect timeout (5 s), far below a hang.
 ANSWER_WITHIN_SECONDS = 10

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api_support import IRIS_ROW
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from app.main import create_app
+from tests.support.models import IRIS_ROW
 
 
 def test_health_needs_no_token_and_names_the_model_version(client: TestClient) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from api_support import ADMIN, IRIS_FEATURES, IRIS_ROW, SECRET, USER, bearer, get_token
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sklearn.datasets import load_iris
 
 from app.core.security import create_access_token
 from app.main import create_app
+from tests.support.models import IRIS_FEATURES, IRIS_ROW
+from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 
 def sample(metric: str, **labels: str) -> float:

@@ -5,10 +5,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from api_support import IRIS_ROW, write_model
 from fastapi.testclient import TestClient
 
 from app.core.artifacts import METADATA_FILE, MODEL_FILE, ONNX_FILE, sha256_of
+from tests.support.models import IRIS_ROW, write_model
 
 BODY = {"instances": [IRIS_ROW]}
 Headers = dict[str, str]

@@ -7,10 +7,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from api_support import write_model
 
 from app.serving.predictor import Predictor
 from app.serving.schema import RowError
+from tests.support.models import write_model
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, np.nan, 2.3]])
 

@@ -6,10 +6,11 @@ import io
 from pathlib import Path
 
 import pytest
-from api_support import ADMIN, COLOR_ROW, IRIS_FEATURES, IRIS_ROW, bearer, get_token
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from tests.support.models import COLOR_ROW, IRIS_FEATURES, IRIS_ROW
+from tests.support.tokens import ADMIN, bearer, get_token
 
 HEADER = ",".join(IRIS_FEATURES)
 Headers = dict[str, str]
@@ -36,7 +37,7 @@ def test_predict_a_batch_up_to_max_batch_rows(client: TestClient, user_headers: 
 
 
 def test_the_model_is_called_once_per_request(client: TestClient, user_headers: Headers) -> None:
-    predictor = client.app.state.registry.current  # type: ignore[attr-defined]
+    predictor = client.app.state.serving.current  # type: ignore[attr-defined]
     calls: list[int] = []
     original = predictor.model
     counting = dataclasses.replace(original, call=lambda x: calls.append(len(x)) or original.call(x))

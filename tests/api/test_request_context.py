@@ -5,10 +5,11 @@ import io
 import json
 import logging
 
-from api_support import IRIS_ROW, USER
 from fastapi.testclient import TestClient
 
 from app.observability.logging import JsonFormatter
+from tests.support.models import IRIS_ROW
+from tests.support.tokens import USER
 
 
 def test_every_response_has_a_request_id(client: TestClient, user_headers: dict[str, str]) -> None:
@@ -62,7 +63,7 @@ def test_log_lines_name_route_status_user_and_never_secrets(client: TestClient) 
 def test_an_unexpected_error_is_json_without_a_trace(
     client: TestClient, user_headers: dict[str, str]
 ) -> None:
-    predictor = client.app.state.registry.current  # type: ignore[attr-defined]
+    predictor = client.app.state.serving.current  # type: ignore[attr-defined]
     original = predictor.model
 
     def explode(_: object) -> None:

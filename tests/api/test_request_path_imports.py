@@ -15,9 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from api_support import COLOR_ROW, IRIS_ROW, write_model
-
 from app.pipeline.candidates import CLASSIFIERS, REGRESSORS
+from tests.support.models import COLOR_ROW, IRIS_ROW, write_model
 
 SCRIPT = textwrap.dedent(
     """

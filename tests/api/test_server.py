@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import IRIS_ROW, write_model
 
-from tests.servers import free_port, running
+from tests.support.models import IRIS_ROW, write_model
+from tests.support.servers import api_server, free_port
+from tests.support.tokens import ADMIN, login
 
 pytestmark = pytest.mark.slow
 
@@ -19,26 +20,9 @@ pytestmark = pytest.mark.slow
 def test_served_over_http_token_then_predict(tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     write_model(model_dir)
-    port = free_port()
-    env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{tmp_path}/users.db",
-        "MODEL_DIR": str(model_dir),
-        "ADMIN_USERNAME": "admin",
-        "ADMIN_PASSWORD": "server-test-password",
-        "SECRET_KEY": "server-test-secret",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-    }
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "app.serve"]
-    with running(
-        command, ready_url=f"{base}/ready", env=env, cwd=tmp_path, timeout=60, log=tmp_path / "api.log"
-    ):
-        token = httpx.post(
-            f"{base}/token", data={"username": "admin", "password": "server-test-password"}, timeout=10
-        )
-        assert token.status_code == 200
-        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    with api_server(tmp_path, model_dir) as api:  # HOST and PORT from the environment
+        base = api.url
+        headers = login(base, *ADMIN)
         response = httpx.post(f"{base}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=10)
         assert response.status_code == 200
         assert response.json()["predictions"][0]["label"] == "setosa"

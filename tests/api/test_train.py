@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from api_support import ADMIN, IRIS_ROW, USER, bearer, get_token
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
@@ -16,6 +15,8 @@ from app.core.config import Settings
 from app.core.versions import VersionStore
 from app.db import crud
 from app.main import create_app
+from tests.support.models import IRIS_ROW
+from tests.support.tokens import ADMIN, USER, bearer, get_token
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -94,9 +95,10 @@ def test_a_weaker_model_is_rejected_and_a_good_upload_is_promoted(
     # A one-split tree cannot tell two of the three species apart: far below the champion.
     started = client.post("/train", headers=admin)  # no file: the project's data, as params name it
     assert started.status_code == 202, started.text
-    assert started.json()["data"] == "project data (sklearn:iris)"
+    assert started.json()["data"] == "project data"
     job = wait_for(client, started.json()["id"], admin)
     assert job["status"] == "succeeded", job
+    assert job["data"] == "project data (sklearn:iris)"  # as the job read params.yaml
     assert job["promoted"] is False and job["gate"]["passed"] is False
     assert job["gate"]["champion_version"] == "v1"
     assert job["gate"]["champion"] > job["gate"]["challenger"] + 0.1

@@ -3,7 +3,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from api_support import ADMIN, USER, bearer, get_token
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -12,6 +11,7 @@ from app.core.config import Settings, get_settings
 from app.db import crud
 from app.db.session import Database
 from app.main import create_app
+from tests.support.tokens import ADMIN, USER, bearer, get_token
 
 
 def test_admin_is_bootstrapped_only_when_no_user_exists(settings_factory: Callable[..., Settings]) -> None:

@@ -9,14 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from api_support import IRIS_ROW, add_candidate, write_model
 from fastapi.testclient import TestClient
 
 from app.core.artifacts import METADATA_FILE, MODEL_FILE
 from app.core.config import Settings
 from app.core.versions import VersionRecord, VersionStore, now
 from app.main import create_app
-from tests.servers import free_port
+from tests.support.models import IRIS_ROW, add_candidate, write_model
+from tests.support.servers import free_port
+from tests.support.tokens import ADMIN, bearer, get_token
 
 VIRGINICA = {"sepal_length": 7.2, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3}
 BODY = {"instances": [IRIS_ROW, VIRGINICA]}
@@ -41,8 +42,6 @@ def test_compare_answers_every_candidate_beside_the_champion(
 ) -> None:
     add_candidate(model_dir, "decision_tree", 0.91)
     add_candidate(model_dir, "knn", 0.95)
-    from api_support import ADMIN, bearer, get_token
-
     with TestClient(create_app(settings_factory())) as client:
         headers = bearer(get_token(client, *ADMIN, scope="predict"))
         plain = client.post("/predict", json=BODY, headers=headers).json()
@@ -75,8 +74,6 @@ def test_compare_answers_every_candidate_beside_the_champion(
 def test_a_bad_candidate_at_start_up_stops_compare_only(
     settings_factory: Callable[..., Settings], model_dir: Path
 ) -> None:
-    from api_support import ADMIN, bearer, get_token
-
     add_candidate(model_dir, "knn", 0.95)
     (model_dir / "candidates" / "knn.joblib").write_bytes(b"tampered")
     with TestClient(create_app(settings_factory())) as client:
@@ -92,8 +89,6 @@ def test_a_bad_candidate_at_start_up_stops_compare_only(
 def test_a_candidate_with_other_classes_stops_compare_only(
     settings_factory: Callable[..., Settings], model_dir: Path
 ) -> None:
-    from api_support import ADMIN, bearer, get_token
-
     add_candidate(model_dir, "decision_tree", 0.9, labels_prefix="other-")
     with TestClient(create_app(settings_factory())) as client:
         headers = bearer(get_token(client, *ADMIN, scope="predict"))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from api_support import ADMIN, IRIS_ROW, write_model
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port, running
+from tests.support.models import IRIS_ROW, write_model
+from tests.support.servers import api_server
+from tests.support.tokens import ADMIN, login
 
 pytestmark = pytest.mark.slow
 REQUESTS = 40
@@ -31,32 +30,10 @@ def test_totals_are_summed_over_two_workers(tmp_path: Path):
     metrics_dir = tmp_path / "prom-multiproc"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"stale file from a previous run")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{tmp_path}/users.db",
-        "MODEL_DIR": str(tmp_path / "models"),
-        "ADMIN_USERNAME": ADMIN[0],
-        "ADMIN_PASSWORD": ADMIN[1],
-        "SECRET_KEY": "workers-test-secret",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "app.serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    with running(
-        command, ready_url=f"{base}/health", env=env, cwd=tmp_path, timeout=60, log=tmp_path / "api.log"
-    ):
-        token = httpx.post(f"{base}/token", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    multiprocess = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with api_server(tmp_path, tmp_path / "models", "--workers", "2", ready="/health", **multiprocess) as api:
+        base = api.url
+        headers = login(base, *ADMIN)
         pids = set()
         for _ in range(REQUESTS):
             # A new connection each time, so the kernel spreads them over both workers.

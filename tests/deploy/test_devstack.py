@@ -1,4 +1,4 @@
-"""`make stack` for real, on free ports, in a scratch copy of the project (python -m app.devstack).
+"""`make stack` for real, on free ports, in a scratch copy of the project (python -m tools.devstack).
 
 One stack for the module: trained, pushed to the S3 server, tracked in MLflow with artifacts in S3,
 served with a token, scraped by Prometheus. Stopped at the end whatever happened, and checked stopped.
@@ -20,12 +20,13 @@ import httpx
 import pytest
 import yaml
 
-from app.devstack.stack import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, Stack, alive
-from tests.servers import free_ports, wait_until
+from tests.support.paths import ROOT
+from tests.support.servers import free_ports, wait_until
+from tests.support.tokens import bearer, get_token
+from tools.devstack.stack import DVC_BUCKET, MLFLOW_BUCKET, S3_CREDENTIALS, Stack, alive
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "devstack-admin-password")
 # Two quick candidates: the stack, not the models, is under test.
 CANDIDATES = {"logistic_regression": {"max_iter": 1000}, "decision_tree": {"max_depth": 5}}
@@ -34,7 +35,7 @@ PORTS = ("s3", "mlflow", "api", "prometheus", "alertmanager")
 
 def copy_project(folder: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__", "cache", "tmp", "config.local")
-    for name in ("app", "dashboards", "data/input", ".dvc"):
+    for name in ("app", "tools", "dashboards", "data/input", ".dvc"):
         shutil.copytree(ROOT / name, folder / name, ignore=skip)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, folder / name)
@@ -46,7 +47,7 @@ def copy_project(folder: Path) -> None:
 
 def devstack(folder: Path, env: dict[str, str], command: str, timeout: float = 150):
     return subprocess.run(
-        [sys.executable, "-m", "app.devstack", command],
+        [sys.executable, "-m", "tools.devstack", command],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -140,10 +141,9 @@ def test_mlflow_shows_the_runs_with_artifacts_in_s3(stack):
 def test_the_api_serves_a_prediction_with_a_token(stack):
     state, _ = stack
     api = httpx.Client(base_url=state.url("api"), timeout=10)
-    token = api.post("/token", data={"username": ADMIN[0], "password": ADMIN[1]}).json()["access_token"]
     answer = api.post(
         "/predict",
-        headers={"Authorization": f"Bearer {token}"},
+        headers=bearer(get_token(api, *ADMIN)),
         json={
             "instances": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]
         },
@@ -188,7 +188,8 @@ def test_a_failed_start_stops_what_it_started(tmp_path):
     """The S3 server starts, MLflow cannot (its port is taken): up fails and leaves nothing running."""
     import socket
 
-    env = dict(os.environ)
+    # An empty folder: tools/ is not installed, python finds it from the project root.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.update(
         {
             f"STACK_{name.upper()}_PORT": str(port)

@@ -112,6 +112,15 @@ def test_dockerignore_keeps_local_state_out():
         assert ignored(path), f"{path} would be sent to the build"
 
 
+def test_the_image_ships_the_service_and_not_the_development_tools():
+    """tools/ (make stack), tests/ and bench/ stay out: nothing copies them, nor the whole context."""
+    sources = [Path(source) for group in copies() for source in group]
+    assert Path(".") not in sources
+    for kept_out in ("tools", "tests", "bench"):
+        assert ignored(kept_out), f"{kept_out} would be sent to the build"
+        assert not any(source.parts[0] == kept_out for source in sources), f"COPY {kept_out}"
+
+
 def test_dependencies_are_installed_before_the_code_is_copied():
     deps = stages()[0]
     first_copy = next(arguments for keyword, arguments in deps if keyword == "COPY")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -22,15 +20,16 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.observability.stack_configs import render_alertmanager, render_prometheus
-from tests.pipeline.conftest import run_stage, write_params
-from tests.servers import free_ports, running, wait_until
+from tests.support.paths import ROOT
+from tests.support.pipeline import run_stage, write_params
+from tests.support.servers import api_server, free_ports, running, wait_until
+from tests.support.tokens import ADMIN, login
+from tools.devstack.configs import render_alertmanager, render_prometheus
 
 pytestmark = pytest.mark.slow
 
 METRICS_TOKEN = "e2e-metrics-token"
-ADMIN = ("admin", "e2e-admin-password")
-GRAFANA = Path(__file__).resolve().parents[2] / "dashboards" / "grafana" / "dashboards"
+GRAFANA = ROOT / "dashboards" / "grafana" / "dashboards"
 
 
 class _Webhook(BaseHTTPRequestHandler):
@@ -68,22 +67,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "models"
 
 
-def api_command(tmp: Path, model_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{tmp}/users.db",
-        "MODEL_DIR": str(model_dir),
-        "ADMIN_USERNAME": ADMIN[0],
-        "ADMIN_PASSWORD": ADMIN[1],
-        "SECRET_KEY": "e2e-secret-key",
-        "METRICS_TOKEN": METRICS_TOKEN,
-        "DRIFT_WINDOW": "200",
-        "DRIFT_MIN_ROWS": "50",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-    }
-    return [sys.executable, "-m", "app.serve"], env
-
-
 def prom_query(prometheus: str, expr: str) -> list[dict]:
     response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
     assert response.status_code == 200, response.text
@@ -95,8 +78,7 @@ def firing(prometheus: str, alertname: str) -> list[dict]:
     return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
 
 
-def send_load(api: str, token: str, rows: np.ndarray, names: list[str], batch: int = 10) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
+def send_load(api: str, headers: dict[str, str], rows: np.ndarray, names: list[str], batch: int = 10) -> None:
     with httpx.Client(base_url=api, headers=headers, timeout=10) as client:
         for start in range(0, len(rows), batch):
             instances = [
@@ -112,7 +94,6 @@ def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path
         pytest.fail("prometheus and prometheus-alertmanager are not installed: `make test` installs them")
     api_port, prom_port, am_port = free_ports(3)
     api, prometheus, alertmanager = (f"http://127.0.0.1:{p}" for p in (api_port, prom_port, am_port))
-    command, env = api_command(tmp_path, model_dir, api_port)
     prom_config = render_prometheus(
         tmp_path / "prometheus",
         api=f"127.0.0.1:{api_port}",
@@ -133,8 +114,9 @@ def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path
                 ready_url=f"{alertmanager}/-/ready", log=tmp_path / "alertmanager.log",
             )
         )  # fmt: skip
-        api_process = stack.enter_context(
-            running(command, ready_url=f"{api}/health", env=env, cwd=tmp_path, log=tmp_path / "api.log")
+        settings = {"METRICS_TOKEN": METRICS_TOKEN, "DRIFT_WINDOW": "200", "DRIFT_MIN_ROWS": "50"}
+        served = stack.enter_context(
+            api_server(tmp_path, model_dir, port=api_port, ready="/health", **settings)
         )
         prometheus_args = [
             f"--config.file={prom_config}",
@@ -154,23 +136,21 @@ def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path
         wait_until(lambda: prom_query(prometheus, 'up{job="predictor-api"} == 1') != [], 30, "API target up")
 
         # A short, varied load: good logins and bad ones, valid and invalid rows, in-distribution inputs.
-        token = httpx.post(f"{api}/token", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
-        token = token.json()["access_token"]
+        headers = login(api, *ADMIN)
         for _ in range(3):
             httpx.post(f"{api}/token", data={"username": "mallory", "password": "guess"}, timeout=10)
-        httpx.post(f"{api}/predict", json={"instances": [{"sepal_length": "x"}]},
-                   headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        httpx.post(f"{api}/predict", json={"instances": [{"sepal_length": "x"}]}, headers=headers, timeout=10)
         httpx.post(f"{api}/predict", json={"instances": []}, timeout=10)  # 401
-        httpx.post(f"{api}/model/reload", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        httpx.post(f"{api}/model/reload", headers=headers, timeout=30)
         features = json.loads((model_dir / "model.json").read_text())["features"]
         names = [f["name"] for f in features]
         reference = np.loadtxt(model_dir.parent / "data/processed/train.csv", delimiter=",", skiprows=1,
                                usecols=range(len(names)))  # fmt: skip
-        send_load(api, token, reference[np.random.default_rng(1).integers(0, len(reference), 200)], names)
+        send_load(api, headers, reference[np.random.default_rng(1).integers(0, len(reference), 200)], names)
 
         # Then inputs unlike the training data: every feature pushed to its top.
         shifted = np.array([[f["max"] * 0.99 for f in features]] * 200)
-        send_load(api, token, shifted, names)
+        send_load(api, headers, shifted, names)
 
         wait_until(lambda: firing(prometheus, "FeatureDrift") != [], 60, "FeatureDrift firing")
         drifted = {a["labels"]["feature"] for a in firing(prometheus, "FeatureDrift")}
@@ -187,8 +167,8 @@ def test_panels_have_data_drift_fires_and_api_down_reaches_alertmanager(tmp_path
         assert not empty, "panels without data:\n" + "\n".join(empty)
 
         # Stop the API: APIDown must reach Alertmanager.
-        api_process.terminate()
-        api_process.wait(timeout=15)
+        served.process.terminate()
+        served.process.wait(timeout=15)
 
         def api_down_in_alertmanager() -> bool:
             alerts = httpx.get(f"{alertmanager}/api/v2/alerts", timeout=5).json()

@@ -1,83 +1,14 @@
-"""Fixtures for the pipeline: a scratch project folder, generated data sets, and stage runners."""
+"""Fixtures for the pipeline: a scratch project folder to run stages in, and the stage runner."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-FAST_CANDIDATES = {
-    "logistic_regression": {"max_iter": 1000},
-    "random_forest": {"n_estimators": 30},
-    "svc": {},
-    "decision_tree": {"max_depth": 5},
-}
-
-
-def stage_env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # The venv's python first: dvc runs stage commands through the shell.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env.pop("DVC_REMOTE_URL", None)
-    env.pop("DVC_S3_ENDPOINT_URL", None)
-    return env
-
-
-def run_stage(stage: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", f"app.pipeline.{stage}", "--params", "params.yaml"],
-        cwd=cwd,
-        env=stage_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{stage} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def write_params(folder: Path, **sections: dict) -> Path:
-    params = {
-        "seed": 42,
-        "data": dict(DEFAULT_PARAMS["data"]),
-        "prepare": dict(DEFAULT_PARAMS["prepare"]),
-        "train": dict(DEFAULT_PARAMS["train"], candidates=FAST_CANDIDATES),
-    }
-    for name, values in sections.items():
-        params[name] = {**params.get(name, {}), **values} if isinstance(values, dict) else values
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def customer_frame(rows: int, task: str, seed: int = 7) -> pd.DataFrame:
-    """A data set with numeric and categorical columns and missing values in both."""
-    rng = np.random.default_rng(seed)
-    age = rng.normal(40, 12, rows).round(0)
-    income = rng.lognormal(10, 0.4, rows).round(2)
-    city = rng.choice(["paris", "lyon", "lille", "nantes"], rows, p=[0.4, 0.3, 0.2, 0.1])
-    plan = rng.choice(["basic", "plus", "pro"], rows)
-    signal = 0.04 * (age - 40) + 0.8 * (plan == "pro") - 0.6 * (city == "lille") + rng.normal(0, 0.5, rows)
-    frame = pd.DataFrame({"age": age, "income": income, "city": city, "plan": plan})
-    if task == "classification":
-        frame["churn"] = np.where(signal > 0.2, "yes", "no")
-    else:
-        frame["spend"] = (50 + 30 * signal + 0.001 * income).round(3)
-    for column in ("age", "city"):
-        frame.loc[rng.random(rows) < 0.05, column] = np.nan
-    return frame
+from tests.support.pipeline import run_stage
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from app.pipeline.candidates import DEFAULT_CANDIDATES
 from app.pipeline.dataset import RawData, load_source, parse
 from app.pipeline.errors import PipelineError
 from app.pipeline.params import DataParams, Params
-from tests.pipeline.conftest import DEFAULT_PARAMS, ROOT, customer_frame, write_params
+from tests.support.paths import ROOT
+from tests.support.pipeline import DEFAULT_PARAMS, customer_frame, write_params
 
 
 def raw(text: str) -> RawData:

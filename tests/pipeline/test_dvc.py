@@ -12,8 +12,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.pipeline.conftest import ROOT, stage_env
-from tests.servers import free_port, running
+from tests.support.paths import ROOT
+from tests.support.pipeline import stage_env
+from tests.support.servers import free_port, running
 
 pytestmark = pytest.mark.slow
 BUCKET = "predictor-dvc-test"

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from app.core.artifacts import ModelMetadata, ReferenceProfile, matrix_dtype, sha256_of
 from app.core.onnx_model import OnnxModel
-from tests.pipeline.conftest import DEFAULT_PARAMS, customer_frame, run_stage, write_params
+from tests.support.pipeline import DEFAULT_PARAMS, customer_frame, run_stage, write_params
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +11,10 @@ import pytest
 
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
 from app.core.versions import VersionRecord, VersionStore, now
-from tests.api.api_support import ADMIN, SECRET, USER, add_candidate, write_model
-from tests.servers import free_port, running
-
-ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "app" / "ui" / "streamlit_app.py")
+from tests.support.models import add_candidate, write_model
+from tests.support.paths import ROOT
+from tests.support.servers import api_server
+from tests.support.tokens import USER
 
 
 @pytest.fixture(scope="session")
@@ -31,32 +29,22 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     VersionStore(folder / "versions").add(
         folder / "older", VersionRecord(origin="pipeline", recorded_at=now())
     )
-    port = free_port()
-    env = dict(
-        os.environ,
-        SECRET_KEY=SECRET,
-        DATABASE_URL=f"sqlite:///{folder}/users.db",
-        MODEL_DIR=str(folder / "models"),
-        VERSIONS_DIR=str(folder / "versions"),
-        ADMIN_USERNAME=ADMIN[0],
-        ADMIN_PASSWORD=ADMIN[1],
+    settings = {
+        "VERSIONS_DIR": str(folder / "versions"),
         # A job started from the UI tests fails fast: there is no params file in this folder.
-        TRAIN_PARAMS=str(folder / "params.yaml"),
-        ACCESS_TOKEN_EXPIRE_MINUTES="5",
-        PYTHONPATH=str(ROOT),
-    )
-    env.pop("TEST_DATABASE_URL", None)
-    command = [sys.executable, "-m", "app.serve", "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with running(command, ready_url=f"{base}/ready", env=env, cwd=folder, timeout=60, log=folder / "api.log"):
+        "TRAIN_PARAMS": str(folder / "params.yaml"),
+        "ACCESS_TOKEN_EXPIRE_MINUTES": "5",
+        "PYTHONPATH": str(ROOT),
+    }
+    with api_server(folder, folder / "models", **settings) as api:
         subprocess.run(
             [sys.executable, "-m", "app.cli", "users", "create", USER[0], "--scope", "predict"],
-            env=env | {"PREDICTOR_NEW_PASSWORD": USER[1]},
+            env=api.env | {"PREDICTOR_NEW_PASSWORD": USER[1]},
             cwd=folder,
             check=True,
             capture_output=True,
         )
-        yield base
+        yield api.url
 
 
 def score_champion(model_dir: Path, score: float) -> None:

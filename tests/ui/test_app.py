@@ -7,8 +7,8 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.api.api_support import ADMIN, USER
-from tests.ui.conftest import APP
+from tests.support.paths import STREAMLIT_APP
+from tests.support.tokens import ADMIN, USER
 
 pytestmark = pytest.mark.usefixtures("ui_env")
 TIMEOUT = 30
@@ -16,7 +16,7 @@ SERVING, OLDER = "2026-11-23T08-00-00", "2026-11-22T08-00-00"
 
 
 def logged_in(user: tuple[str, str]) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    app = AppTest.from_file(STREAMLIT_APP, default_timeout=TIMEOUT).run()
     app.text_input[0].input(user[0])
     app.text_input[1].input(user[1])
     app.button[0].click().run()
@@ -29,7 +29,7 @@ def texts(elements) -> list[str]:
 
 
 def test_a_wrong_password_is_told_plainly() -> None:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    app = AppTest.from_file(STREAMLIT_APP, default_timeout=TIMEOUT).run()
     app.text_input[0].input(USER[0])
     app.text_input[1].input("not-the-password")
     app.button[0].click().run()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.api_support import USER
-from tests.servers import free_port, running
-from tests.ui.conftest import APP, ROOT
+from tests.support.paths import ROOT, STREAMLIT_APP
+from tests.support.servers import free_port, running
+from tests.support.tokens import USER
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def ui_url(api_url: str, tmp_path: Path):
         "-m",
         "streamlit",
         "run",
-        APP,
+        STREAMLIT_APP,
         "--server.headless=true",
         "--server.address=127.0.0.1",
         f"--server.port={port}",

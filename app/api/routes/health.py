@@ -3,24 +3,24 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import DatabaseDep, RegistryDep
+from app.api.deps import DatabaseDep, ServingDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health(registry: RegistryDep) -> dict[str, str | None]:
+def health(serving: ServingDep) -> dict[str, str | None]:
     """Liveness: the process answers. Says which model version it serves, if any."""
-    current = registry.current
+    current = serving.current
     return {"status": "ok", "model_version": current.version if current else None}
 
 
 @router.get("/ready", responses={503: {"description": "Model not loaded or database down"}})
-def ready(registry: RegistryDep, database: DatabaseDep) -> JSONResponse:
+def ready(serving: ServingDep, database: DatabaseDep) -> JSONResponse:
     """Readiness: a model is loaded and the database answers."""
-    current = registry.current
+    current = serving.current
     if current is None:
-        return JSONResponse({"detail": f"model not loaded: {registry.error}"}, status_code=503)
+        return JSONResponse({"detail": f"model not loaded: {serving.error}"}, status_code=503)
     try:
         database.ping()
     except Exception as exc:

@@ -7,7 +7,7 @@ import hmac
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import Response
 
-from app.api.deps import RegistryDep, SettingsDep
+from app.api.deps import ServingDep, SettingsDep
 from app.observability import metrics
 from app.observability.metrics import exposition
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", include_in_schema=False)
-def prometheus_metrics(request: Request, settings: SettingsDep, registry: RegistryDep) -> Response:
+def prometheus_metrics(request: Request, settings: SettingsDep, serving: ServingDep) -> Response:
     if settings.metrics_token is not None:
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         given = request.headers.get("authorization", "").encode()
@@ -25,7 +25,7 @@ def prometheus_metrics(request: Request, settings: SettingsDep, registry: Regist
                 "metrics need the METRICS_TOKEN",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-    predictor = registry.current
+    predictor = serving.current
     if predictor is not None and predictor.drift is not None:
         metrics.publish_drift(predictor.drift)  # as of now, whatever the refresh period
     body, content_type = exposition()

@@ -7,12 +7,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import AdminDep, ClaimsDep, PredictorDep, RegistryDep
+from app.api.deps import AdminDep, ClaimsDep, PredictorDep, ServingDep
+from app.core.loading import ModelLoadError
+from app.core.messages import GateOutcome
 from app.core.versions import UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
-from app.serving.predictor import ModelLoadError, Predictor
-from app.serving.retraining import update_champion_alias
+from app.serving.jobs import update_champion_alias
+from app.serving.predictor import Predictor
 
 router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
@@ -52,10 +54,10 @@ def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
     "/model/reload",
     responses={409: {"description": "Checksum mismatch or broken model: the current one keeps serving"}},
 )
-def reload_model(admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
+def reload_model(admin: AdminDep, serving: ServingDep) -> dict[str, Any]:
     """Load the model directory again; the old model serves until the new one is verified."""
-    previous = registry.current
-    new = _swap("reload", admin, registry.reload)
+    previous = serving.current
+    new = _swap("reload", admin, serving.reload)
     return {"previous_version": previous.version if previous else None, "model_version": new.version}
 
 
@@ -71,7 +73,7 @@ class ModelVersion(BaseModel):
     status: str
     origin: str | None = None
     job_id: str | None = None
-    gate: dict[str, Any] | None = None
+    gate: GateOutcome | None = None
     mlflow_run_id: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
@@ -84,11 +86,11 @@ class VersionsResponse(BaseModel):
 
 
 @router.get("/models", response_model=VersionsResponse)
-def list_versions(_: ClaimsDep, registry: RegistryDep) -> dict[str, Any]:
+def list_versions(_: ClaimsDep, serving: ServingDep) -> dict[str, Any]:
     """Every stored model version, newest first, with its metrics and which one is serving."""
-    current = registry.current
-    serving = current.version if current else None
-    store = registry.store
+    current = serving.current
+    serving_version = current.version if current else None
+    store = serving.store
     versions: list[dict[str, Any]] = []
     # A folder being written or damaged is left out by versions(): listed once it reads.
     for version, meta in store.versions():
@@ -101,7 +103,7 @@ def list_versions(_: ClaimsDep, registry: RegistryDep) -> dict[str, Any]:
                 "metric": meta.metric,
                 "metrics": meta.metrics,
                 "trained_at": meta.trained_at,
-                "serving": meta.version == serving,
+                "serving": meta.version == serving_version,
                 "status": record.status if record else "accepted",
                 "origin": record.origin if record else None,
                 "job_id": record.job_id if record else None,
@@ -112,7 +114,7 @@ def list_versions(_: ClaimsDep, registry: RegistryDep) -> dict[str, Any]:
                 "candidates": [c.name for c in meta.candidates],
             }
         )
-    return {"serving": serving, "versions": versions}
+    return {"serving": serving_version, "versions": versions}
 
 
 class RollbackRequest(BaseModel):
@@ -128,14 +130,14 @@ class RollbackRequest(BaseModel):
         409: {"description": "Checksum mismatch or broken model: the current one keeps serving"},
     },
 )
-def rollback(body: RollbackRequest, admin: AdminDep, registry: RegistryDep) -> dict[str, Any]:
+def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> dict[str, Any]:
     """Serve a stored version again (checksums verified first); MLflow's `champion` alias follows."""
-    previous = registry.current
+    previous = serving.current
     try:
         new = _swap(
             "rollback",
             admin,
-            lambda: registry.serve_version(body.version, reason=f"rollback by {admin.username}"),
+            lambda: serving.serve_version(body.version, reason=f"rollback by {admin.username}"),
         )
     except UnknownVersion:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from app.api.deps import PredictorDep, current_claims
 from app.observability import metrics
-from app.serving.candidates import Served
+from app.serving.comparison import Served
 from app.serving.predictor import Predictor
 from app.serving.schema import RowError
 
@@ -138,7 +138,7 @@ def predict(
 
 def _compare(body: bytes, request: Request) -> Response:
     # One read: the champion and its candidates come from the same swap.
-    served: Served | None = request.app.state.registry.with_candidates()
+    served: Served | None = request.app.state.serving.with_candidates()
     if served is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model not loaded")
     if served.candidates_error:

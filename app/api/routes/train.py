@@ -1,6 +1,6 @@
 """Retraining from the API: POST /train starts a background job, GET /train/{id} follows it.
 
-The job runs the pipeline's own stages in a subprocess (app.serving.retraining); nothing of
+The job runs the pipeline's own stages in a subprocess (app.serving.jobs); nothing of
 the training side is imported here.
 """
 
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AdminDep, JobsDep
-from app.serving.retraining import JobConflict, UnknownJob
+from app.serving.jobs import JobConflict, UnknownJob
 
 router = APIRouter(tags=["train"])
 

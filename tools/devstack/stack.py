@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.devstack.configs import render_alertmanager, render_prometheus
+from tools.devstack.configs import render_alertmanager, render_prometheus
 
 HOST = "127.0.0.1"
 DEFAULT_PORTS = {"s3": 9000, "mlflow": 5000, "api": 8000, "prometheus": 9090, "alertmanager": 9093}

@@ -1,15 +1,20 @@
-"""Start and stop real servers for tests: free ports on 127.0.0.1, always cleaned up."""
+"""Start and stop real servers for tests: free ports on 127.0.0.1, always cleaned up, and the API itself."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.tokens import ADMIN, SECRET
 
 
 def free_port() -> int:
@@ -76,3 +81,36 @@ def running(
             process.wait()
         if log:
             sink.close()
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process: subprocess.Popen
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def api_server(
+    folder: Path, model_dir: Path, *args: str, port: int | None = None, ready: str = "/ready", **env: str
+) -> Iterator[Served]:
+    """python -m app.serve on 127.0.0.1 until the block ends: its users in a SQLite file in `folder`,
+    the tests' admin and secret, HOST and PORT read from the environment (as the image sets them).
+
+    args go to app.serve (--workers 2), env to its environment; the log is folder/api.log."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = {
+        "DATABASE_URL": f"sqlite:///{folder}/users.db",
+        "MODEL_DIR": str(model_dir),
+        "ADMIN_USERNAME": ADMIN[0],
+        "ADMIN_PASSWORD": ADMIN[1],
+        "SECRET_KEY": SECRET,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
+    environment = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"} | settings | env
+    command = [sys.executable, "-m", "app.serve", *args]
+    log = folder / "api.log"
+    with running(command, ready_url=url + ready, env=environment, cwd=folder, timeout=60, log=log) as process:
+        yield Served(url, process, environment)

@@ -11,7 +11,6 @@ GET /train/{id}.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import re
 import shutil
@@ -23,12 +22,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from app.core.artifacts import ModelMetadata, write_json_atomic
-from app.core.versions import RESULT_FILE, UnknownVersion, VersionStore, now
-from app.serving.predictor import ModelLoadError
-from app.serving.registry import ModelRegistry
+from app.core.loading import ModelLoadError
+from app.core.messages import (
+    REQUEST_FILE,
+    RESULT_FILE,
+    AliasOutcome,
+    GateOutcome,
+    RetrainFailed,
+    RetrainRequest,
+    RetrainResult,
+)
+from app.core.versions import UnknownVersion, VersionStore, now
+from app.serving.state import ServingState
 
 log = logging.getLogger("predictor")
 
@@ -38,6 +46,8 @@ UPLOAD_FILE = "upload.csv"
 LOCK_FILE = ".train.lock"
 ALIAS_TIMEOUT_SECONDS = 60
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+PROJECT_DATA = "project data"
+_RESULT: TypeAdapter[RetrainResult] = TypeAdapter(RetrainResult)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
@@ -48,7 +58,9 @@ class Job(BaseModel):
     id: str
     status: JobStatus
     user: str
-    data: str  # what it trains on: the uploaded file's name, or the project's data.source
+    # What it trains on: the uploaded file's name, or the project's data (its data.source once the
+    # job has read params.yaml).
+    data: str
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -56,9 +68,9 @@ class Job(BaseModel):
     version: str | None = None
     metric: str | None = None
     metrics: dict[str, float] | None = None
-    gate: dict[str, Any] | None = None
+    gate: GateOutcome | None = None
     promoted: bool | None = None
-    mlflow: dict[str, Any] | None = None
+    mlflow: AliasOutcome | None = None
     message: str | None = None
     # On failure: one line saying why.
     reason: str | None = None
@@ -75,13 +87,13 @@ class UnknownJob(LookupError):
 class TrainingJobs:
     def __init__(
         self,
-        registry: ModelRegistry,
+        serving: ServingState,
         store: VersionStore,
         params: Path,
         tolerance: float,
         timeout: int,
     ) -> None:
-        self.registry = registry
+        self.serving = serving
         self.store = store
         self.params = params
         self.tolerance = tolerance
@@ -148,7 +160,7 @@ class TrainingJobs:
                     id=uuid.uuid4().hex,
                     status="queued",
                     user=user,
-                    data=f"upload {filename or UPLOAD_FILE}" if upload is not None else self._project_data(),
+                    data=f"upload {filename or UPLOAD_FILE}" if upload is not None else PROJECT_DATA,
                     created_at=now(),
                 )
                 folder = self._path(job.id)
@@ -161,15 +173,6 @@ class TrainingJobs:
                 lock.close()  # closing releases the lock
                 raise
         return job
-
-    def _project_data(self) -> str:
-        try:
-            import yaml
-
-            source = (yaml.safe_load(self.params.read_text()) or {}).get("data", {}).get("source")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        return f"project data ({source or 'sklearn:iris'})"
 
     def _run(self, job: Job, filename: str | None, lock: Any) -> None:
         try:
@@ -194,24 +197,22 @@ class TrainingJobs:
 
     def _train(self, job: Job, filename: str | None) -> Job:
         folder = self._path(job.id)
-        command = [
-            sys.executable,
-            "-m",
-            "app.pipeline.retrain",
-            "--job-dir",
-            str(folder),
-            "--versions-dir",
-            str(self.store.root),
-            "--params",
-            str(self.params),
-            "--tolerance",
-            str(self.tolerance),
-        ]
-        if (folder / UPLOAD_FILE).is_file():
-            command += ["--upload", str(folder / UPLOAD_FILE), "--upload-name", filename or UPLOAD_FILE]
-        current = self.registry.current
-        if current is not None and self.store.exists(current.version):
-            command += ["--champion-dir", str(self.store.path(current.version))]
+        current = self.serving.current
+        upload = folder / UPLOAD_FILE
+        request = RetrainRequest(
+            versions_dir=self.store.root,
+            params=self.params,
+            tolerance=self.tolerance,
+            upload=upload if upload.is_file() else None,
+            upload_name=(filename or UPLOAD_FILE) if upload.is_file() else None,
+            champion_dir=(
+                self.store.path(current.version)
+                if current is not None and self.store.exists(current.version)
+                else None
+            ),
+        )
+        write_json_atomic(folder / REQUEST_FILE, request)
+        command = [sys.executable, "-m", "app.pipeline.retrain", str(folder)]
         try:
             with (folder / LOG_FILE).open("w") as sink:
                 self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
@@ -233,43 +234,49 @@ class TrainingJobs:
             shutil.rmtree(folder / "work", ignore_errors=True)
             (folder / UPLOAD_FILE).unlink(missing_ok=True)
         try:
-            result = json.loads((folder / RESULT_FILE).read_text())
-        except (OSError, ValueError):
+            result = _RESULT.validate_json((folder / RESULT_FILE).read_text())
+        except (OSError, ValidationError):
             return job.model_copy(
                 update={
                     "status": "failed",
                     "reason": f"the training process ended without a result (see {LOG_FILE})",
                 }
             )
-        if "error" in result:
-            return job.model_copy(update={"status": "failed", "reason": result["error"]})
+        if isinstance(result, RetrainFailed):
+            return job.model_copy(update={"status": "failed", "reason": result.error})
 
-        gate = result["gate"]
+        data = f"{PROJECT_DATA} ({result.data})" if job.data == PROJECT_DATA else job.data
         update: dict[str, Any] = {
-            "version": result["version"],
-            "metric": result["metric"],
-            "metrics": result["metrics"],
-            "gate": gate,
+            "data": data,
+            "version": result.version,
+            "metric": result.metric,
+            "metrics": result.metrics,
+            "gate": result.gate,
             "promoted": False,
         }
-        if not gate["passed"]:
-            message = f"kept as a rejected challenger: {gate['reason']}"
+        if not result.gate.passed:
+            message = f"kept as a rejected challenger: {result.gate.reason}"
             return job.model_copy(update=update | {"status": "succeeded", "message": message})
         try:
-            self.registry.serve_version(result["version"], reason=f"promoted by retraining job {job.id}")
+            self.serving.serve_version(result.version, reason=f"promoted by retraining job {job.id}")
         except (ModelLoadError, UnknownVersion) as exc:
             return job.model_copy(update=update | {"status": "failed", "reason": f"promotion refused: {exc}"})
-        mlflow = update_champion_alias(self.store.metadata(result["version"]))
-        message = f"promoted: now serving {result['version']} ({gate['reason']})"
+        mlflow = update_champion_alias(self.store.metadata(result.version))
+        message = f"promoted: now serving {result.version} ({result.gate.reason})"
         return job.model_copy(
             update=update | {"status": "succeeded", "promoted": True, "mlflow": mlflow, "message": message}
         )
 
 
-def update_champion_alias(metadata: ModelMetadata) -> dict[str, Any]:
+def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
     """Move MLflow's `champion` alias to this version, in a subprocess; says how it went, never raises."""
+    registered = {
+        "registered_model": metadata.registered_model,
+        "registered_version": metadata.registered_version,
+    }
     if not metadata.registered_model or not metadata.registered_version:
-        return {"status": "skipped", "reason": f"version {metadata.version} has no MLflow registry version"}
+        reason = f"version {metadata.version} has no MLflow registry version"
+        return AliasOutcome(status="skipped", reason=reason, **registered)
     command = [
         sys.executable,
         "-m",
@@ -281,18 +288,13 @@ def update_champion_alias(metadata: ModelMetadata) -> dict[str, Any]:
     ]
     try:
         done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=ALIAS_TIMEOUT_SECONDS,
-            check=False,
+            command, capture_output=True, text=True, timeout=ALIAS_TIMEOUT_SECONDS, check=False
         )
-        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+        outcome = AliasOutcome.model_validate_json(done.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
-        outcome = {"status": "failed", "reason": f"MLflow did not answer within {ALIAS_TIMEOUT_SECONDS} s"}
-    except (ValueError, IndexError):
-        outcome = {"status": "failed", "reason": "the alias update ended without an answer"}
-    return outcome | {
-        "registered_model": metadata.registered_model,
-        "registered_version": metadata.registered_version,
-    }
+        outcome = AliasOutcome(
+            status="failed", reason=f"MLflow did not answer within {ALIAS_TIMEOUT_SECONDS} s"
+        )
+    except (ValidationError, IndexError):
+        outcome = AliasOutcome(status="failed", reason="the alias update ended without an answer")
+    return outcome.model_copy(update=registered)

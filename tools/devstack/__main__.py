@@ -1,15 +1,15 @@
-"""python -m app.devstack up|down|status (run from the project folder; `make stack` does)."""
+"""python -m tools.devstack up|down|status (run from the project folder; `make stack` does)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.devstack.stack import Stack, StackError, down, status, up
+from tools.devstack.stack import Stack, StackError, down, status, up
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.devstack", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.devstack", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args(argv)
     stack = Stack.from_env()

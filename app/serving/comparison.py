@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from app.core.artifacts import ModelMetadata
-from app.serving.predictor import Model, ModelLoadError, Predictor, answers, load_model
+from app.core.loading import ModelLoadError
+from app.serving.predictor import Model, Predictor, answers, load_model
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """The model currently served, its load-then-swap reload, and the versions it can switch between.
 
-Readers take `registry.current` (or `registry.with_candidates()`, with the candidates) once per
+Readers take `serving.current` (or `serving.with_candidates()`, with the candidates) once per
 request and keep that reference: a reload, promotion or rollback builds the new Predictor fully
 (checksum, unpickle, sample prediction, candidates) before swapping a single attribute, so requests
 in flight finish on the old model and none sees a half-loaded one.
 
 MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). The
-registry records each MODEL_DIR model in the versions store (VERSIONS_DIR) as a version and
+serving records each MODEL_DIR model in the versions store (VERSIONS_DIR) as a version and
 serves from the store: the version in its serving.json, which promotions and rollbacks move and
 which survives restarts. At start-up serving.json wins while MODEL_DIR still holds the version it
 held when serving.json was written; once the pipeline has written another one (a fresh `make train`
@@ -27,18 +27,19 @@ from datetime import datetime
 from pathlib import Path
 
 from app.core.artifacts import ModelMetadata
+from app.core.loading import ModelLoadError
 from app.core.versions import UnknownVersion, VersionRecord, VersionStore, now
 from app.observability import metrics
 from app.observability.drift import DriftSettings
-from app.serving.candidates import Served, load_candidates
-from app.serving.predictor import ModelLoadError, Predictor
+from app.serving.comparison import Served, load_candidates
+from app.serving.predictor import Predictor
 
 log = logging.getLogger("predictor")
 
 WATCH_SECONDS = 2.0
 
 
-class ModelRegistry:
+class ServingState:
     def __init__(
         self,
         model_dir: Path,

@@ -1,35 +1,28 @@
-"""Shared by the API tests: a tiny model written the way train writes it, and token helpers."""
+"""Tiny models fitted in a few seconds and written the way train writes them, for tests that serve one."""
 
 from __future__ import annotations
 
-import platform
+import tempfile
 from pathlib import Path
 
 import joblib
 import numpy as np
-import sklearn
-from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
 from app.core.artifacts import (
     METADATA_FILE,
-    MODEL_FILE,
     ONNX_FILE,
-    PROFILE_FILE,
     CandidateInfo,
     Feature,
     ModelMetadata,
+    ReferenceProfile,
     matrix_dtype,
     sha256_of,
     write_json_atomic,
 )
-from app.pipeline.candidates import build_pipeline
+from app.pipeline.candidates import Fitted, build_pipeline
 from app.pipeline.profile import build_profile
-from app.pipeline.train import write_onnx
-
-SECRET = "test-secret-key-for-the-api-suite"
-ADMIN = ("admin", "admin-password-1")
-USER = ("alice", "alice-password-1")
+from app.pipeline.train import FolderFacts, write_model_folder, write_onnx
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -90,59 +83,44 @@ def write_model(
     name = candidate or name
     pipeline = build_pipeline(name, task, {}, features, seed=0)
     pipeline.fit(x, y)
-    joblib.dump(pipeline, model_dir / MODEL_FILE)
-    sha = sha256_of(model_dir / MODEL_FILE)
-    graph = write_onnx(name, pipeline, task, features, model_dir, Path(ONNX_FILE))[0] if onnx else None
-    metadata = ModelMetadata(
+    facts = FolderFacts(
         version=version,
-        name=name,
-        task=task,
+        task=task,  # type: ignore[arg-type]
         target=target,
         features=features,
         classes=classes,
         metric="f1_macro" if task == "classification" else "rmse",
-        metrics={"score": 0.9},
         params={"seed": 0},
         trained_at="2026-11-23T00:00:00+00:00",
         git_commit="0" * 40,
         data_md5="0" * 32,
-        sha256=sha,
-        onnx=graph,
-        python_version=platform.python_version(),
-        sklearn_version=sklearn.__version__,
-        candidates=[
-            CandidateInfo(
-                name=name, path=MODEL_FILE, sha256=sha, onnx=graph, cv_score=0.9, metrics={"score": 0.9}
-            )
-        ],
     )
-    write_json_atomic(model_dir / METADATA_FILE, metadata)
-    write_profile(model_dir, metadata, x, y)
+    fitted = Fitted(name, pipeline, {}, cv_score=0.9, metrics={"score": 0.9})
+    with tempfile.TemporaryDirectory() as scratch:
+        profile = Path(scratch) / "profile.json"
+        write_json_atomic(profile, build_reference_profile(features, target, task, x, y))
+        metadata = write_model_folder(model_dir, [fitted], fitted, facts, profile)
+    if not onnx:
+        for path in [ONNX_FILE, *(c.onnx.path for c in metadata.candidates if c.onnx)]:
+            (model_dir / path).unlink(missing_ok=True)
+        candidates = [c.model_copy(update={"onnx": None}) for c in metadata.candidates]
+        metadata = metadata.model_copy(update={"onnx": None, "candidates": candidates})
+        write_json_atomic(model_dir / METADATA_FILE, metadata)
     return metadata
 
 
-def write_profile(model_dir: Path, metadata: ModelMetadata, x: np.ndarray, y: np.ndarray) -> None:
-    """The training profile, as train copies it beside the model: serving measures drift against it."""
+def build_reference_profile(
+    features: list[Feature], target: str, task: str, x: np.ndarray, y: np.ndarray
+) -> ReferenceProfile:
+    """The training profile, as prepare builds it: serving measures drift against it."""
     import pandas as pd
 
-    frame = pd.DataFrame(x, columns=metadata.feature_names)
-    for feature in metadata.features:
+    frame = pd.DataFrame(x, columns=[f.name for f in features])
+    for feature in features:
         if feature.type == "numeric":
             frame[feature.name] = frame[feature.name].astype(float)
-    frame[metadata.target] = y if metadata.task == "regression" else y.astype(str)
-    profile = build_profile(frame, metadata.features, metadata.target, metadata.task, bins=10)
-    write_json_atomic(model_dir / PROFILE_FILE, profile)
-
-
-def get_token(client: TestClient, username: str, password: str, scope: str | None = None) -> str:
-    form = {"username": username, "password": password} | ({"scope": scope} if scope else {})
-    response = client.post("/token", data=form)
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    frame[target] = y if task == "regression" else y.astype(str)
+    return build_profile(frame, features, target, task, bins=10)  # type: ignore[arg-type]
 
 
 def add_candidate(model_dir: Path, name: str, score: float, labels_prefix: str = "") -> None:

@@ -1,0 +1,64 @@
+"""Reading what the pipeline wrote: the bytes once, their sha256 checked against model.json, then used.
+
+Serving, evaluate and the retraining job load model files only through here: no window in which a
+file could change between the check and the load, and no pickle ever read before its checksum held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+from app.core.artifacts import METADATA_FILE, MODEL_FILE, ModelMetadata
+
+
+class ModelLoadError(Exception):
+    """The model directory cannot be served: missing files, a checksum mismatch, a broken pickle."""
+
+
+class ChecksumMismatch(ModelLoadError):
+    pass
+
+
+def read_verified(path: Path, sha256: str, what: str) -> bytes:
+    """The file's bytes, if their sha256 is the one the pipeline recorded."""
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{what} cannot be read: {exc.strerror}") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != sha256:
+        raise ChecksumMismatch(
+            f"{what} sha256 {digest[:12]}... does not match {METADATA_FILE} ({sha256[:12]}...): "
+            "refusing to load it"
+        )
+    return payload
+
+
+def read_inside(model_dir: Path, relative: str, sha256: str, owner: str = "") -> bytes:
+    """read_verified for a path model.json names, which must stay inside the model folder.
+    `owner` prefixes errors ("candidate svc: ")."""
+    path = (model_dir / relative).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ModelLoadError(f"{owner}path {relative} leaves the model folder")
+    return read_verified(path, sha256, f"{owner}{relative}")
+
+
+def unpickle(payload: bytes, what: str) -> Any:
+    """joblib is pickle: only ever called on bytes read_verified returned."""
+    import joblib  # here, not at import: an ONNX model never needs it
+
+    try:
+        return joblib.load(io.BytesIO(payload))
+    except Exception as exc:
+        raise ModelLoadError(f"{what} cannot be unpickled: {type(exc).__name__}") from None
+
+
+def load_pipeline(model_dir: Path, metadata: ModelMetadata | None = None) -> tuple[ModelMetadata, Any]:
+    """model.json and the scikit-learn pipeline of model.joblib, verified first (training side:
+    evaluate and the promotion gate score it)."""
+    metadata = metadata or ModelMetadata.read(model_dir)
+    payload = read_inside(model_dir, MODEL_FILE, metadata.sha256)
+    return metadata, unpickle(payload, MODEL_FILE)

@@ -1,0 +1,78 @@
+"""What the API and its training subprocesses hand each other: typed, one definition, both sides.
+
+The API writes a RetrainRequest into the job folder and starts `python -m app.pipeline.retrain
+JOB_DIR`; the job writes a RetrainResult back; `python -m app.pipeline.alias` prints an AliasOutcome.
+Each crosses the process boundary as `model_dump_json()` and comes back with `model_validate_json()`,
+never as a dict read by string keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REQUEST_FILE = "request.json"  # the job's arguments, in jobs/<job id>/
+RESULT_FILE = "result.json"  # its answer, beside them
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GateOutcome(BaseModel):
+    """The promotion gate's verdict on a challenger, as the job decided it and version.json keeps it."""
+
+    # Records written before this type existed carry the same fields: read them as they are.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    metric: str
+    challenger: float  # the new model's test score
+    tolerance: float
+    champion: float | None = None  # the serving model's score on the same test split, if comparable
+    champion_version: str | None = None
+    passed: bool
+    reason: str
+
+
+class RetrainRequest(_Message):
+    """The retraining job's arguments."""
+
+    versions_dir: Path
+    params: Path
+    tolerance: float = Field(ge=0)
+    upload: Path | None = None  # a CSV to train on instead of the project's data.source
+    upload_name: str | None = None  # the name the user gave it, for messages
+    champion_dir: Path | None = None  # the serving version, which the gate compares against
+
+
+class RetrainSucceeded(_Message):
+    status: Literal["succeeded"] = "succeeded"
+    version: str
+    name: str
+    data: str  # what it trained on, as prepare read it (data.source or the upload's name)
+    metric: str
+    metrics: dict[str, float]
+    mlflow_run_id: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    gate: GateOutcome
+
+
+class RetrainFailed(_Message):
+    status: Literal["failed"] = "failed"
+    error: str  # one line: a data or params problem, or "internal error: ..."
+
+
+RetrainResult = Annotated[RetrainSucceeded | RetrainFailed, Field(discriminator="status")]
+
+
+class AliasOutcome(_Message):
+    """How moving MLflow's `champion` alias went: reported, never raised (the swap is done)."""
+
+    status: Literal["updated", "failed", "skipped"]
+    alias: str | None = None
+    reason: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
