@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -19,6 +20,12 @@ log = logging.getLogger(LOGGER_NAME)
 # The database is down, unreachable, locked or out of connections: retrying later may work.
 # Constraint and SQL errors (IntegrityError, ProgrammingError) are bugs and stay 500s.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+class ErrorDetail(BaseModel):
+    """The body of an error that says why in one sentence, for the `responses=` of the routes."""
+
+    detail: str
 
 
 async def _row_error(request: Request, exc: Exception) -> JSONResponse:

@@ -240,13 +240,7 @@ def _float32_trees(stock: Callable[..., None], op_type: str) -> Callable[..., No
             stock(scope, operator, container)
             return
         narrow = scope.declare_local_variable("x32", FloatTensorType(source.type.shape))
-        container.add_node(
-            "Cast",
-            source.full_name,
-            narrow.full_name,
-            to=onnx_proto.TensorProto.FLOAT,
-            name=scope.get_unique_operator_name("Cast"),
-        )
+        _cast(scope, container, source.full_name, narrow.full_name, onnx_proto.TensorProto.FLOAT)
         twins = [
             scope.declare_local_variable(f"{o.raw_name}32", FloatTensorType())
             if isinstance(o.type, DoubleTensorType)
@@ -254,25 +248,17 @@ def _float32_trees(stock: Callable[..., None], op_type: str) -> Callable[..., No
             for o in operator.outputs
         ]
         wide = scope.declare_local_variable("x32as64", DoubleTensorType(source.type.shape))
-        container.add_node(
-            "Cast",
-            narrow.full_name,
-            wide.full_name,
-            to=onnx_proto.TensorProto.DOUBLE,
-            name=scope.get_unique_operator_name("Cast"),
-        )
+        _cast(scope, container, narrow.full_name, wide.full_name, onnx_proto.TensorProto.DOUBLE)
         stock(scope, _Retyped(operator, [wide], twins), container, op_type, "ai.onnx.ml", 3)
         for twin, output in zip(twins, operator.outputs, strict=True):
             if twin is not output:
-                container.add_node(
-                    "Cast",
-                    twin.full_name,
-                    output.full_name,
-                    to=onnx_proto.TensorProto.DOUBLE,
-                    name=scope.get_unique_operator_name("Cast"),
-                )
+                _cast(scope, container, twin.full_name, output.full_name, onnx_proto.TensorProto.DOUBLE)
 
     return convert
+
+
+def _cast(scope: Any, container: Any, source: str, target: str, to: int) -> None:
+    container.add_node("Cast", source, target, to=to, name=scope.get_unique_operator_name("Cast"))
 
 
 def _float64_imputer(stock: Callable[..., None]) -> Callable[..., None]:

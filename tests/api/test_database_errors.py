@@ -7,9 +7,7 @@ that accepts and never answers (the connect timeout bounds that one). SQLite: a 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import socket
 import sqlite3
 import threading
@@ -26,7 +24,7 @@ from sqlalchemy.engine import make_url
 from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
-from app.observability.logging import JsonFormatter
+from tests.support.logs import captured_log
 from tests.support.servers import free_port
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
@@ -47,15 +45,8 @@ def errors_counted(route: str) -> float:
 @pytest.fixture
 def read_log() -> Iterator[Callable[[], list[dict]]]:
     """The service's JSON log lines so far, parsed."""
-    logger = logging.getLogger("predictor")
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    try:
+    with captured_log() as stream:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        logger.removeHandler(handler)
 
 
 def login(client: TestClient) -> tuple[float, httpx.Response]:

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import logging
 
 from fastapi.testclient import TestClient
 
-from app.observability.logging import JsonFormatter
+from tests.support.logs import captured_log
 from tests.support.models import IRIS_ROW
 from tests.support.tokens import USER
 
@@ -33,19 +31,12 @@ def test_a_callers_request_id_is_kept_when_plain(client: TestClient) -> None:
 
 
 def test_log_lines_name_route_status_user_and_never_secrets(client: TestClient) -> None:
-    logger = logging.getLogger("predictor")
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    try:
+    with captured_log() as stream:
         token = client.post("/token", data={"username": USER[0], "password": USER[1]}).json()["access_token"]
         predicted = client.post(
             "/predict", json={"instances": [IRIS_ROW]}, headers={"Authorization": f"Bearer {token}"}
         )
         client.get("/no-such-route")
-    finally:
-        logger.removeHandler(handler)
     text = stream.getvalue()
     assert USER[1] not in text and token not in text
     lines = [json.loads(line) for line in text.splitlines()]

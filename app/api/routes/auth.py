@@ -8,6 +8,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from app.api.deps import SessionDep, SettingsDep, ThrottleDep
+from app.api.errors import ErrorDetail
 from app.core.security import create_access_token, verify_password_or_dummy
 from app.db import crud
 from app.observability.audit import auth_failed
@@ -26,8 +27,11 @@ class Token(BaseModel):
 @router.post(
     "/token",
     responses={
-        401: {"description": "Wrong username or password, or a disabled user"},
-        429: {"description": "Too many failed logins for this username; see Retry-After"},
+        401: {"model": ErrorDetail, "description": "Wrong username or password, or a disabled user"},
+        429: {
+            "model": ErrorDetail,
+            "description": "Too many failed logins for this username; see Retry-After",
+        },
     },
 )
 def login(

@@ -1,22 +1,40 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.api.deps import DatabaseDep, ServingDep
+from app.api.errors import ErrorDetail
 
 router = APIRouter(tags=["health"])
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_version: str | None  # None while no model is loaded
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    model_version: str
+
+
 @router.get("/health")
-def health(serving: ServingDep) -> dict[str, str | None]:
+def health(serving: ServingDep) -> Health:
     """Liveness: the process answers. Says which model version it serves, if any."""
     current = serving.current
-    return {"status": "ok", "model_version": current.version if current else None}
+    return Health(status="ok", model_version=current.version if current else None)
 
 
-@router.get("/ready", responses={503: {"description": "Model not loaded or database down"}})
-def ready(serving: ServingDep, database: DatabaseDep) -> JSONResponse:
+@router.get(
+    "/ready",
+    response_model=Ready,
+    responses={503: {"model": ErrorDetail, "description": "Model not loaded or database down"}},
+)
+def ready(serving: ServingDep, database: DatabaseDep) -> Ready | JSONResponse:
     """Readiness: a model is loaded and the database answers."""
     current = serving.current
     if current is None:
@@ -25,4 +43,4 @@ def ready(serving: ServingDep, database: DatabaseDep) -> JSONResponse:
         database.ping()
     except Exception as exc:
         return JSONResponse({"detail": f"database unavailable: {type(exc).__name__}"}, status_code=503)
-    return JSONResponse({"status": "ready", "model_version": current.version})
+    return Ready(status="ready", model_version=current.version)

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, ClaimsDep, PredictorDep, ServingDep
+from app.api.errors import ErrorDetail
+from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
-from app.core.messages import GateOutcome
+from app.core.messages import AliasOutcome, GateOutcome
 from app.core.versions import UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
@@ -20,18 +22,20 @@ router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
 
 
-def _info(predictor: Any) -> dict[str, Any]:
-    # served_by: onnx (model.onnx in onnxruntime) or pipeline (the unpickled model.joblib).
-    return predictor.metadata.model_dump(mode="json") | {
-        "loaded_at": predictor.loaded_at,
-        "served_by": predictor.model.source,
-    }
+class ModelInfo(ModelMetadata):
+    """model.json as served, and how: when it was loaded, and what runs it."""
+
+    loaded_at: str
+    # onnx: model.onnx in onnxruntime; pipeline: the unpickled model.joblib.
+    served_by: Literal["onnx", "pipeline"]
 
 
 @router.get("/model-info")
-def model_info(_: ClaimsDep, predictor: PredictorDep) -> dict[str, Any]:
+def model_info(_: ClaimsDep, predictor: PredictorDep) -> ModelInfo:
     """model.json as served: version, metrics, feature schema, classes, candidates, what serves it."""
-    return _info(predictor)
+    return ModelInfo(
+        **dict(predictor.metadata), loaded_at=predictor.loaded_at, served_by=predictor.model.source
+    )
 
 
 def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
@@ -50,15 +54,27 @@ def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
     return new
 
 
-@router.post(
-    "/model/reload",
-    responses={409: {"description": "Checksum mismatch or broken model: the current one keeps serving"}},
-)
-def reload_model(admin: AdminDep, serving: ServingDep) -> dict[str, Any]:
+class ReloadResponse(BaseModel):
+    previous_version: str | None
+    model_version: str
+
+
+class RollbackResponse(ReloadResponse):
+    mlflow: AliasOutcome  # MLflow's champion alias, moved or not (the rollback is done either way)
+
+
+_REFUSED = {
+    "model": ErrorDetail,
+    "description": "Checksum mismatch or broken model: the current one keeps serving",
+}
+
+
+@router.post("/model/reload", responses={409: _REFUSED})
+def reload_model(admin: AdminDep, serving: ServingDep) -> ReloadResponse:
     """Load the model directory again; the old model serves until the new one is verified."""
     previous = serving.current
     new = _swap("reload", admin, serving.reload)
-    return {"previous_version": previous.version if previous else None, "model_version": new.version}
+    return ReloadResponse(previous_version=previous.version if previous else None, model_version=new.version)
 
 
 class ModelVersion(BaseModel):
@@ -85,36 +101,36 @@ class VersionsResponse(BaseModel):
     versions: list[ModelVersion]
 
 
-@router.get("/models", response_model=VersionsResponse)
-def list_versions(_: ClaimsDep, serving: ServingDep) -> dict[str, Any]:
+@router.get("/models")
+def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
     """Every stored model version, newest first, with its metrics and which one is serving."""
     current = serving.current
     serving_version = current.version if current else None
     store = serving.store
-    versions: list[dict[str, Any]] = []
+    versions: list[ModelVersion] = []
     # A folder being written or damaged is left out by versions(): listed once it reads.
     for version, meta in store.versions():
         record = store.record(version)
         versions.append(
-            {
-                "version": meta.version,
-                "name": meta.name,
-                "task": meta.task,
-                "metric": meta.metric,
-                "metrics": meta.metrics,
-                "trained_at": meta.trained_at,
-                "serving": meta.version == serving_version,
-                "status": record.status if record else "accepted",
-                "origin": record.origin if record else None,
-                "job_id": record.job_id if record else None,
-                "gate": record.gate if record else None,
-                "mlflow_run_id": meta.mlflow_run_id,
-                "registered_model": meta.registered_model,
-                "registered_version": meta.registered_version,
-                "candidates": [c.name for c in meta.candidates],
-            }
+            ModelVersion(
+                version=meta.version,
+                name=meta.name,
+                task=meta.task,
+                metric=meta.metric,
+                metrics=meta.metrics,
+                trained_at=meta.trained_at,
+                serving=meta.version == serving_version,
+                status=record.status if record else "accepted",
+                origin=record.origin if record else None,
+                job_id=record.job_id if record else None,
+                gate=record.gate if record else None,
+                mlflow_run_id=meta.mlflow_run_id,
+                registered_model=meta.registered_model,
+                registered_version=meta.registered_version,
+                candidates=[c.name for c in meta.candidates],
+            )
         )
-    return {"serving": serving_version, "versions": versions}
+    return VersionsResponse(serving=serving_version, versions=versions)
 
 
 class RollbackRequest(BaseModel):
@@ -125,12 +141,9 @@ class RollbackRequest(BaseModel):
 
 @router.post(
     "/model/rollback",
-    responses={
-        404: {"description": "No such version in the store"},
-        409: {"description": "Checksum mismatch or broken model: the current one keeps serving"},
-    },
+    responses={404: {"model": ErrorDetail, "description": "No such version in the store"}, 409: _REFUSED},
 )
-def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> dict[str, Any]:
+def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> RollbackResponse:
     """Serve a stored version again (checksums verified first); MLflow's `champion` alias follows."""
     previous = serving.current
     try:
@@ -144,8 +157,6 @@ def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> dic
     # In a subprocess: the API process never imports mlflow. A failure is reported, not raised:
     # the rollback itself is done.
     mlflow = update_champion_alias(new.metadata)
-    return {
-        "previous_version": previous.version if previous else None,
-        "model_version": new.version,
-        "mlflow": mlflow,
-    }
+    return RollbackResponse(
+        previous_version=previous.version if previous else None, model_version=new.version, mlflow=mlflow
+    )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from app.api.deps import AdminDep, SessionDep
 from app.db import crud
@@ -18,13 +18,21 @@ class UserOut(BaseModel):
     username: str
     scopes: list[str]
     disabled: bool
-    created_at: datetime
+    created_at: AwareDatetime
 
     @classmethod
     def of(cls, user: User) -> UserOut:
         return cls(
-            username=user.username, scopes=user.scope_list, disabled=user.disabled, created_at=user.created_at
+            username=user.username,
+            scopes=user.scope_list,
+            disabled=user.disabled,
+            created_at=_as_utc(user.created_at),
         )
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # The app writes UTC (app.db.models); SQLite keeps no time zone, so it reads back naive.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class UserIn(BaseModel):

@@ -1,0 +1,124 @@
+"""The served-model swap and the versions store, without HTTP: what a reload, a rollback and another
+worker's change do to ServingState."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from app.core.artifacts import MODEL_FILE
+from app.core.loading import ChecksumMismatch, ModelLoadError
+from app.core.versions import UnknownVersion, VersionRecord, VersionStore, now
+from app.serving.state import ServingState
+from tests.support.models import write_model
+
+
+def _state(tmp_path: Path) -> ServingState:
+    return ServingState(tmp_path / "models", max_rows=10, drift=None, versions_dir=tmp_path / "versions")
+
+
+def test_start_up_serves_model_dir_and_records_it_as_a_version(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    state = _state(tmp_path)
+    state.load_initial()
+    assert state.current is not None and state.current.version == "v1"
+    assert [version for version, _ in state.store.versions()] == ["v1"]
+    pointer = state.store.serving()
+    assert pointer is not None and pointer.version == "v1"
+
+
+def test_a_missing_model_leaves_no_model_and_says_why(tmp_path: Path):
+    state = _state(tmp_path)
+    state.load_initial()
+    assert state.current is None
+    assert state.error is not None and "train a model first" in state.error
+
+
+def test_a_refused_reload_keeps_the_old_model_serving(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    state = _state(tmp_path)
+    state.load_initial()
+    before = state.current
+    (tmp_path / "models" / MODEL_FILE).write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch):
+        state.reload()
+    assert state.current is before
+
+
+def test_rollback_serves_a_stored_version_and_moves_serving_json(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    state = _state(tmp_path)
+    state.load_initial()
+    write_model(tmp_path / "models", version="v2")
+    assert state.reload().version == "v2"
+    assert state.serve_version("v1", reason="rollback by test").version == "v1"
+    pointer = state.store.serving()
+    assert pointer is not None and (pointer.version, pointer.reason) == ("v1", "rollback by test")
+    with pytest.raises(UnknownVersion):
+        state.serve_version("v9", reason="no such version")
+    assert state.current is not None and state.current.version == "v1"
+
+
+def test_another_worker_follows_serving_json(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    first, second = _state(tmp_path), _state(tmp_path)
+    first.load_initial()
+    write_model(tmp_path / "models", version="v2")
+    first.reload()
+    second.load_initial()  # starts on v2, the pipeline's latest output
+    first.serve_version("v1", reason="rollback in worker one")
+    second.sync()
+    assert second.current is not None and second.current.version == "v1"
+
+
+def test_readers_see_the_old_or_the_new_model_never_a_half_loaded_one(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    state = _state(tmp_path)
+    state.load_initial()
+    write_model(tmp_path / "models", version="v2")
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            current = state.current
+            assert current is not None
+            seen.add(current.version)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(3):
+            state.reload()
+            state.serve_version("v1", reason="back")
+    finally:
+        done.set()
+        reader.join()
+    assert seen <= {"v1", "v2"}
+
+
+def test_the_store_keeps_a_version_once_and_refuses_path_tricks(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    store = VersionStore(tmp_path / "versions")
+    record = VersionRecord(origin="pipeline", recorded_at=now())
+    assert store.add(tmp_path / "models", record) == "v1"
+    assert store.add(tmp_path / "models", record) == "v1"  # already stored: left as it is
+    assert [v for v, _ in store.versions()] == ["v1"]
+    for trick in ("..", "../etc", "jobs", "a/b"):
+        assert not store.exists(trick)
+        with pytest.raises(UnknownVersion):
+            store.path(trick)
+
+
+def test_a_broken_stored_version_is_refused_and_the_current_one_serves(tmp_path: Path):
+    write_model(tmp_path / "models", version="v1")
+    state = _state(tmp_path)
+    state.load_initial()
+    write_model(tmp_path / "models", version="v2")
+    state.reload()
+    (state.store.path("v1") / MODEL_FILE).write_bytes(b"broken")
+    with pytest.raises(ModelLoadError):
+        state.serve_version("v1", reason="rollback")
+    assert state.current is not None and state.current.version == "v2"

@@ -1,0 +1,44 @@
+"""The README's layering rule, checked on every import in app/ (function-level ones included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support.paths import ROOT
+
+APP = ROOT / "app"
+# package -> the app packages it may import besides itself (README, "What may import what").
+ALLOWED = {
+    "core": set(),
+    "pipeline": {"core"},
+    "db": {"core"},
+    "observability": {"core"},
+    "serving": {"core", "observability"},
+    "api": {"core", "db", "serving", "observability"},
+    "ui": set(),
+}
+WIRING = {"main", "serve", "cli"}  # top-level modules: anything but the pipeline
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {name.split(".")[1] for name in found if name.startswith("app.") and name.count(".") >= 1}
+
+
+def test_each_package_imports_only_what_the_layering_allows():
+    wrong = []
+    for path in sorted(APP.rglob("*.py")):
+        relative = path.relative_to(APP)
+        owner = relative.parts[0].removesuffix(".py")
+        used = _imports(path) - {owner}
+        allowed = (set(ALLOWED) | WIRING) - {"pipeline"} if owner in WIRING else ALLOWED.get(owner)
+        if allowed is None:
+            continue  # app/__init__.py
+        wrong += [f"{relative} imports app.{name}" for name in sorted(used - allowed)]
+    assert not wrong, "\n".join(wrong)
