@@ -5,7 +5,6 @@ uvicorn app.main:create_app --factory     (or python -m app.serve, which migrate
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,6 @@ from fastapi.openapi.utils import get_openapi
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.routes import auth, health, metrics, model, predict, train, users
-from app.core import security
 from app.core.config import Settings, load_settings
 from app.db.bootstrap import bootstrap
 from app.db.session import Database
@@ -31,8 +29,6 @@ from app.serving.state import ServingState
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # argon2 releases the GIL: the dummy hash is computed while the model loads.
-        threading.Thread(target=security.warm_up, name="warm-up", daemon=True).start()
         database = Database(settings.database_url)
         if settings.migrate_on_startup:
             bootstrap(database, settings)

@@ -343,8 +343,7 @@ def bench_champion(
         say(
             f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {samples}"
         )
-    if args.cold_only:
-        rss[champion] = ours.worker_rss_mib()
+    if args.cold_only:  # no load: no RSS "after the load" to report
         processes.stop(mlflow)
         processes.stop(ours)
         return []

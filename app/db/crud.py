@@ -43,7 +43,11 @@ def count_users(session: Session) -> int:
 
 
 def create_user(
-    session: Session, username: str, password: str, scopes: Iterable[str] = DEFAULT_SCOPES
+    session: Session,
+    username: str,
+    password: str,
+    scopes: Iterable[str] = DEFAULT_SCOPES,
+    hashed: str | None = None,
 ) -> User:
     username = username.strip()
     if not username or len(username) > 64:
@@ -51,7 +55,10 @@ def create_user(
     if get_user(session, username) is not None:
         raise UserError(f"user '{username}' already exists")
     _check_password(password)
-    user = User(username=username, hashed_password=hash_password(password), scopes=normalise_scopes(scopes))
+    # `hashed`: the password's hash, when the caller computed it already (bootstrap, in parallel).
+    user = User(
+        username=username, hashed_password=hashed or hash_password(password), scopes=normalise_scopes(scopes)
+    )
     session.add(user)
     session.commit()
     return user
@@ -84,8 +91,8 @@ def delete_user(session: Session, username: str) -> None:
     session.commit()
 
 
-def ensure_admin(session: Session, username: str, password: str) -> User | None:
+def ensure_admin(session: Session, username: str, password: str, hashed: str | None = None) -> User | None:
     """Create the first admin from the settings when the table is empty; returns it, or None."""
     if count_users(session) > 0:
         return None
-    return create_user(session, username, password, scopes=SCOPES.keys())
+    return create_user(session, username, password, scopes=SCOPES.keys(), hashed=hashed)

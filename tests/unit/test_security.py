@@ -41,6 +41,12 @@ def test_unknown_user_is_checked_against_a_dummy_hash(monkeypatch: pytest.Monkey
     assert len(calls) == 1 and calls[0].startswith("$argon2")
 
 
+def test_the_dummy_hash_costs_what_a_real_one_does() -> None:
+    # Same scheme and parameters as a fresh hash: an unknown username takes as long as a known one.
+    assert security.dummy_hash_is_current()
+    assert security.DUMMY_HASH.split("$")[:4] == security.hash_password("x").split("$")[:4]
+
+
 def test_token_round_trip_carries_the_claims() -> None:
     token = create_access_token("alice", ["predict"], secret=SECRET, expires=timedelta(minutes=5))
     claims = decode_access_token(token, secret=SECRET)
