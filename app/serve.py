@@ -72,6 +72,9 @@ def main() -> None:
 
     # The database set-up (migrations, the first admin's password hash) runs in a forked child
     # while this process imports what serving needs: the two overlap on two cores (cold start).
+    # What both need (SQLAlchemy, the users model, passlib) is imported once, before the fork.
+    import app.db.bootstrap
+
     setup = multiprocessing.get_context("fork").Process(target=_prepare_database, args=(settings,))
     setup.start()
     import uvicorn
