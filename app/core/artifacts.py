@@ -126,8 +126,7 @@ class ModelMetadata(_Strict):
     data_md5: str
     sha256: str
     # model.onnx; None when the champion did not convert (then serving unpickles model.joblib).
-    onnx: ModelFile | None = None
-    onnx_error: str | None = None
+    onnx: ModelFile | None = None  # why not: the champion's CandidateInfo.onnx_error
     compiled: ModelFile | None = None  # an older train's model.npz, unused
     mlflow_run_id: str | None = None
     mlflow_experiment: str | None = None

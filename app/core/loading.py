@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.artifacts import METADATA_FILE, MODEL_FILE, ModelMetadata
+import numpy as np
+
+from app.core.artifacts import METADATA_FILE, MODEL_FILE, ModelMetadata, Task
 
 
 class ModelLoadError(Exception):
@@ -62,3 +65,25 @@ def load_pipeline(model_dir: Path, metadata: ModelMetadata | None = None) -> tup
     metadata = metadata or ModelMetadata.read(model_dir)
     payload = read_inside(model_dir, MODEL_FILE, metadata.sha256)
     return metadata, unpickle(payload, MODEL_FILE)
+
+
+def pipeline_answers(pipeline: Any, task: Task) -> Callable[[np.ndarray], np.ndarray]:
+    """A fitted pipeline's answers as serving gives them: predict_proba, or predict for a regression,
+    as float64, with NaN for a row scikit-learn refuses. It refuses a whole batch for one row whose
+    standardised value overflows: that batch is then asked row by row. The ONNX export checks its
+    file against this very function, and serving falls back to it."""
+    call = pipeline.predict if task == "regression" else pipeline.predict_proba
+    refused = np.full((1,) if task == "regression" else (1, len(pipeline.classes_)), np.nan)
+
+    def answer(rows: np.ndarray) -> np.ndarray:
+        # np.errstate is per thread; warnings.catch_warnings would not be (serving calls this from
+        # its thread pool), so the callers that want silence (the export) ask for it themselves.
+        with np.errstate(all="ignore"):
+            try:
+                return np.asarray(call(rows), dtype=np.float64)
+            except ValueError:
+                if len(rows) == 1:
+                    return refused.copy()
+                return np.concatenate([answer(rows[i : i + 1]) for i in range(len(rows))])
+
+    return answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -52,11 +53,17 @@ class Standardization(BaseModel):
     # float32 first; distances: see NEIGHBOURS_MAX_Z.
     limit: Literal["float64", "float32", "distances"] = "float64"
 
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        # Once per loaded model, not per request.
+        return np.asarray(self.mean, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
+
     def overflows(self, matrix: np.ndarray) -> np.ndarray:
         """Per row: True when scikit-learn would refuse it, or answer it arbitrarily."""
+        mean, scale = self._arrays
         values = matrix[:, self.columns].astype(np.float64)
         with np.errstate(all="ignore"):
-            z = (values - np.asarray(self.mean)) / np.asarray(self.scale)
+            z = (values - mean) / scale
             if self.limit == "float32":
                 z = z.astype(np.float32)
             elif self.limit == "distances":

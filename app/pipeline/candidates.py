@@ -52,7 +52,7 @@ REGRESSORS: dict[str, Factory] = {
 }
 
 ALL_CANDIDATES = set(CLASSIFIERS) | set(REGRESSORS)
-BY_TASK: dict[str, dict[str, Factory]] = {"classification": CLASSIFIERS, "regression": REGRESSORS}
+_BY_TASK: dict[str, dict[str, Factory]] = {"classification": CLASSIFIERS, "regression": REGRESSORS}
 
 # What train fits when params.yaml names no candidates for the data's task (`candidates: auto`,
 # or a per-task form that leaves the task out); params.yaml spells out the same lists. A few models
@@ -73,21 +73,32 @@ DEFAULT_CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def build_estimator(name: str, task: str, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
-    """The bare estimator; raises ValueError naming the candidate or hyperparameter at fault."""
-    registry = BY_TASK[task]
-    if name not in registry:
-        raise ValueError(
-            f"train.candidates: '{name}' does not do {task} (use one of {', '.join(sorted(registry))})"
-        )
-    estimator = registry[name]()
+def candidate_problem(name: str, task: str) -> str | None:
+    """Why `name` cannot be a candidate for this task, or None when it can."""
+    registry = _BY_TASK[task]
+    if name in registry:
+        return None
+    if name in ALL_CANDIDATES:
+        return f"'{name}' does not do {task} (use one of {', '.join(sorted(registry))})"
+    return f"unknown candidate '{name}' (known: {', '.join(sorted(registry))})"
+
+
+def build_estimator(
+    name: str, task: str, hyperparameters: dict[str, Any], seed: int, where: str = "train.candidates"
+) -> BaseEstimator:
+    """The bare estimator; raises ValueError naming the candidate or hyperparameter at fault, under
+    `where`, the params.yaml key the candidates came from."""
+    problem = candidate_problem(name, task)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+    estimator = _BY_TASK[task][name]()
     known = estimator.get_params()
     settings = {}
     for key, value in hyperparameters.items():
         # A wrapped estimator (svc's calibration) takes its inner model's names as they are.
         resolved = key if key in known else f"estimator__{key}"
         if resolved not in known:
-            raise ValueError(f"train.candidates.{name}: unknown hyperparameter '{key}'")
+            raise ValueError(f"{where}.{name}: unknown hyperparameter '{key}'")
         settings[resolved] = value
     for seeded in ("random_state", "estimator__random_state"):
         if seeded in known and seeded not in settings:
@@ -126,9 +137,14 @@ def build_preprocessing(features: list[Feature]) -> ColumnTransformer:
 
 
 def build_pipeline(
-    name: str, task: str, hyperparameters: dict[str, Any], features: list[Feature], seed: int
+    name: str,
+    task: str,
+    hyperparameters: dict[str, Any],
+    features: list[Feature],
+    seed: int,
+    where: str = "train.candidates",
 ) -> Pipeline:
-    estimator = build_estimator(name, task, hyperparameters, seed)
+    estimator = build_estimator(name, task, hyperparameters, seed, where)
     if all(f.type == "numeric" for f in features):
         # No ColumnTransformer when every column gets the same treatment: it costs ~0.4 ms
         # per predict call, more than a logistic regression itself (measured on one row).

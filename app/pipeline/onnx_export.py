@@ -36,6 +36,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from app.core.artifacts import MISSING_CATEGORY, Feature, Task
+from app.core.loading import pipeline_answers
 from app.core.onnx_model import (
     NUMERIC_INPUT,
     PROBE_KEY,
@@ -84,7 +85,9 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
         ) from None
 
     probe = probe_rows(features, seed)
-    expected = reference(pipeline, task)(probe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pipeline_answers(pipeline, task)(probe)
     spec = OnnxSpec(
         task=task,
         classes=classes,
@@ -104,29 +107,6 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
     if problem is not None:
         raise ExportError(f"its answers differ from the pipeline's on probe rows: {problem}")
     return payload
-
-
-def reference(pipeline: Pipeline, task: Task) -> Callable[[np.ndarray], np.ndarray]:
-    """What the ONNX model must reproduce: predict_proba, or predict for a regression; NaN for a
-    row scikit-learn refuses (a standardised value that overflows float64)."""
-    call = pipeline.predict if task == "regression" else pipeline.predict_proba
-    refused = np.nan if task == "regression" else np.full(len(pipeline.classes_), np.nan)
-
-    def one(row: np.ndarray) -> Any:
-        try:
-            return np.asarray(call(row), dtype=np.float64)[0]
-        except ValueError:
-            return refused
-
-    def answer(rows: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                return np.asarray(call(rows), dtype=np.float64)
-            except ValueError:  # it refuses the whole batch for one such row: row by row then
-                return np.array([one(rows[i : i + 1]) for i in range(len(rows))], dtype=np.float64)
-
-    return answer
 
 
 def standardization(pipeline: Pipeline, features: list[Feature]) -> Standardization | None:

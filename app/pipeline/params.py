@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from app.core.artifacts import Task
-from app.pipeline.candidates import ALL_CANDIDATES, BY_TASK, DEFAULT_CANDIDATES
+from app.pipeline.candidates import ALL_CANDIDATES, DEFAULT_CANDIDATES, candidate_problem
 from app.pipeline.errors import PipelineError
 from app.pipeline.scoring import ALL_METRICS
 
@@ -77,13 +77,10 @@ class TaskCandidates(_Section):
     @field_validator("classification", "regression")
     @classmethod
     def _known_for_the_task(cls, value: CandidateSet, info: ValidationInfo) -> CandidateSet:
-        task = str(info.field_name)
-        registry = BY_TASK[task]
         for name in value:
-            if name in ALL_CANDIDATES and name not in registry:
-                raise ValueError(f"'{name}' does not do {task} (use one of {', '.join(sorted(registry))})")
-            if name not in registry:
-                raise ValueError(f"unknown candidate '{name}' (known: {', '.join(sorted(registry))})")
+            problem = candidate_problem(name, str(info.field_name))
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
 

@@ -102,9 +102,11 @@ def fit_candidates(
     pipelines = {}
     for name, hyperparameters in candidates.items():
         try:
-            pipelines[name] = build_pipeline(name, schema.task, hyperparameters, schema.features, params.seed)
+            pipelines[name] = build_pipeline(
+                name, schema.task, hyperparameters, schema.features, params.seed, where=key
+            )
         except (ValueError, TypeError) as exc:
-            raise PipelineError(str(exc).replace("train.candidates", key, 1)) from None
+            raise PipelineError(str(exc)) from None
     if params.train.champion is not None and params.train.champion not in pipelines:
         raise PipelineError(
             f"train.champion: '{params.train.champion}' is not one of {key} (the data does {schema.task})"
@@ -244,7 +246,6 @@ def write_model_folder(
         data_md5=facts.data_md5,
         sha256=sha256_of(out / MODEL_FILE),
         onnx=champion_onnx,
-        onnx_error=champion_info.onnx_error,
         mlflow_run_id=champion.run_id,
         mlflow_experiment=facts.mlflow_experiment,
         registered_model=facts.registered_model,

@@ -28,7 +28,7 @@ from app.core.artifacts import (
     ModelMetadata,
     ReferenceProfile,
 )
-from app.core.loading import ModelLoadError, read_inside, unpickle
+from app.core.loading import ModelLoadError, pipeline_answers, read_inside, unpickle
 from app.core.onnx_model import OnnxError, OnnxModel, finite_rows
 from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema, RowError
@@ -142,27 +142,7 @@ def load_model(
     classes = tuple(str(c) for c in getattr(pipeline, "classes_", ())) if task == "classification" else ()
     if task == "classification" and not hasattr(pipeline, "predict_proba"):
         return Model(pipeline.predict, "pipeline", pipeline, labels_only=True, classes=classes)
-    call = pipeline.predict if task == "regression" else pipeline.predict_proba
-    refused = np.full((1, len(classes)) if task == "classification" else 1, np.nan)
-    return Model(_refusing_rows(call, refused), "pipeline", pipeline, classes=classes)
-
-
-def _refusing_rows(
-    call: Callable[[np.ndarray], Any], refused: np.ndarray
-) -> Callable[[np.ndarray], np.ndarray]:
-    """scikit-learn refuses a whole batch for one row whose standardised value overflows: then
-    each row is asked alone, and those it refuses answer `refused`, NaN (a 422 for that row)."""
-
-    def answer(matrix: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            try:
-                return np.asarray(call(matrix), dtype=np.float64)
-            except ValueError:
-                if len(matrix) == 1:
-                    return refused
-                return np.concatenate([answer(matrix[i : i + 1]) for i in range(len(matrix))])
-
-    return answer
+    return Model(pipeline_answers(pipeline, task), "pipeline", pipeline, classes=classes)
 
 
 def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:

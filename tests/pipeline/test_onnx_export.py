@@ -3,18 +3,21 @@ onnxruntime gives the pipeline's answers: to 1e-6, or a refusal where scikit-lea
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_diabetes, load_iris, load_wine
 
 from app.core.artifacts import MISSING_CATEGORY, Feature
-from app.core.onnx_model import OnnxError, OnnxModel, disagreement, finite_rows
+from app.core.loading import pipeline_answers
+from app.core.onnx_model import PROBE_KEY, OnnxError, OnnxModel, disagreement, finite_rows
 from app.pipeline.candidates import CLASSIFIERS, REGRESSORS, build_pipeline
-from app.pipeline.onnx_export import export, probe_rows, reference
+from app.pipeline.onnx_export import export, probe_rows
 
 Data = tuple[list[Feature], np.ndarray, np.ndarray, str]
 
@@ -93,17 +96,24 @@ def test_every_candidate_converts_and_matches_its_pipeline(data: str, candidate:
     # The training rows, and probe rows it did not see at export (other seed, more of them).
     rows = np.concatenate([x, probe_rows(features, seed=11, rows=500)])
     with np.errstate(all="ignore"):
-        ours, theirs = model(rows), reference(pipeline, task)(rows)  # type: ignore[arg-type]
+        ours, theirs = model(rows), pipeline_answers(pipeline, task)(rows)  # type: ignore[arg-type]
     assert disagreement(ours, theirs, task) is None
     # Training rows are all answered.
     assert finite_rows(ours[: len(x)], task).all()
 
 
 def test_a_file_whose_recorded_answers_do_not_hold_is_refused():
+    # A valid ONNX file, the same graph, but one recorded answer moved by 1e-3: the load-time check
+    # must catch it (a byte-level edit would only test that a corrupt file fails to parse).
     _, payload = fitted("iris", "logistic_regression")
-    tampered = payload.replace(b'"expected": [[', b'"expected": [[0.5, ', 1)
-    with pytest.raises(OnnxError):
-        OnnxModel.from_bytes(tampered)
+    assert OnnxModel.from_bytes(payload) is not None
+    graph = onnx.load_from_string(payload)
+    entry = next(p for p in graph.metadata_props if p.key == PROBE_KEY)
+    probe = json.loads(entry.value)
+    probe["expected"][0][0] += 1e-3
+    entry.value = json.dumps(probe)
+    with pytest.raises(OnnxError, match="differ from the recorded ones"):
+        OnnxModel.from_bytes(graph.SerializeToString())
 
 
 def _finite_floats() -> st.SearchStrategy[float]:
@@ -119,7 +129,7 @@ def test_any_finite_floats_give_the_pipelines_answer_or_a_refusal(data: str, can
     features, _, _, task = dataset(data)
     pipeline, payload = fitted(data, candidate)
     model = OnnxModel.from_bytes(payload)
-    answer = reference(pipeline, task)  # type: ignore[arg-type]
+    answer = pipeline_answers(pipeline, task)  # type: ignore[arg-type]
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(

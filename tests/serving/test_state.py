@@ -78,14 +78,13 @@ def test_readers_see_the_old_or_the_new_model_never_a_half_loaded_one(tmp_path: 
     state = _state(tmp_path)
     state.load_initial()
     write_model(tmp_path / "models", version="v2")
-    seen: set[str] = set()
+    seen: list[str | None] = []
     done = threading.Event()
 
-    def read() -> None:
+    def read() -> None:  # records what it sees: an assert in this thread would not fail the test
         while not done.is_set():
             current = state.current
-            assert current is not None
-            seen.add(current.version)
+            seen.append(current.version if current is not None else None)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -96,7 +95,7 @@ def test_readers_see_the_old_or_the_new_model_never_a_half_loaded_one(tmp_path: 
     finally:
         done.set()
         reader.join()
-    assert seen <= {"v1", "v2"}
+    assert seen and set(seen) <= {"v1", "v2"}  # never None, never anything half-made
 
 
 def test_the_store_keeps_a_version_once_and_refuses_path_tricks(tmp_path: Path):
