@@ -1,7 +1,8 @@
-"""Manage API users.
+"""Manage API users and publish models.
 
 python -m app.cli users create alice --scope predict      (prompts for the password)
 python -m app.cli users list | disable NAME | enable NAME | reset-password NAME | delete NAME
+python -m app.cli models publish [--serve] [--force]      (after dvc repro: models/ to the model store)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from app.db.session import Database
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 users = typer.Typer(no_args_is_help=True, help="Create, list, disable, reset or delete users.")
 cli.add_typer(users, name="users")
+models = typer.Typer(no_args_is_help=True, help="Publish the pipeline's output to the model store.")
+cli.add_typer(models, name="models")
 
 PasswordOption = Annotated[
     str,
@@ -113,6 +116,33 @@ def delete(
     with _session() as session:
         crud.delete_user(session, username)
     typer.echo(f"deleted {username}")
+
+
+@models.command()
+def publish(
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Make it the champion on every replica, through the promotion gate."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --serve: skip the promotion gate.")] = False,
+) -> None:
+    """Publish MODEL_DIR (models/, what dvc repro wrote) as a version in MODEL_STORE_URL."""
+    from app.publish import PublishError, publish_model_dir
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise typer.Exit(_fail_models(settings_error(exc))) from None
+    try:
+        for line in publish_model_dir(settings, serve=serve, force=force):
+            typer.echo(line)
+    except PublishError as exc:
+        raise typer.Exit(_fail_models(str(exc))) from None
+
+
+def _fail_models(message: str) -> int:
+    typer.echo(f"models: error: {message}", err=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.routes import auth, health, metrics, model, predict, train, users
 from app.core.config import Settings, load_settings
+from app.core.model_store import ModelStore
 from app.db.bootstrap import bootstrap
+from app.db.jobs import JobQueue
+from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
-from app.serving.jobs import TrainingJobs
 from app.serving.state import ServingState
 
 
@@ -42,30 +44,23 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             settings.model_dir,
             settings.max_batch_rows,
             drift,
-            settings.versions_dir,
+            ModelStore.from_url(settings.model_store_url, settings.model_cache_dir),
+            DatabasePointer(database.session),
             threads=settings.onnx_intra_op_threads,
         )
         serving.load_initial()
-        stop_watching = serving.watch()
+        stop_watching = serving.watch(settings.watch_seconds)
         app.state.database = database
         app.state.throttle = DatabaseLoginThrottle(
             database.session, settings.login_max_failures, settings.login_window_seconds
         )
         app.state.serving = serving
-        jobs = TrainingJobs(
-            serving,
-            serving.store,
-            settings.train_params,
-            settings.promotion_tolerance,
-            settings.train_timeout_seconds,
-        )
-        jobs.recover()
-        app.state.jobs = jobs
+        # Jobs are queued here and run by a worker (python -m app.worker), never in this process.
+        app.state.jobs = JobQueue(database.session, settings.job_lease_seconds)
         try:
             yield
         finally:
             stop_watching()
-            jobs.shutdown()
             database.dispose()
 
     return lifespan

@@ -1,6 +1,9 @@
 """Start the service: migrate and bootstrap once, then run uvicorn with HOST, PORT and WORKERS.
 
 python -m app.serve [--host 127.0.0.1] [--port 8000] [--workers 1]
+
+On SQLite (the embedded default, or START_WORKER=true) it also runs the retraining worker
+(python -m app.worker) as a child process, stopped with the server.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -92,15 +96,36 @@ def main() -> None:
     # Done once here, so several workers do not race to migrate the same database.
     os.environ["MIGRATE_ON_STARTUP"] = "false"
     get_settings.cache_clear()
+    worker = _start_worker() if settings.embedded_worker else None
     print(f"serve: http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s)", flush=True)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,  # the app logs one JSON line per request itself
-    )
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,  # the app logs one JSON line per request itself
+        )
+    finally:
+        if worker is not None:
+            _stop(worker)
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    """The retraining worker beside the API; it exits by itself if this process dies first."""
+    env = os.environ | {"PREDICTOR_PARENT_PID": str(os.getpid())}
+    print("serve: retraining worker started (python -m app.worker)", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "app.worker"], env=env)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()  # the worker fails a running job, saying why, and exits
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ from app.core.config import Settings
 from app.core.lockout import Throttle
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
+from app.db.jobs import JobQueue
 from app.db.models import User
 from app.db.session import Database
 from app.observability.audit import auth_failed
-from app.serving.jobs import TrainingJobs
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
@@ -44,7 +44,7 @@ async def get_throttle(request: Request) -> Throttle:
     return request.app.state.throttle
 
 
-async def get_jobs(request: Request) -> TrainingJobs:
+async def get_jobs(request: Request) -> JobQueue:
     return request.app.state.jobs
 
 
@@ -52,7 +52,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 ServingDep = Annotated[ServingState, Depends(get_serving)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
-JobsDep = Annotated[TrainingJobs, Depends(get_jobs)]
+JobsDep = Annotated[JobQueue, Depends(get_jobs)]
 
 
 def get_session(database: DatabaseDep) -> Iterator[Session]:

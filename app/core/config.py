@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The values .env.example ships with: fine on a laptop, refused in production.
@@ -49,9 +49,23 @@ class Settings(BaseSettings):
     drift_window: int = Field(default=1000, ge=10, le=1_000_000)
     drift_min_rows: int = Field(default=100, ge=1)
     drift_refresh_seconds: float = Field(default=1.0, ge=0)
-    # Every trained model is kept here by version (outside models/, which dvc repro replaces);
-    # serving.json in it names the version served.
-    versions_dir: Path = Path("var/model-versions")
+    # Every trained model is kept here by version (outside models/, which dvc repro replaces): a
+    # local folder or s3://bucket/prefix, shared by every replica. VERSIONS_DIR is its old name.
+    model_store_url: str = Field(
+        default="var/model-versions",
+        min_length=1,
+        validation_alias=AliasChoices("model_store_url", "versions_dir"),
+    )
+    # Where a replica keeps the versions it downloaded from an S3 store (verified before loading).
+    model_cache_dir: Path = Path("var/model-cache")
+    # How often each replica re-reads which version serves (the database's serving pointer).
+    watch_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # The worker (python -m app.worker): its jobs' scratch folders, and the lease it renews while a
+    # job runs; a job whose lease ran out (its worker died) is failed, saying so.
+    jobs_dir: Path = Path("var/jobs")
+    job_lease_seconds: float = Field(default=30, ge=1, le=3600)
+    # python -m app.serve starts one worker itself when set; unset: on SQLite (the embedded default) only.
+    start_worker: bool | None = None
     # Retraining from the API (POST /train): the params file it trains with, the promotion gate's
     # tolerance (a new model replaces the champion when its test metric is at least the champion's
     # minus this, on the same test split), and how long one job may run.
@@ -62,6 +76,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
+
+    @property
+    def embedded_worker(self) -> bool:
+        """Whether python -m app.serve runs the retraining worker beside the API."""
+        if self.start_worker is not None:
+            return self.start_worker
+        return self.database_url.startswith("sqlite")
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:

@@ -1,7 +1,8 @@
-"""What the API and its training subprocesses hand each other: typed, one definition, both sides.
+"""What the API, the worker and the training subprocesses hand each other: typed, one definition.
 
-The API writes a RetrainRequest into the job folder and starts `python -m app.pipeline.retrain
-JOB_DIR`; the job writes a RetrainResult back; `python -m app.pipeline.alias` prints an AliasOutcome.
+The API records a Job in the database; the worker (python -m app.worker) claims it, writes a
+RetrainRequest into the job folder and starts `python -m app.pipeline.retrain JOB_DIR`; the job
+writes a RetrainResult back; `python -m app.pipeline.alias` prints an AliasOutcome.
 Each crosses the process boundary as `model_dump_json()` and comes back with `model_validate_json()`,
 never as a dict read by string keys.
 """
@@ -39,7 +40,8 @@ class GateOutcome(BaseModel):
 class RetrainRequest(_Message):
     """The retraining job's arguments."""
 
-    versions_dir: Path
+    model_store_url: str  # where the new version is published (MODEL_STORE_URL)
+    cache_dir: Path  # the worker's download cache, for an S3 store
     params: Path
     tolerance: float = Field(ge=0)
     upload: Path | None = None  # a CSV to train on instead of the project's data.source
@@ -76,3 +78,32 @@ class AliasOutcome(_Message):
     reason: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class Job(BaseModel):
+    """A retraining job as GET /train/{id} shows it; the database keeps it (app/db/jobs.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: JobStatus
+    user: str
+    # What it trains on: the uploaded file's name, or the project's data (its data.source once the
+    # job has read params.yaml).
+    data: str
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    # On success: the new version, its metrics, the gate's verdict and whether it now serves.
+    version: str | None = None
+    metric: str | None = None
+    metrics: dict[str, float] | None = None
+    gate: GateOutcome | None = None
+    promoted: bool | None = None
+    mlflow: AliasOutcome | None = None
+    message: str | None = None
+    # On failure: one line saying why.
+    reason: str | None = None

@@ -1,4 +1,9 @@
-"""Start-up: migrate the schema, then create the first admin from the settings if no user exists."""
+"""Start-up: migrate the schema, then create the first admin from the settings if no user exists.
+
+Replicas and workers may start at the same moment against a fresh database, as pods do: the whole
+of it runs under a database-wide lock (app.db.session.Database.exclusive), so it happens once and
+the others find it done.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +28,11 @@ def bootstrap(database: Database, settings: Settings) -> None:
     hashing = None
     if not _has_users(database):
         hashing = ThreadPoolExecutor(max_workers=1).submit(hash_password, password)
-    database.migrate()
-    with database.session() as session:
-        hashed = hashing.result() if hashing is not None else None
-        admin = crud.ensure_admin(session, settings.admin_username, password, hashed=hashed)
+    with database.exclusive("bootstrap"):
+        database.migrate()
+        with database.session() as session:
+            hashed = hashing.result() if hashing is not None else None
+            admin = crud.ensure_admin(session, settings.admin_username, password, hashed=hashed)
     if admin is not None:
         log.info("created the first admin from ADMIN_USERNAME", extra={"fields": {"user": admin.username}})
 

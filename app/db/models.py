@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,3 +45,44 @@ class LoginFailure(Base):
     username_key: Mapped[str] = mapped_column(String(255), index=True)
     # Unix time, not a monotonic clock: processes and hosts must agree on it.
     failed_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ServingPointerRow(Base):
+    """The one row naming the version every replica serves (app.core.serving_pointer)."""
+
+    __tablename__ = "serving_pointer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    version: Mapped[str] = mapped_column(String(64))
+    since: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(255))
+    model_dir_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TrainingJobRow(Base):
+    """A retraining job: the API queues it, a worker claims it under a lease and records the outcome."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    # 1 while queued or running, NULL after: unique, so the database itself allows one active job.
+    active: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    # Unix time until which the claiming worker holds the job; it renews the lease while it runs.
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The job as GET /train/{id} shows it (app.core.messages.Job, as JSON).
+    record: Mapped[str] = mapped_column(Text)
+
+
+class TrainingUpload(Base):
+    """The CSV a job trains on, until the job ends: the worker may run on another machine."""
+
+    __tablename__ = "training_uploads"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("training_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    filename: Mapped[str] = mapped_column(String(255))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,32 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self._sessions() as session:
             yield session
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a lock named `name` across every process using this database, until the block ends.
+
+        PostgreSQL: a session-level advisory lock, so replicas on other machines wait too. SQLite is
+        one machine's file: a lock file beside it does the same.
+        """
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "postgresql":
+            key = zlib.crc32(name.encode())  # a stable number for the name
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
+            return
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+            with Path(f"{parsed.database}.{name}.lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield  # closing the file releases the lock
+            return
+        yield  # an in-memory database belongs to one process
 
     def ping(self) -> None:
         """Raises when the database does not answer."""

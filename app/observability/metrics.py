@@ -77,6 +77,16 @@ MODEL_INFO = Gauge(
 MODEL_LOADED = Gauge(
     "model_loaded", "1 when a model is loaded.", namespace=NAMESPACE, multiprocess_mode="livemin"
 )
+# 0 while this replica cannot reach the model store (MODEL_STORE_URL): it keeps serving what it has.
+MODEL_STORE_UP = Gauge(
+    "model_store_up",
+    "1 when the model store answered this replica's last look, 0 when it did not.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
+MODEL_STORE_ERRORS = Counter(
+    "model_store_errors", "Failed reads of the model store (list, download, verify).", namespace=NAMESPACE
+)
 MODEL_RELOADS = Counter("model_reloads", "Model reload attempts.", ["result"], namespace=NAMESPACE)
 MODEL_TRAINED = Gauge(
     "model_trained_timestamp_seconds",
@@ -115,6 +125,7 @@ for _reason in AUTH_FAILURE_REASONS:
 for _result in RELOAD_RESULTS:
     MODEL_RELOADS.labels(result=_result)
 MODEL_LOADED.set(0)
+MODEL_STORE_UP.set(1)
 
 
 _served: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""A retraining job, as the API starts it: the three stages in a scratch folder, then the promotion gate.
+"""A retraining job, as the worker starts it: the three stages in a scratch folder, then the promotion gate.
 
     python -m app.pipeline.retrain JOB_DIR        # reads JOB_DIR/request.json (app/core/messages.py)
 
@@ -6,8 +6,8 @@ The stages are the pipeline's own functions (prepare, train, evaluate), pointed 
 of data/ and models/. An upload goes through prepare's checks exactly as data.source would.
 The gate scores the champion on this job's test split, the same held-out rows the new model was
 scored on: the new model passes when its test metric is at least the champion's minus the
-tolerance (plus it, for metrics where lower is better). Either way the new model is kept in the
-versions store, as accepted or as a rejected challenger; swapping it in is the API's business.
+tolerance (plus it, for metrics where lower is better). Either way the new model is published to
+the model store, as accepted or as a rejected challenger; serving it is the worker's business.
 
 Writes JOB_DIR/result.json (a RetrainResult); a problem with the data or params exits 1 with the
 one-line message there.
@@ -31,7 +31,7 @@ from app.core.messages import (
     RetrainRequest,
     RetrainSucceeded,
 )
-from app.core.versions import VersionRecord, VersionStore, now
+from app.core.model_store import ModelStore, StoreUnavailable, VersionRecord, now
 from app.pipeline import layout
 from app.pipeline.dataset import RawData, read_split
 from app.pipeline.errors import PipelineError
@@ -94,7 +94,7 @@ def run(job_dir: Path, request: RetrainRequest) -> RetrainSucceeded:
     metadata = train(params, ws, set_alias=False)
     evaluate(params, ws)
     outcome = gate(metadata, request.champion_dir, ws, request.tolerance)
-    store = VersionStore(request.versions_dir)
+    store = ModelStore.from_url(request.model_store_url, request.cache_dir)
     record = VersionRecord(
         origin="retrain",
         recorded_at=now(),
@@ -102,7 +102,7 @@ def run(job_dir: Path, request: RetrainRequest) -> RetrainSucceeded:
         job_id=job_dir.name,
         gate=outcome,
     )
-    store.add(ws.models_dir, record)
+    store.publish(ws.models_dir, record)
     print(f"retrain: version {metadata.version}: {outcome.reason}")
     return RetrainSucceeded(
         version=metadata.version,
@@ -128,7 +128,7 @@ def main() -> None:
     try:
         request = RetrainRequest.model_validate_json((args.job_dir / REQUEST_FILE).read_text())
         result = run(args.job_dir, request)
-    except PipelineError as exc:
+    except (PipelineError, StoreUnavailable) as exc:
         write_json_atomic(result_file, RetrainFailed(error=str(exc)))
         print(f"retrain: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

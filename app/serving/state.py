@@ -2,20 +2,22 @@
 
 Readers take `serving.current` (or `serving.with_candidates()`, with the candidates) once per
 request and keep that reference: a reload, promotion or rollback builds the new Predictor fully
-(checksum, unpickle, sample prediction, candidates) before swapping a single attribute, so requests
-in flight finish on the old model and none sees a half-loaded one.
+(checksums, session, sample prediction, candidates) before swapping a single attribute, so
+requests in flight finish on the old model and none sees a half-loaded one.
 
-MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). The
-serving records each MODEL_DIR model in the versions store (VERSIONS_DIR) as a version and
-serves from the store: the version in its serving.json, which promotions and rollbacks move and
-which survives restarts. At start-up serving.json wins while MODEL_DIR still holds the version it
-held when serving.json was written; once the pipeline has written another one (a fresh `make train`
-is meant to be served), MODEL_DIR's model is served and recorded. Every worker process polls
-serving.json, so a rollback handled by one worker reaches the others within WATCH_SECONDS.
+Every replica is stateless: the versions live in the model store (MODEL_STORE_URL, a folder or S3)
+and which one serves is the serving pointer in the database. A replica downloads the version the
+pointer names into its cache, verifies every checksum, loads it, and follows the pointer every
+WATCH_SECONDS, so a rollback or promotion through any replica reaches all of them.
+
+MODEL_DIR is the pipeline's latest output (models/, which `dvc repro` replaces wholesale). Where a
+replica has one (`make run` on one machine), a model there that the pointer has not seen yet is
+published to the store and served at start-up: a fresh `make train` is meant to be served. A
+replica without one (a pod) serves what the pointer names.
 
 A promotion or rollback swaps the champion with its candidates (for /predict?compare=true) loaded
 and verified. Only at start-up do the candidates follow the champion, from a background thread:
-they would otherwise add their unpickling (and sklearn imports) to the cold start.
+they would otherwise add to the cold start.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
-from app.core.versions import UnknownVersion, VersionRecord, VersionStore, now
+from app.core.model_store import ModelStore, StoreUnavailable, UnknownVersion, VersionRecord, now
+from app.core.serving_pointer import PointerStore, ServingPointer
 from app.observability import metrics
 from app.observability.drift import DriftSettings
 from app.serving.comparison import Served, load_candidates
@@ -45,16 +48,22 @@ class ServingState:
         model_dir: Path,
         max_rows: int,
         drift: DriftSettings | None,
-        versions_dir: Path,
+        store: ModelStore,
+        pointer: PointerStore,
         threads: int = 1,
     ) -> None:
         self.model_dir = model_dir
         self.threads = threads  # onnxruntime intra-op threads per model
         self.max_rows = max_rows
         self.drift = drift
-        self.store = VersionStore(versions_dir)
+        self.store = store
+        self.pointer = pointer
         self._served: Served | None = None
         self._error: str | None = "not loaded yet"
+        # Why the store could not be read at the last look (None: it answered).
+        self.store_error: str | None = None
+        # A version the pointer names that failed verification: not retried at every watch tick.
+        self._refused: str | None = None
         # Serialises swaps; readers never take it.
         self._lock = threading.Lock()
 
@@ -77,17 +86,28 @@ class ServingState:
             threading.Thread(target=self.with_candidates, name="candidates", daemon=True).start()
 
     def _load_initial(self) -> None:
-        pointer = self.store.serving()
-        if pointer and self.store.exists(pointer.version):
-            pipeline_version = self._model_dir_version()
-            if pipeline_version is None or pipeline_version == pointer.model_dir_version:
-                try:
-                    self.serve_version(pointer.version, candidates=False)
-                    return
-                except ModelLoadError as exc:
-                    log.warning(
-                        "serving version %s not loaded (%s): trying %s", pointer.version, exc, self.model_dir
-                    )
+        try:
+            pointer = self.pointer.get()
+        except Exception as exc:  # the database: /ready says so; the watch retries
+            log.warning("serving pointer not read: %s", exc)
+            pointer = None
+        local = self._model_dir_version()
+        if pointer is not None and (local is None or local == pointer.model_dir_version):
+            try:
+                self.serve_version(pointer.version, candidates=False)
+                return
+            except (ModelLoadError, UnknownVersion, StoreUnavailable) as exc:
+                self._error = f"version {pointer.version} not served: {exc}"
+                log.warning("serving version %s not loaded: %s", pointer.version, exc)
+                if isinstance(exc, ModelLoadError | UnknownVersion):
+                    self._refused = pointer.version
+        if local is None:
+            if pointer is None:
+                self._error = (
+                    f"no model: {self.model_dir} holds none (train a model first: make train) and no "
+                    "version was published to serve (python -m app.cli models publish --serve)"
+                )
+            return
         try:
             self.reload(candidates=False)
         except ModelLoadError as exc:
@@ -125,6 +145,7 @@ class ServingState:
     def _swap(self, served: Served) -> Predictor:
         self._served = served
         self._error = None
+        self._refused = None
         meta = served.predictor.metadata
         metrics.model_served(
             meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), served.predictor.labels
@@ -132,31 +153,54 @@ class ServingState:
         return served.predictor
 
     def reload(self, candidates: bool = True) -> Predictor:
-        """Load and verify MODEL_DIR, record it as a version, then swap.
+        """Load and verify MODEL_DIR, publish it to the store, point every replica at it, then swap.
 
         Raises ModelLoadError and keeps the old model serving."""
         with self._lock:
             new = self._load(self.model_dir, candidates)
             version = new.predictor.version
             try:
-                self.store.add(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
-                self.store.set_serving(version, f"loaded from {self.model_dir}", version)
-            except (OSError, UnknownVersion) as exc:
-                # Serving goes on; only the history misses this version.
-                log.warning("version %s not recorded in %s: %s", version, self.store.root, exc)
+                self.store.publish(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
+                self._store_answered()
+                self.pointer.set(
+                    ServingPointer(
+                        version=version,
+                        since=now(),
+                        reason=f"loaded from {self.model_dir}",
+                        model_dir_version=version,
+                    )
+                )
+            except StoreUnavailable as exc:
+                # Serving goes on here; other replicas cannot have it until it is published.
+                self._store_failed(exc)
+                log.warning("version %s not published to %s: %s", version, self.store.url, exc)
+            except Exception as exc:  # the database: this replica serves it, the others keep theirs
+                log.warning("version %s published but not pointed at: %s", version, exc)
             return self._swap(new)
 
     def serve_version(self, version: str, reason: str | None = None, candidates: bool = True) -> Predictor:
-        """Serve a stored version (promotion, rollback); UnknownVersion or ModelLoadError keep the old one.
+        """Serve a stored version (promotion, rollback). The old one keeps serving on UnknownVersion,
+        StoreUnavailable or ModelLoadError (a checksum that does not match, a broken model).
 
-        `reason` moves serving.json too; without it (start-up, another worker's change) it is only followed.
-        """
-        if not self.store.exists(version):
-            raise UnknownVersion(version)
+        `reason` moves the serving pointer too; without it (start-up, following the pointer) it is
+        only followed."""
+        try:
+            folder = self.store.fetch(version)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            raise
+        self._store_answered()
         with self._lock:
-            new = self._load(self.store.path(version), candidates)
+            new = self._load(folder, candidates)
             if reason is not None:
-                self.store.set_serving(version, reason, self._model_dir_version())
+                self.pointer.set(
+                    ServingPointer(
+                        version=version,
+                        since=now(),
+                        reason=reason,
+                        model_dir_version=self._model_dir_version(),
+                    )
+                )
             return self._swap(new)
 
     def _model_dir_version(self) -> str | None:
@@ -165,20 +209,54 @@ class ServingState:
         except (OSError, ValueError):
             return None
 
+    def _store_failed(self, exc: Exception) -> None:
+        self.store_error = str(exc)
+        metrics.MODEL_STORE_UP.set(0)
+        metrics.MODEL_STORE_ERRORS.inc()
+
+    def _store_answered(self) -> None:
+        self.store_error = None
+        metrics.MODEL_STORE_UP.set(1)
+
     def sync(self) -> None:
-        """Follow serving.json when another process (worker) moved it."""
-        pointer = self.store.serving()
+        """Follow the serving pointer when another replica, the worker or `models publish` moved it."""
+        try:
+            pointer = self.pointer.get()
+        except Exception as exc:  # the database did not answer: keep serving, look again next tick
+            log.warning("serving pointer not read: %s", exc)
+            return
         current = self.current
         if pointer is None or (current is not None and current.version == pointer.version):
+            self.check_store()
+            return
+        if pointer.version == self._refused:
             return
         try:
             self.serve_version(pointer.version)
             log.info("now serving version %s (%s)", pointer.version, pointer.reason)
+        except StoreUnavailable as exc:
+            log.warning(
+                "version %s not fetched, still serving what this replica has: %s", pointer.version, exc
+            )
         except (ModelLoadError, UnknownVersion) as exc:
-            log.warning("serving.json names version %s, which cannot be served: %s", pointer.version, exc)
+            self._refused = pointer.version
+            log.warning(
+                "the serving pointer names version %s, which cannot be served: %s", pointer.version, exc
+            )
+
+    def check_store(self) -> None:
+        """Whether the store answers now, for /ready and model_store_up while nothing changes."""
+        try:
+            self.store.ping()
+        except StoreUnavailable as exc:
+            if self.store_error is None:
+                log.warning("model store %s unreachable: %s", self.store.url, exc)
+            self._store_failed(exc)
+            return
+        self._store_answered()
 
     def watch(self, interval: float = WATCH_SECONDS) -> Callable[[], None]:
-        """Poll serving.json in a daemon thread; returns the function that stops it."""
+        """Follow the pointer from a daemon thread; returns the function that stops it."""
         stop = threading.Event()
 
         def loop() -> None:

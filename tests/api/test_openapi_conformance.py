@@ -19,11 +19,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.core.artifacts import write_json_atomic
-from app.core.config import Settings
-from app.core.messages import AliasOutcome, GateOutcome
-from app.core.versions import VersionStore, now
-from app.serving.jobs import JOB_FILE, Job
+from app.core.messages import AliasOutcome, GateOutcome, Job
+from app.core.model_store import now
+from app.db.models import TrainingJobRow
 
 CHECKS = [response_schema_conformance, status_code_conformance, content_type_conformance]
 # Every GET of the spec: a new one fails the test until it is listed here, and is checked from then on.
@@ -37,7 +35,7 @@ def api_schema(client: TestClient) -> schemathesis.BaseSchema:
 
 
 @pytest.fixture
-def finished_job(settings: Settings) -> Job:
+def finished_job(client: TestClient) -> Job:
     """A promoted retraining job with every optional field set, as GET /train/{id} reads it."""
     job = Job(
         id=FINISHED_JOB,
@@ -63,7 +61,9 @@ def finished_job(settings: Settings) -> Job:
         mlflow=AliasOutcome(status="skipped", reason="version v2 has no MLflow registry version"),
         message="promoted: now serving v2",
     )
-    write_json_atomic(VersionStore(settings.versions_dir).jobs_dir / job.id / JOB_FILE, job)
+    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        session.add(TrainingJobRow(id=job.id, status=job.status, created_at=0, record=job.model_dump_json()))
+        session.commit()
     return job
 
 

@@ -48,7 +48,8 @@ SCRIPT = textwrap.dedent(
     for model_dir, row in cases:
         settings = Settings(
             _env_file=None, database_url=database_url, model_dir=model_dir,
-            versions_dir=model_dir + "-versions", admin_username="admin", admin_password="admin-password-1",
+            model_store_url=model_dir + "-versions", model_cache_dir=model_dir + "-cache",
+            admin_username="admin", admin_password="admin-password-1",
         )
         with TestClient(create_app(settings)) as client:
             token = client.post("/token", data={"username": "admin", "password": "admin-password-1"})

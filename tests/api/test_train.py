@@ -1,7 +1,10 @@
-"""POST /train: a background job running the pipeline's stages, the promotion gate, one job at a time."""
+"""POST /train: a job queued in the database, run by a worker (the pipeline's stages, the promotion
+gate), one job at a time."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,9 +15,12 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
 from app.core.config import Settings
-from app.core.versions import VersionStore
+from app.core.model_store import ModelStore
 from app.db import crud
+from app.db.jobs import LEASE_EXPIRED
+from app.db.models import TrainingJobRow
 from app.main import create_app
+from app.worker import Worker
 from tests.support.models import IRIS_ROW
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
@@ -53,9 +59,10 @@ def trainer(
     monkeypatch: pytest.MonkeyPatch,
     mlflow_uri: str,
 ) -> Iterator[Callable[..., TestClient]]:
-    """An API whose jobs train fast candidates and log to a scratch MLflow store."""
+    """An API and a worker whose jobs train fast candidates and log to a scratch MLflow store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     clients: list[TestClient] = []
+    workers: list[tuple[Worker, threading.Thread]] = []
 
     def make(candidates: dict, tolerance: float) -> TestClient:
         settings = settings_factory(
@@ -66,9 +73,16 @@ def trainer(
         with client.app.state.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         clients.append(client)
+        worker = Worker(settings, client.app.state.database)  # type: ignore[attr-defined]
+        thread = threading.Thread(target=worker.run, name="worker")
+        thread.start()
+        workers.append((worker, thread))
         return client
 
     yield make
+    for worker, thread in workers:
+        worker.shutdown()
+        thread.join(timeout=30)
     for client in clients:
         client.__exit__(None, None, None)
 
@@ -138,8 +152,8 @@ def test_a_weaker_model_is_rejected_and_a_good_upload_is_promoted(
         str(mlflow.get_model_version_by_alias("predictor", "champion").version) == new["registered_version"]
     )
     # The job's scratch data is gone; the model lives in the store.
-    assert not (settings.versions_dir / "jobs" / job["id"] / "work").exists()
-    assert VersionStore(settings.versions_dir).exists(version)
+    assert not (settings.jobs_dir / job["id"]).exists()
+    assert ModelStore.from_url(settings.model_store_url, settings.model_cache_dir).exists(version)
 
 
 @pytest.mark.slow
@@ -176,19 +190,32 @@ def test_train_needs_an_admin_and_known_jobs(
     assert "multipart/form-data" in wrong.json()["detail"]
 
 
-def test_a_job_left_running_by_a_stopped_api_is_failed_at_start_up(settings: Settings) -> None:
-    from app.core.artifacts import write_json_atomic
-
+def test_a_job_whose_worker_stopped_renewing_its_lease_is_failed_not_running_forever(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
     stale = "a" * 32
-    job = {
+    record = {
         "id": stale,
         "status": "running",
         "user": "admin",
         "data": "x",
         "created_at": "2026-11-23T00:00:00+00:00",
     }
-    write_json_atomic(settings.versions_dir / "jobs" / stale / "job.json", job)
-    with TestClient(create_app(settings)) as client:
-        answer = client.get(f"/train/{stale}", headers=bearer(get_token(client, *ADMIN))).json()
-    assert answer["status"] == "failed"
-    assert answer["reason"] == "interrupted: the API stopped while the job ran"
+    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        session.add(
+            TrainingJobRow(
+                id=stale,
+                status="running",
+                active=1,
+                created_at=0,
+                lease_until=time.time() - 1,
+                worker="gone:1",
+                record=json.dumps(record),
+            )
+        )
+        session.commit()
+    answer = client.get(f"/train/{stale}", headers=admin_headers).json()
+    assert answer["status"] == "failed" and answer["reason"] == LEASE_EXPIRED
+    assert answer["finished_at"]
+    # ... and its slot is free again: the next job is accepted.
+    assert client.post("/train", headers=admin_headers).status_code == 202

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.core.artifacts import METADATA_FILE, MODEL_FILE
 from app.core.config import Settings
-from app.core.versions import VersionRecord, VersionStore, now
+from app.core.model_store import ModelStore, VersionRecord, now
 from app.main import create_app
 from tests.support.models import IRIS_ROW, add_candidate, write_model
 from tests.support.servers import free_port
@@ -23,8 +23,8 @@ VIRGINICA = {"sepal_length": 7.2, "sepal_width": 3.0, "petal_length": 6.1, "peta
 BODY = {"instances": [IRIS_ROW, VIRGINICA]}
 
 
-def store(settings: Settings) -> VersionStore:
-    return VersionStore(settings.versions_dir)
+def store(settings: Settings) -> ModelStore:
+    return ModelStore.from_url(settings.model_store_url, settings.model_cache_dir)
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_models_lists_versions_with_metrics_and_the_serving_one(
     ]
     assert listing["versions"][1]["metrics"] == {"score": 0.9}
     assert listing["versions"][1]["origin"] == "pipeline"
-    assert store(settings).serving().version == "v2"  # type: ignore[union-attr]
+    assert two_versions.app.state.serving.pointer.get().version == "v2"  # type: ignore[attr-defined]
     assert two_versions.get("/models").status_code == 401
 
 
@@ -181,7 +181,7 @@ def test_rollback_refusals(
     assert rollback({"version": "v1"}, user_headers)[0] == 403
 
     # A stored file changed behind the store's back: never unpickled, v2 keeps serving.
-    (settings.versions_dir / "v1" / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    (Path(settings.model_store_url) / "v1" / MODEL_FILE).write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     status, detail = rollback({"version": "v1"})
     assert status == 409 and "does not match" in str(detail)
     assert two_versions.post("/predict", json=BODY, headers=user_headers).json()["model_version"] == "v2"
@@ -230,7 +230,7 @@ def test_rollback_succeeds_and_reports_when_mlflow_is_unreachable(
     metadata = json.loads((registered / METADATA_FILE).read_text())
     metadata |= {"registered_model": "predictor", "registered_version": "7"}
     (registered / METADATA_FILE).write_text(json.dumps(metadata))
-    store(settings).add(registered, VersionRecord(origin="retrain", recorded_at=now()))
+    store(settings).publish(registered, VersionRecord(origin="retrain", recorded_at=now()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
 
     answer = client.post("/model/rollback", json={"version": "v3"}, headers=admin_headers)

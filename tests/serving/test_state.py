@@ -1,5 +1,5 @@
-"""The served-model swap and the versions store, without HTTP: what a reload, a rollback and another
-worker's change do to ServingState."""
+"""The served-model swap, the model store and the serving pointer, without HTTP: what a reload, a
+rollback and another replica's change do to ServingState."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ import pytest
 
 from app.core.artifacts import MODEL_FILE
 from app.core.loading import ChecksumMismatch, ModelLoadError
-from app.core.versions import UnknownVersion, VersionRecord, VersionStore, now
+from app.core.model_store import ModelStore, UnknownVersion
+from app.db.pointer import DatabasePointer
+from app.db.session import Database
 from app.serving.state import ServingState
 from tests.support.models import write_model
 
 
-def _state(tmp_path: Path) -> ServingState:
-    return ServingState(tmp_path / "models", max_rows=10, drift=None, versions_dir=tmp_path / "versions")
+def _state(tmp_path: Path, model_dir: str = "models") -> ServingState:
+    database = Database(f"sqlite:///{tmp_path}/predictor.db")
+    database.migrate()
+    store = ModelStore.from_url(str(tmp_path / "versions"), tmp_path / "cache")
+    return ServingState(
+        tmp_path / model_dir, max_rows=10, drift=None, store=store, pointer=DatabasePointer(database.session)
+    )
 
 
 def test_start_up_serves_model_dir_and_records_it_as_a_version(tmp_path: Path):
@@ -25,7 +32,7 @@ def test_start_up_serves_model_dir_and_records_it_as_a_version(tmp_path: Path):
     state.load_initial()
     assert state.current is not None and state.current.version == "v1"
     assert [version for version, _ in state.store.versions()] == ["v1"]
-    pointer = state.store.serving()
+    pointer = state.pointer.get()
     assert pointer is not None and pointer.version == "v1"
 
 
@@ -47,30 +54,38 @@ def test_a_refused_reload_keeps_the_old_model_serving(tmp_path: Path):
     assert state.current is before
 
 
-def test_rollback_serves_a_stored_version_and_moves_serving_json(tmp_path: Path):
+def test_rollback_serves_a_stored_version_and_moves_the_pointer(tmp_path: Path):
     write_model(tmp_path / "models", version="v1")
     state = _state(tmp_path)
     state.load_initial()
     write_model(tmp_path / "models", version="v2")
     assert state.reload().version == "v2"
     assert state.serve_version("v1", reason="rollback by test").version == "v1"
-    pointer = state.store.serving()
+    pointer = state.pointer.get()
     assert pointer is not None and (pointer.version, pointer.reason) == ("v1", "rollback by test")
     with pytest.raises(UnknownVersion):
         state.serve_version("v9", reason="no such version")
     assert state.current is not None and state.current.version == "v1"
 
 
-def test_another_worker_follows_serving_json(tmp_path: Path):
+def test_another_replica_follows_the_pointer(tmp_path: Path):
     write_model(tmp_path / "models", version="v1")
-    first, second = _state(tmp_path), _state(tmp_path)
+    first, second = _state(tmp_path), _state(tmp_path, model_dir="no-models-here")
     first.load_initial()
     write_model(tmp_path / "models", version="v2")
     first.reload()
-    second.load_initial()  # starts on v2, the pipeline's latest output
-    first.serve_version("v1", reason="rollback in worker one")
+    second.load_initial()  # no model folder of its own: serves what the pointer names
+    assert second.current is not None and second.current.version == "v2"
+    first.serve_version("v1", reason="rollback in replica one")
     second.sync()
     assert second.current is not None and second.current.version == "v1"
+
+
+def test_a_replica_with_nothing_published_says_how_to_get_a_model(tmp_path: Path):
+    state = _state(tmp_path, model_dir="empty")
+    state.load_initial()
+    assert state.current is None
+    assert state.error is not None and "models publish --serve" in state.error
 
 
 def test_readers_see_the_old_or_the_new_model_never_a_half_loaded_one(tmp_path: Path):
@@ -98,26 +113,13 @@ def test_readers_see_the_old_or_the_new_model_never_a_half_loaded_one(tmp_path: 
     assert seen and set(seen) <= {"v1", "v2"}  # never None, never anything half-made
 
 
-def test_the_store_keeps_a_version_once_and_refuses_path_tricks(tmp_path: Path):
-    write_model(tmp_path / "models", version="v1")
-    store = VersionStore(tmp_path / "versions")
-    record = VersionRecord(origin="pipeline", recorded_at=now())
-    assert store.add(tmp_path / "models", record) == "v1"
-    assert store.add(tmp_path / "models", record) == "v1"  # already stored: left as it is
-    assert [v for v, _ in store.versions()] == ["v1"]
-    for trick in ("..", "../etc", "jobs", "a/b"):
-        assert not store.exists(trick)
-        with pytest.raises(UnknownVersion):
-            store.path(trick)
-
-
 def test_a_broken_stored_version_is_refused_and_the_current_one_serves(tmp_path: Path):
     write_model(tmp_path / "models", version="v1")
     state = _state(tmp_path)
     state.load_initial()
     write_model(tmp_path / "models", version="v2")
     state.reload()
-    (state.store.path("v1") / MODEL_FILE).write_bytes(b"broken")
+    (tmp_path / "versions" / "v1" / MODEL_FILE).write_bytes(b"broken")
     with pytest.raises(ModelLoadError):
         state.serve_version("v1", reason="rollback")
     assert state.current is not None and state.current.version == "v2"

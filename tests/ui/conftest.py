@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
-from app.core.versions import VersionRecord, VersionStore, now
+from app.core.model_store import ModelStore, VersionRecord, now
 from tests.support.models import add_candidate, write_model
 from tests.support.paths import ROOT
 from tests.support.servers import api_server
@@ -26,11 +26,11 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     add_candidate(folder / "models", "knn", 0.95)
     # An older version in the store, to roll back to.
     write_model(folder / "older", "iris", version="2026-11-22T08-00-00")
-    VersionStore(folder / "versions").add(
+    ModelStore.from_url(str(folder / "versions"), folder / "cache").publish(
         folder / "older", VersionRecord(origin="pipeline", recorded_at=now())
     )
     settings = {
-        "VERSIONS_DIR": str(folder / "versions"),
+        "MODEL_STORE_URL": str(folder / "versions"),
         # A job started from the UI tests fails fast: there is no params file in this folder.
         "TRAIN_PARAMS": str(folder / "params.yaml"),
         "ACCESS_TOKEN_EXPIRE_MINUTES": "5",

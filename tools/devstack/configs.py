@@ -20,7 +20,7 @@ WEBHOOK_PLACEHOLDER = "${ALERT_WEBHOOK_URL}"
 def render_prometheus(
     out: Path,
     *,
-    api: str = "api:8000",
+    api: str | list[str] = "api:8000",  # one API, or every replica's host:port
     alertmanager: str = "alertmanager:9093",
     prometheus: str = "localhost:9090",
     token: str = "metrics-token",  # noqa: S107 (a placeholder the caller replaces)
@@ -48,7 +48,7 @@ def render_prometheus(
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager]
     for job in config["scrape_configs"]:
         if job["job_name"] == "predictor-api":
-            job["static_configs"][0]["targets"] = [api]
+            job["static_configs"][0]["targets"] = [api] if isinstance(api, str) else list(api)
             job["authorization"]["credentials_file"] = str(token_file)
         elif job["job_name"] == "prometheus":
             job["static_configs"][0]["targets"] = [prometheus]

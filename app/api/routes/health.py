@@ -20,6 +20,9 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     model_version: str
+    # "ok", or why the model store did not answer: the replica keeps serving what it has, but
+    # cannot follow a new version until the store answers again.
+    model_store: str
 
 
 @router.get("/health")
@@ -35,7 +38,7 @@ def health(serving: ServingDep) -> Health:
     responses={503: {"model": ErrorDetail, "description": "Model not loaded or database down"}},
 )
 def ready(serving: ServingDep, database: DatabaseDep) -> Ready | JSONResponse:
-    """Readiness: a model is loaded and the database answers."""
+    """Readiness: a model is loaded and the database answers (and whether the model store does)."""
     current = serving.current
     if current is None:
         return JSONResponse({"detail": f"model not loaded: {serving.error}"}, status_code=503)
@@ -43,4 +46,5 @@ def ready(serving: ServingDep, database: DatabaseDep) -> Ready | JSONResponse:
         database.ping()
     except Exception as exc:
         return JSONResponse({"detail": f"database unavailable: {type(exc).__name__}"}, status_code=503)
-    return Ready(status="ready", model_version=current.version)
+    store = "ok" if serving.store_error is None else f"unreachable: {serving.store_error}"
+    return Ready(status="ready", model_version=current.version, model_store=store)

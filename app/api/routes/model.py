@@ -12,11 +12,11 @@ from app.api.errors import ErrorDetail
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome, GateOutcome
-from app.core.versions import UnknownVersion
+from app.core.model_store import StoreUnavailable, UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
-from app.serving.jobs import update_champion_alias
 from app.serving.predictor import Predictor
+from app.serving.retraining import update_champion_alias
 
 router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
@@ -38,10 +38,21 @@ def model_info(_: ClaimsDep, predictor: PredictorDep) -> ModelInfo:
     )
 
 
+_STORE_DOWN = {"model": ErrorDetail, "description": "The model store does not answer: nothing changed"}
+
+
+def _store_unavailable(exc: StoreUnavailable) -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model store unavailable: {exc}")
+
+
 def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
     """Load-then-swap, counted and logged; a model that fails verification answers 409."""
     try:
         new = load()
+    except StoreUnavailable as exc:
+        MODEL_RELOADS.labels(result="refused").inc()
+        log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
+        raise _store_unavailable(exc) from None
     except ModelLoadError as exc:
         MODEL_RELOADS.labels(result="refused").inc()
         log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
@@ -71,7 +82,8 @@ _REFUSED = {
 
 @router.post("/model/reload", responses={409: _REFUSED})
 def reload_model(admin: AdminDep, serving: ServingDep) -> ReloadResponse:
-    """Load the model directory again; the old model serves until the new one is verified."""
+    """Load this replica's model directory (MODEL_DIR) again, publish it and serve it on every replica;
+    the old model serves until the new one is verified."""
     previous = serving.current
     new = _swap("reload", admin, serving.reload)
     return ReloadResponse(previous_version=previous.version if previous else None, model_version=new.version)
@@ -101,16 +113,19 @@ class VersionsResponse(BaseModel):
     versions: list[ModelVersion]
 
 
-@router.get("/models")
+@router.get("/models", responses={503: _STORE_DOWN})
 def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
     """Every stored model version, newest first, with its metrics and which one is serving."""
     current = serving.current
     serving_version = current.version if current else None
     store = serving.store
+    try:
+        # A version being published or damaged is left out by versions(): listed once it reads.
+        stored = [(meta, store.record(version)) for version, meta in store.versions()]
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc) from None
     versions: list[ModelVersion] = []
-    # A folder being written or damaged is left out by versions(): listed once it reads.
-    for version, meta in store.versions():
-        record = store.record(version)
+    for meta, record in stored:
         versions.append(
             ModelVersion(
                 version=meta.version,
@@ -141,10 +156,15 @@ class RollbackRequest(BaseModel):
 
 @router.post(
     "/model/rollback",
-    responses={404: {"model": ErrorDetail, "description": "No such version in the store"}, 409: _REFUSED},
+    responses={
+        404: {"model": ErrorDetail, "description": "No such version in the store"},
+        409: _REFUSED,
+        503: _STORE_DOWN,
+    },
 )
 def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> RollbackResponse:
-    """Serve a stored version again (checksums verified first); MLflow's `champion` alias follows."""
+    """Serve a stored version again (checksums verified first) on every replica; MLflow's `champion`
+    alias follows."""
     previous = serving.current
     try:
         new = _swap(

@@ -1,7 +1,7 @@
-"""Retraining from the API: POST /train starts a background job, GET /train/{id} follows it.
+"""Retraining from the API: POST /train queues a job, GET /train/{id} follows it.
 
-The job runs the pipeline's own stages in a subprocess (app.serving.jobs); nothing of
-the training side is imported here.
+Jobs live in the database, so any replica answers for any job; a worker (python -m app.worker)
+runs them, the pipeline's own stages in a subprocess. Nothing of the training side is imported here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import AdminDep, JobsDep
 from app.api.errors import ErrorDetail
 from app.api.uploads import TRAINING_UPLOAD_DOC, TrainingUploadDep
-from app.serving.jobs import Job, JobConflict, UnknownJob
+from app.core.messages import Job
+from app.db.jobs import JobConflict, UnknownJob
 
 router = APIRouter(tags=["train"])
 
@@ -38,7 +39,7 @@ async def start_training(
     data = upload.data if upload is not None else None
     name = upload.filename if upload is not None else None
     try:
-        # Writes the upload to disk: off the event loop.
+        # Writes the upload to the database: off the event loop.
         job = await run_in_threadpool(jobs.submit, admin.username, data, name)
     except JobConflict:
         raise HTTPException(
@@ -55,6 +56,7 @@ async def start_training(
 )
 def training_status(job_id: str, _: AdminDep, jobs: JobsDep) -> Job:
     """queued, running, succeeded (with the metrics, the gate and whether it was promoted) or failed (why)."""
+    # A job whose worker died is failed here once its lease ran out, so it never stays "running".
     try:
         return jobs.get(job_id)
     except UnknownJob:

@@ -1,0 +1,31 @@
+"""Which model version serves: one pointer for the whole deployment, and the interface to it.
+
+Every replica reads it every WATCH_SECONDS and serves the version it names; a promotion,
+rollback or `models publish --serve` moves it. The service keeps it in the SQL database
+(app/db/pointer.py), so replicas on many machines agree without sharing a disk.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ServingPointer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    since: str
+    reason: str
+    # The version MODEL_DIR held when this was decided: once the pipeline writes another one, a
+    # replica that has that newer output serves it at its next start rather than this choice.
+    model_dir_version: str | None = None
+
+
+class PointerStore(Protocol):
+    def get(self) -> ServingPointer | None:
+        """The pointer, or None before any version was served. Raises when the store does not answer."""
+        ...
+
+    def set(self, pointer: ServingPointer) -> None: ...

@@ -1,0 +1,58 @@
+"""The serving pointer kept in the SQL database: one row, read by every replica every WATCH_SECONDS.
+
+It implements app.core.serving_pointer.PointerStore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.serving_pointer import ServingPointer
+from app.db.models import ServingPointerRow
+
+_ROW_ID = 1
+
+
+class DatabasePointer:
+    def __init__(self, sessions: Callable[[], AbstractContextManager[Session]]) -> None:
+        self._sessions = sessions
+
+    def get(self) -> ServingPointer | None:
+        with self._sessions() as session:
+            row = session.scalar(select(ServingPointerRow).where(ServingPointerRow.id == _ROW_ID))
+            if row is None:
+                return None
+            return ServingPointer(
+                version=row.version,
+                since=row.since,
+                reason=row.reason[:255],
+                model_dir_version=row.model_dir_version,
+            )
+
+    def set(self, pointer: ServingPointer) -> None:
+        values = {
+            "version": pointer.version,
+            "since": pointer.since,
+            "reason": pointer.reason[:255],
+            "model_dir_version": pointer.model_dir_version,
+        }
+        with self._sessions() as session:
+            changed = session.execute(
+                update(ServingPointerRow).where(ServingPointerRow.id == _ROW_ID).values(**values)
+            )
+            if getattr(changed, "rowcount", 0) == 0:
+                session.add(ServingPointerRow(id=_ROW_ID, **values))
+            try:
+                session.commit()
+            except IntegrityError:
+                # Another replica wrote the first pointer meanwhile: the later decision wins.
+                session.rollback()
+                session.execute(
+                    update(ServingPointerRow).where(ServingPointerRow.id == _ROW_ID).values(**values)
+                )
+                session.commit()
