@@ -25,7 +25,7 @@ ALERTS = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["
 ALERT_NAMES = [rule["alert"] for rule in ALERTS]
 EXPECTED_ALERTS = {
     "APIDown", "HighErrorRate", "HighLatencyP95", "AuthFailureSpike", "ModelNotLoaded",
-    "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel",
+    "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel", "ModelStoreUnreachable", "ReplicasDisagree",
 }  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def test_shipped_config_scrapes_the_api_with_a_bearer_token_and_loads_the_rules(
 
 def test_rules_are_valid():
     out = run(tool("promtool"), "check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
-    assert "SUCCESS: 9 rules found" in out
+    assert "SUCCESS: 11 rules found" in out
 
 
 def test_alert_unit_tests_pass():
