@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -117,7 +120,28 @@ def run(job_dir: Path, request: RetrainRequest) -> RetrainSucceeded:
     )
 
 
+# Set by the worker that starts this job: a job whose worker died (kill -9) must not train on unseen.
+PARENT_PID = "PREDICTOR_PARENT_PID"
+
+
+def _exit_with_parent() -> None:
+    """A daemon thread that ends this process once the worker that started it is gone (its lease is
+    lost with it: the job is failed, and what this process would publish is nobody's)."""
+    parent = os.environ.get(PARENT_PID)
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while str(os.getppid()) == parent:
+            time.sleep(1)
+        print("retrain: the worker that started this job is gone: stopping", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> None:
+    _exit_with_parent()
     parser = argparse.ArgumentParser(
         prog="python -m app.pipeline.retrain", description=__doc__.split("\n")[0]
     )

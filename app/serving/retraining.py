@@ -10,6 +10,7 @@ it, and every replica follows within WATCH_SECONDS.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,9 @@ class Retrainer:
         """Run the training process; None when it ended by itself, else why it was stopped."""
         command = [sys.executable, "-m", "app.pipeline.retrain", str(folder)]
         with (folder / LOG_FILE).open("w") as sink:
-            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+            # The job stops itself if this worker dies (app.pipeline.retrain watches its parent).
+            env = os.environ | {"PREDICTOR_PARENT_PID": str(os.getpid())}
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
             try:
                 waited = 0.0
                 while process.poll() is None:
