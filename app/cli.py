@@ -129,6 +129,8 @@ def publish(
     """Publish MODEL_DIR (models/, what dvc repro wrote) as a version in MODEL_STORE_URL."""
     from app.publish import PublishError, publish_model_dir
 
+    if force and not serve:
+        raise typer.BadParameter("it skips the promotion gate of --serve: use both", param_hint="--force")
     try:
         settings = get_settings()
     except ValidationError as exc:

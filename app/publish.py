@@ -34,6 +34,10 @@ def _gate(settings: Settings, challenger: ModelMetadata, store: ModelStore, cham
     from app.pipeline import layout
     from app.pipeline.retrain import gate
 
+    if challenger.metric not in challenger.metrics:
+        raise PublishError(
+            f"{settings.model_dir} has no test {challenger.metric} to pass the gate with: run `dvc repro`"
+        )
     try:
         champion_dir = store.fetch(champion)
     except (UnknownVersion, ModelLoadError) as exc:
@@ -68,9 +72,11 @@ def _publish(
     force: bool,
 ) -> Iterator[str]:
     version = metadata.version
+    stored = store.exists(version)  # versions are never overwritten: publishing again changes nothing
+    published = f"{'already in' if stored else 'published to'} {store.url}: {version}"
     if not serve:
         store.publish(settings.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
-        yield f"published {version} to {store.url}"
+        yield published
         return
     bootstrap(database, settings)  # the pointer's table, on a database nothing has started on yet
     pointer = DatabasePointer(database.session)
@@ -83,7 +89,7 @@ def _publish(
         origin="pipeline", recorded_at=now(), status="accepted" if passed else "rejected", gate=outcome
     )
     store.publish(settings.model_dir, record)
-    yield f"published {version} to {store.url}"
+    yield published
     if not passed and current is not None and outcome is not None:
         yield f"kept as a rejected challenger: {outcome.reason}; still serving {current.version}"
         # dvc repro's train moved MLflow's alias to the new model: back to what serves.

@@ -25,7 +25,8 @@ ALERTS = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["
 ALERT_NAMES = [rule["alert"] for rule in ALERTS]
 EXPECTED_ALERTS = {
     "APIDown", "HighErrorRate", "HighLatencyP95", "AuthFailureSpike", "ModelNotLoaded",
-    "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel", "ModelStoreUnreachable", "ReplicasDisagree",
+    "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel",
+    "ModelStoreUnreachable", "ReplicasDisagree",
 }  # fmt: skip
 
 
