@@ -64,6 +64,9 @@ class ServingState:
         self.store_error: str | None = None
         # A version the pointer names that failed verification: not retried at every watch tick.
         self._refused: str | None = None
+        self._pointer_unread = False  # the database did not answer the last look
+        # A version the pointer names that the store has not given yet: logged once, retried every tick.
+        self._awaited: str | None = None
         # Serialises swaps; readers never take it.
         self._lock = threading.Lock()
 
@@ -146,6 +149,7 @@ class ServingState:
         self._served = served
         self._error = None
         self._refused = None
+        self._awaited = None
         meta = served.predictor.metadata
         metrics.model_served(
             meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), served.predictor.labels
@@ -223,8 +227,13 @@ class ServingState:
         try:
             pointer = self.pointer.get()
         except Exception as exc:  # the database did not answer: keep serving, look again next tick
-            log.warning("serving pointer not read: %s", exc)
+            if not self._pointer_unread:  # once per outage, not every WATCH_SECONDS
+                log.warning("serving pointer not read, still serving what this replica has: %s", exc)
+            self._pointer_unread = True
             return
+        if self._pointer_unread:
+            log.info("serving pointer read again")
+            self._pointer_unread = False
         current = self.current
         if pointer is None or (current is not None and current.version == pointer.version):
             self.check_store()
@@ -235,9 +244,9 @@ class ServingState:
             self.serve_version(pointer.version)
             log.info("now serving version %s (%s)", pointer.version, pointer.reason)
         except StoreUnavailable as exc:
-            log.warning(
-                "version %s not fetched, still serving what this replica has: %s", pointer.version, exc
-            )
+            if pointer.version != self._awaited:
+                log.warning("version %s not fetched, still serving what it has: %s", pointer.version, exc)
+            self._awaited = pointer.version
         except (ModelLoadError, UnknownVersion) as exc:
             self._refused = pointer.version
             log.warning(
