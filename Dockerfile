@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image for the Python side. docker-compose.yml runs it four ways: the trainer (dvc repro, then
-# dvc push), the API (the default command), the MLflow tracking server and the web UI (streamlit).
+# One image for the Python side. docker-compose.yml runs it five ways: the trainer (dvc repro, dvc push,
+# then `python -m app.cli models publish --serve`), the API replicas (the default command), the
+# retraining worker (python -m app.worker), the MLflow tracking server and the web UI (streamlit).
 
 # Pinned: a rebuild months later gets the same interpreter and Debian release.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -30,11 +31,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_DIR=/srv/models \
-    VERSIONS_DIR=/srv/versions
+    MODEL_STORE_URL=/srv/versions \
+    MODEL_CACHE_DIR=/srv/cache \
+    JOBS_DIR=/srv/jobs
+# MODEL_DIR stays empty here: a replica serves the version the database's serving pointer names, from
+# MODEL_STORE_URL (a folder is enough for one container; compose and the chart set s3://...), through
+# its own MODEL_CACHE_DIR. The trainer sets MODEL_DIR=/app/models (what dvc repro writes); the worker
+# trains in JOBS_DIR.
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app \
- && mkdir -p /app /srv/models /srv/versions \
- && chown app:app /app /srv/models /srv/versions
+ && mkdir -p /app /srv/models /srv/versions /srv/cache /srv/jobs \
+ && chown app:app /app /srv/models /srv/versions /srv/cache /srv/jobs
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 # The code runs from /app rather than being installed: dvc.yaml lists app/ files as stage
@@ -47,7 +54,7 @@ USER app
 # No git inside the image: dvc works without an SCM.
 RUN dvc config --local core.no_scm true
 EXPOSE 8000
-# No curl in slim images: python checks liveness. Services other than the API override this.
+# No curl in slim images: python checks liveness. Services other than the API replicas override this.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"
 CMD ["python", "-m", "app.serve"]

@@ -24,12 +24,15 @@ help:
 	@echo "make push / make pull          dvc push / dvc pull to the S3 remote (DVC_REMOTE_URL, DVC_S3_ENDPOINT_URL)"
 	@echo "make mlflow-ui                 open the local MLflow store on http://127.0.0.1:5000"
 	@echo "make bench                     load benchmark: this service against mlflow models serve (BENCH_QUICK=1: a shorter run)"
-	@echo "make stack / make stack-down   the docker-compose topology without Docker: S3 (moto), MLflow, train + push,"
-	@echo "                               API, Prometheus, Alertmanager on 127.0.0.1; stack-down stops it"
+	@echo "make stack / make stack-down   the docker-compose topology without Docker: S3 (moto), MLflow, train + push +"
+	@echo "                               publish, two API replicas and a worker behind nginx, Prometheus, Alertmanager"
+	@echo "                               on 127.0.0.1; stack-down stops it"
 	@echo "make stack-status              what make stack runs, where, and its log"
 	@echo "make obs-tools                 install Debian's prometheus and prometheus-alertmanager if missing"
+	@echo "make stack-tools               install Debian's nginx (make stack's load balancer) if missing"
+	@echo "make chart-tools               install checkov (the Helm chart's security scan) into .venv-chart"
 	@echo "make lock                      refresh requirements.lock from the pins in pyproject.toml"
-	@echo "make clean                     remove .venv and the pytest and ruff caches"
+	@echo "make clean                     remove .venv, .venv-chart and the pytest and ruff caches"
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -68,6 +71,14 @@ obs-tools:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			--no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
 
+# Debian's nginx: make stack's load balancer in front of the API replicas (it runs its own config from
+# .stack/; the package's service on port 80, if Debian starts one, is not used).
+.PHONY: stack-tools
+stack-tools:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends nginx >/dev/null; }
+
 # Debian's Chromium for the UI's end-to-end test (Playwright drives it; it downloads no browser).
 .PHONY: ui-tools
 ui-tools:
@@ -75,7 +86,22 @@ ui-tools:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 			--no-install-recommends chromium >/dev/null; }
 
-test: $(INSTALLED) obs-tools ui-tools
+# The Helm chart's security scan (tests/deploy/test_helm.py). checkov pins dozens of packages at versions
+# of its own, so it gets a venv of its own, from deploy/helm/checkov.lock, rebuilt only when that changes.
+# Its .gitignore keeps git and ruff out of it (Python 3.11's venv does not write one).
+CHART_VENV := .venv-chart
+CHART_TOOLS := $(CHART_VENV)/.installed
+$(CHART_TOOLS): deploy/helm/checkov.lock
+	test -x $(CHART_VENV)/bin/python || $(PYTHON) -m venv $(CHART_VENV)
+	echo '*' > $(CHART_VENV)/.gitignore
+	$(CHART_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHART_VENV)/bin/python -m pip install --quiet --requirement deploy/helm/checkov.lock
+	touch $@
+
+.PHONY: chart-tools
+chart-tools: $(CHART_TOOLS)
+
+test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
@@ -105,7 +131,7 @@ lock:
 	.venv-lock/bin/pip freeze --exclude mlops-api-predictor > requirements.lock && rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHART_VENV) .pytest_cache .ruff_cache
 
 # The DVC remote: bucket and endpoint from DVC_REMOTE_URL / DVC_S3_ENDPOINT_URL (see .env.example).
 .PHONY: push pull
@@ -118,9 +144,10 @@ pull: $(INSTALLED)
 	$(BIN)/dvc pull
 
 # The docker-compose topology without Docker (tools/devstack): state, logs and configs in .stack/.
-# Ports: STACK_S3_PORT, STACK_MLFLOW_PORT, STACK_API_PORT, STACK_PROMETHEUS_PORT, STACK_ALERTMANAGER_PORT.
+# Ports: STACK_S3_PORT, STACK_MLFLOW_PORT, STACK_API_PORT (nginx), STACK_API_REPLICA_PORTS (8001,8002),
+# STACK_PROMETHEUS_PORT, STACK_ALERTMANAGER_PORT.
 .PHONY: stack stack-down stack-status
-stack: $(INSTALLED) obs-tools
+stack: $(INSTALLED) obs-tools stack-tools
 	$(BIN)/python -m tools.devstack up
 
 # Stops whatever `make stack` started, even after a failed start, and restores .dvc/config.local.

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The values .env.example ships with: fine on a laptop, refused in production.
@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
+
+    @field_validator("start_worker", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # START_WORKER= in .env (as .env.example ships it) means "decide from DATABASE_URL".
+        return None if value == "" else value
 
     @property
     def embedded_worker(self) -> bool:

@@ -17,6 +17,10 @@ SERVICES = COMPOSE["services"]
 PROMETHEUS = yaml.safe_load((ROOT / "dashboards/prometheus/prometheus.yml").read_text())
 GRAFANA = ROOT / "dashboards" / "grafana"
 ONE_SHOT = {"minio-init", "trainer"}
+# The API replicas: the image's default command (python -m app.serve).
+REPLICAS = sorted(
+    name for name, service in SERVICES.items() if "build" in service and "command" not in service
+)
 # ${VAR}, ${VAR:-default}, ${VAR:?message}; $${VAR} is an escape for the container's shell.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 
@@ -28,6 +32,7 @@ VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 # - minio/mc: mc on a ubi-micro base, which has sh.
 # - prom/prometheus, prom/alertmanager: built on prom/busybox, so sh, wget and sed are busybox applets.
 # - grafana/grafana: Alpine-based, busybox wget and sh.
+# - nginx (the -alpine variant): busybox sh and wget; the image adds curl.
 IMAGE_TOOLS = {
     "mlops-api-predictor": {"python", "sh", "dvc", "mlflow"},
     "postgres": {"pg_isready", "psql", "sh"},
@@ -36,6 +41,7 @@ IMAGE_TOOLS = {
     "prom/prometheus": {"prometheus", "promtool", "sh", "wget", "sed"},
     "prom/alertmanager": {"alertmanager", "amtool", "sh", "wget", "sed"},
     "grafana/grafana": {"grafana", "sh", "wget"},
+    "nginx": {"nginx", "sh", "wget", "curl"},
 }
 
 
@@ -44,7 +50,9 @@ def repository(service: dict) -> str:
 
 
 def container_ports(service: dict) -> set[int]:
-    return {int(str(mapping).rsplit(":", 1)[-1].split("/")[0]) for mapping in service.get("ports", [])}
+    """The ports it listens on in its container: published (`ports`) or for the network only (`expose`)."""
+    mappings = [*service.get("ports", []), *service.get("expose", [])]
+    return {int(str(mapping).rsplit(":", 1)[-1].split("/")[0]) for mapping in mappings}
 
 
 def test_validates_against_the_compose_spec():
@@ -59,13 +67,15 @@ def test_validates_against_the_compose_spec():
 
 
 def test_the_issue_services_are_all_there():
-    expected = {"postgres", "minio", "minio-init", "mlflow", "trainer", "api", "prometheus", "alertmanager"}
-    assert expected | {"grafana"} <= set(SERVICES)
+    expected = {"postgres", "minio", "minio-init", "mlflow", "trainer", "prometheus", "alertmanager"}
+    expected |= {"api-1", "api-2", "worker", "lb"}
+    assert expected | {"grafana", "ui"} <= set(SERVICES)
+    assert REPLICAS == ["api-1", "api-2"]
 
 
 def test_build_contexts_and_dockerfiles_exist():
     built = {name: service["build"] for name, service in SERVICES.items() if "build" in service}
-    assert {"trainer", "api", "mlflow"} <= set(built)
+    assert {"trainer", "api-1", "api-2", "worker", "mlflow", "ui"} <= set(built)
     for name, build in built.items():
         context = ROOT / build["context"]
         assert context.is_dir(), f"{name}: build context {context} missing"
@@ -95,10 +105,13 @@ def test_named_volumes_are_declared_and_used():
         if not volume.startswith((".", "/"))
     }
     assert used == declared
-    # The trainer writes the models the API reads, read-only there.
-    assert "models:/srv/models" in SERVICES["trainer"]["volumes"]
-    assert "models:/srv/models:ro" in SERVICES["api"]["volumes"]
-    assert SERVICES["api"]["environment"]["MODEL_DIR"] == "/srv/models"
+
+
+def test_the_python_services_share_no_disk():
+    """Stateless: versions go through the model store, jobs and the pointer through the database."""
+    for name in [*REPLICAS, "worker", "trainer"]:
+        assert not SERVICES[name].get("volumes"), f"{name} mounts {SERVICES[name]['volumes']}"
+        assert "VERSIONS_DIR" not in SERVICES[name]["environment"], name
 
 
 def test_every_service_has_a_healthcheck_and_servers_restart():
@@ -111,25 +124,75 @@ def test_every_service_has_a_healthcheck_and_servers_restart():
 
 
 def test_start_order():
-    api = SERVICES["api"]["depends_on"]
-    assert api["trainer"]["condition"] == "service_completed_successfully"
-    assert api["postgres"]["condition"] == "service_healthy"
+    # A replica needs the database and the store's bucket, not a model: it serves what the trainer
+    # publishes once it does, without a restart.
+    for name in [*REPLICAS, "worker"]:
+        depends = SERVICES[name]["depends_on"]
+        assert "trainer" not in depends, name
+        assert depends["postgres"]["condition"] == "service_healthy", name
+        assert depends["minio-init"]["condition"] == "service_completed_successfully", name
     assert SERVICES["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert SERVICES["trainer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert set(SERVICES["lb"]["depends_on"]) == set(REPLICAS)
+    assert SERVICES["ui"]["depends_on"]["lb"]["condition"] == "service_healthy"
     assert SERVICES["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     # Every dependency names a service of this file.
     for name, service in SERVICES.items():
         assert set(service.get("depends_on", {})) <= set(SERVICES), name
 
 
-def test_the_trainer_reproduces_pushes_and_fills_the_models_volume():
+def test_the_trainer_reproduces_pushes_and_publishes():
     script = SERVICES["trainer"]["command"][-1]
     steps = [step.strip() for step in script.split("&&")]
-    assert steps[:3] == ["dvc repro", "python -m app.pipeline.remote", "dvc push"]
-    assert steps[-1].endswith("/srv/models/")
+    assert steps == [
+        "dvc repro",
+        "python -m app.pipeline.remote",
+        "dvc push",
+        "python -m app.cli models publish --serve",
+    ]
     env = SERVICES["trainer"]["environment"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["DVC_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert env["DVC_REMOTE_URL"].startswith("s3://")
+    # `models publish` reads what dvc repro wrote in the image's WORKDIR, not the replicas' MODEL_DIR.
+    assert env["MODEL_DIR"] == "/app/models"
+
+
+def test_every_process_shares_one_database_store_and_secret():
+    sharing = [*REPLICAS, "worker", "trainer"]
+    for key in ("DATABASE_URL", "MODEL_STORE_URL", "SECRET_KEY", "ADMIN_PASSWORD", "AWS_ACCESS_KEY_ID"):
+        values = {SERVICES[name]["environment"][key] for name in sharing}
+        assert len(values) == 1, (key, values)
+    env = SERVICES["worker"]["environment"]
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["DATABASE_URL"].endswith("@postgres:5432/${POSTGRES_DB}")
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # Each process caches what it downloads in its own container.
+    assert all(SERVICES[name]["environment"]["MODEL_CACHE_DIR"] == "/srv/cache" for name in sharing)
+
+
+def test_the_model_store_bucket_is_created_by_minio_init():
+    store = SERVICES["worker"]["environment"]["MODEL_STORE_URL"]
+    match = re.fullmatch(r"s3://\$\{MODEL_BUCKET:-([\w.-]+)\}/versions", store)
+    assert match, store
+    init = SERVICES["minio-init"]
+    assert init["environment"]["MODEL_BUCKET"] == f"${{MODEL_BUCKET:-{match[1]}}}"
+    assert '"local/$$MODEL_BUCKET"' in init["command"][0]
+
+
+def test_replicas_run_the_api_only_and_the_worker_runs_the_jobs():
+    first = SERVICES[REPLICAS[0]]
+    for name in REPLICAS:
+        service = SERVICES[name]
+        assert service == first, f"{name} differs from {REPLICAS[0]}"
+        assert service["environment"]["START_WORKER"] == "false"
+        assert "ports" not in service, f"{name} publishes a port: clients go through lb"
+        assert container_ports(service) == {int(service["environment"]["PORT"])}
+    worker = SERVICES["worker"]
+    assert worker["command"] == ["python", "-m", "app.worker"]
+    assert worker["environment"]["JOBS_DIR"] == "/srv/jobs"
+    assert "ports" not in worker and "expose" not in worker
 
 
 def test_mlflow_uses_postgres_and_minio_on_both_sides():
@@ -142,6 +205,17 @@ def test_mlflow_uses_postgres_and_minio_on_both_sides():
     # The database MLflow uses is created by the init script postgres mounts.
     init = [v for v in SERVICES["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
     assert "CREATE DATABASE mlflow" in (ROOT / init[0].split(":")[0]).read_text()
+
+
+def test_the_load_balancer_is_the_one_published_api_port():
+    published = {
+        name: container_ports({"ports": service["ports"]})
+        for name, service in SERVICES.items()
+        if "ports" in service
+    }
+    assert [name for name, ports in published.items() if 8000 in ports] == ["lb"]
+    assert SERVICES["lb"]["ports"] == ["8000:8000"]
+    assert SERVICES["ui"]["environment"]["API_URL"] == "http://lb:8000"
 
 
 def scrape_targets() -> list[tuple[str, str]]:
@@ -169,9 +243,9 @@ def test_prometheus_targets_are_compose_services_on_their_ports(job, target):
     assert int(port) in container_ports(SERVICES[service]), f"{job}: {service} does not listen on {port}"
 
 
-def test_the_api_listens_where_prometheus_scrapes():
-    assert ("predictor-api", "api:8000") in scrape_targets()
-    assert SERVICES["api"]["environment"]["PORT"] == "8000"
+def test_prometheus_scrapes_every_replica_and_not_the_load_balancer():
+    targets = {target for job, target in scrape_targets() if job == "predictor-api"}
+    assert targets == {f"{name}:{SERVICES[name]['environment']['PORT']}" for name in REPLICAS}
 
 
 def test_prometheus_gets_the_metrics_token_file_it_reads():
@@ -179,7 +253,8 @@ def test_prometheus_gets_the_metrics_token_file_it_reads():
     mounted = {secret["target"]: secret["source"] for secret in SERVICES["prometheus"]["secrets"]}
     source = mounted[job["authorization"]["credentials_file"]]
     assert COMPOSE["secrets"][source] == {"environment": "METRICS_TOKEN"}
-    assert SERVICES["api"]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN")
+    for name in REPLICAS:
+        assert SERVICES[name]["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN")
     # And the rule files it loads are mounted beside the config.
     volumes = SERVICES["prometheus"]["volumes"]
     assert "./dashboards/prometheus/rules:/etc/prometheus/rules:ro" in volumes

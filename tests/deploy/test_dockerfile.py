@@ -172,3 +172,25 @@ def test_has_a_healthcheck_that_needs_no_curl():
 def test_default_command_serves_the_api():
     commands = [arguments for keyword, arguments in stages()[-1] if keyword == "CMD"]
     assert commands[-1] == '["python", "-m", "app.serve"]'
+
+
+def runtime_env() -> dict[str, str]:
+    env = {}
+    for keyword, arguments in stages()[-1]:
+        if keyword == "ENV":
+            env.update(pair.partition("=")[::2] for pair in shlex.split(arguments))
+    return env
+
+
+def test_the_model_store_cache_and_jobs_are_folders_the_app_user_owns():
+    """The defaults for one container; compose and the chart point MODEL_STORE_URL at S3."""
+    env = runtime_env()
+    assert "VERSIONS_DIR" not in env
+    assert env["MODEL_STORE_URL"] == "/srv/versions"
+    assert (env["MODEL_CACHE_DIR"], env["JOBS_DIR"]) == ("/srv/cache", "/srv/jobs")
+    folders = {env[name] for name in ("MODEL_DIR", "MODEL_STORE_URL", "MODEL_CACHE_DIR", "JOBS_DIR")}
+    run = next(args for keyword, args in stages()[-1] if keyword == "RUN" and "chown" in args)
+    created = run.split("mkdir -p", 1)[1].split("&&")[0].split()
+    owner, *owned = run.split("chown", 1)[1].split()
+    assert owner == "app:app"
+    assert folders <= set(created) and folders <= set(owned)

@@ -79,3 +79,13 @@ def test_the_app_refuses_to_start_in_production_with_the_example_secret(tmp_path
     assert result.stderr.strip().splitlines() == [
         "configuration error: SECRET_KEY is the example value: set a long random value for production"
     ]
+
+
+def test_start_worker_follows_the_database_unless_set() -> None:
+    from app.core.config import Settings
+
+    assert Settings(_env_file=None, start_worker="").embedded_worker is True  # SQLite by default
+    postgres = "postgresql+psycopg://u@h/db"
+    assert Settings(_env_file=None, start_worker="", database_url=postgres).embedded_worker is False
+    assert Settings(_env_file=None, start_worker="true", database_url=postgres).embedded_worker is True
+    assert Settings(_env_file=None, start_worker="false").embedded_worker is False

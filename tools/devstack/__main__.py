@@ -12,8 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.devstack", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     args = parser.parse_args(argv)
-    stack = Stack.from_env()
     try:
+        stack = Stack.from_env()
         if args.command == "up":
             up(stack)
         elif args.command == "down":

@@ -1,0 +1,119 @@
+"""deploy/nginx/predictor.conf, the load balancer in front of the API replicas: what compose mounts,
+read offline against the compose file and the app's own limits, then run by Debian's nginx the way
+`make stack` renders it (`nginx -t`; tests/deploy/test_devstack.py sends it real traffic)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.api.body_limit import MAX_BODY_BYTES, BodyTooLarge
+from app.observability.middleware import _SAFE_REQUEST_ID
+from tools.devstack import configs
+from tools.devstack.configs import NGINX_FILE, ROOT, render_nginx
+
+CONFIG = NGINX_FILE.read_text()
+SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+REPLICAS = sorted(
+    name for name, service in SERVICES.items() if "build" in service and "command" not in service
+)
+# nginx reads sizes in k/m units: the app counts bytes.
+UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def directives(name: str) -> list[str]:
+    """The arguments of every `name ...;` line, comments aside."""
+    return re.findall(rf"^[ \t]*{name}[ \t]+([^;#{{}}\n]*);", CONFIG, re.MULTILINE)
+
+
+def test_compose_mounts_it_as_the_images_server():
+    lb = SERVICES["lb"]
+    assert "./deploy/nginx/predictor.conf:/etc/nginx/conf.d/default.conf:ro" in lb["volumes"]
+    assert lb["image"].split(":")[0] == "nginx"
+
+
+def test_it_listens_where_compose_publishes_and_proxies_to_every_replica():
+    assert directives("listen") == ["8000"]
+    assert SERVICES["lb"]["ports"] == ["8000:8000"]
+    servers = [args.split()[0] for args in directives("server")]
+    assert servers == [f"{name}:{SERVICES[name]['environment']['PORT']}" for name in REPLICAS]
+    assert directives("proxy_pass") == ["http://predictor_api"]
+
+
+def test_replicas_are_resolved_again_through_dockers_dns():
+    """`resolve` (nginx >= 1.27.3, open source): a re-created replica's new address is followed."""
+    assert all(args.split()[1:] == ["resolve"] for args in directives("server"))
+    assert directives("resolver")[0].split()[0] == "127.0.0.11"
+    assert directives("zone")
+    tag = SERVICES["lb"]["image"].split(":")[1]
+    version = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)\.(\d+)", tag).groups())
+    assert version >= (1, 27, 3), tag
+
+
+def test_the_body_limit_is_the_apis_and_so_is_the_answer_past_it():
+    (size,) = directives("client_max_body_size")
+    number, unit = re.fullmatch(r"(\d+)([km]?)", size).groups()
+    assert int(number) * UNITS[unit] == MAX_BODY_BYTES
+    assert directives("error_page") == ["413 @body_too_large"]
+    body = re.search(r"location @body_too_large \{.*?return 413 '(.*?)';", CONFIG, re.DOTALL)
+    assert body and json.loads(body[1]) == {"detail": BodyTooLarge(MAX_BODY_BYTES).detail}
+
+
+def test_the_replicas_learn_who_called_and_how():
+    headers = dict(args.split(None, 1) for args in directives("proxy_set_header"))
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["Host"] == "$http_host"
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Request-ID"] == "$predictor_request_id"
+    # The uvicorn of each replica believes X-Forwarded-For from the network it is reached on.
+    assert all(SERVICES[name]["environment"]["FORWARDED_ALLOW_IPS"] == "*" for name in REPLICAS)
+
+
+def test_a_callers_request_id_is_kept_by_the_same_rule_as_the_api():
+    kept = re.search(
+        r'map \$http_x_request_id \$predictor_request_id \{\s*"~(.*?)" \$http_x_request_id;', CONFIG
+    )
+    assert kept and kept[1] == _SAFE_REQUEST_ID.pattern
+
+
+def test_metrics_are_not_served_through_the_balancer():
+    assert re.search(r"location = /metrics \{[^}]*return 404 ", CONFIG)
+
+
+def test_rendered_for_make_stack_debians_nginx_accepts_it(tmp_path: Path):
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.fail("nginx is not installed: `make test` installs it (`make stack-tools`, Debian's nginx)")
+    config = render_nginx(
+        tmp_path,
+        listen="127.0.0.1:8000",
+        replicas=["127.0.0.1:8001", "127.0.0.1:8002"],
+        access_log=tmp_path / "a.log",
+    )
+    rendered = (tmp_path / "predictor.conf").read_text()
+    assert " resolve;" not in rendered and "resolver " not in rendered and "api-1" not in rendered
+    assert "server 127.0.0.1:8001;" in rendered and "listen 127.0.0.1:8000;" in rendered
+    result = subprocess.run(
+        [nginx, "-t", "-p", f"{tmp_path}/", "-c", str(config), "-e", "stderr"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_render_refuses_a_file_it_no_longer_understands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    changed = tmp_path / "predictor.conf"
+    changed.write_text(CONFIG.replace("listen 8000;", "listen 8080;"))
+    monkeypatch.setattr(configs, "NGINX_FILE", changed)
+    with pytest.raises(ValueError, match="no longer the shape"):
+        render_nginx(
+            tmp_path / "out", listen="127.0.0.1:1", replicas=["127.0.0.1:2"], access_log=tmp_path / "a"
+        )
