@@ -125,10 +125,10 @@ class DriftMonitor:
             BinnedWindow([balance.get(c, 0.0) for c in classes], window) if classes and balance else None
         )
         self._window = window
-        self._pending: list[tuple[np.ndarray, Sequence[str] | None]] = []
+        self._pending: list[tuple[np.ndarray, Sequence[str] | np.ndarray | None]] = []
         self._pending_rows = 0
 
-    def observe(self, rows: np.ndarray, labels: Sequence[str] | None = None) -> None:
+    def observe(self, rows: np.ndarray, labels: Sequence[str] | np.ndarray | None = None) -> None:
         """Queue a validated batch (the same array the model receives) and its predicted labels."""
         with self._lock:
             self._pending.append((rows, labels))

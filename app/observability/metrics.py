@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -177,11 +178,17 @@ def request_served(method: str, route: str, status: int, seconds: float) -> None
     duration.observe(seconds)
 
 
-def predictions_served(version: str, labels: list[str], seconds: float) -> None:
+def predictions_served(version: str, labels: Sequence[str] | np.ndarray, seconds: float) -> None:
+    """One request's rows, counted by label (an array of a large batch is counted in bulk)."""
     _inference(version).observe(seconds)
     PREDICTION_ROWS.observe(len(labels))
     if len(labels) == 1:
-        _predictions(version, labels[0]).inc()
+        _predictions(version, str(labels[0])).inc()
+        return
+    if isinstance(labels, np.ndarray):
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        for label, count in zip(names.tolist(), counts.tolist(), strict=True):
+            _predictions(version, label).inc(count)
         return
     for label, count in Tally(labels).items():
         _predictions(version, label).inc(count)

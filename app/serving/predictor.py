@@ -111,6 +111,10 @@ class Predictor:
         """One call into the model for the whole batch; RowError naming each row it cannot answer."""
         return answers(self.model, matrix, self.metadata)
 
+    def infer(self, matrix: np.ndarray) -> Answers:
+        """The same call, answered as arrays (for the CSV and V2 formats and the metrics)."""
+        return infer(self.model, matrix, self.metadata)
+
 
 def load_model(
     model_dir: Path,
@@ -145,25 +149,61 @@ def load_model(
     return Model(pipeline_answers(pipeline, task), "pipeline", pipeline, classes=classes)
 
 
-def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:
-    """One model call for the batch, shaped as the API answers: label and probabilities, or value.
+@dataclass(frozen=True)
+class Answers:
+    """A batch's answers as arrays, one row per input row: what every response format is built from."""
+
+    classes: tuple[str, ...]  # the probability columns' order (classification)
+    labels: np.ndarray | None = None  # str, per row (classification)
+    probabilities: np.ndarray | None = None  # float64 [rows, classes], rounded to 6 places
+    values: np.ndarray | None = None  # float64 per row (regression)
+
+    def __len__(self) -> int:
+        present = self.labels if self.labels is not None else self.values
+        return 0 if present is None else len(present)
+
+    def counted_as(self) -> np.ndarray:
+        """What each row is counted by in the metrics: its label, or `value` for a regression."""
+        if self.labels is not None:
+            return self.labels
+        return np.full(len(self), "value", dtype=object)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The JSON answer's `predictions`: label and probabilities, or value, per row."""
+        if self.values is not None:
+            return [{"value": v} for v in self.values.tolist()]
+        labels = self.labels.tolist() if self.labels is not None else []
+        if self.probabilities is None:
+            return [{"label": label, "probabilities": None} for label in labels]
+        classes = self.classes
+        return [
+            {"label": label, "probabilities": dict(zip(classes, p, strict=True))}
+            for label, p in zip(labels, self.probabilities.tolist(), strict=True)
+        ]
+
+
+def infer(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> Answers:
+    """One model call for the batch.
 
     A row without a finite answer (or whose probabilities do not sum to 1) refuses the whole
     request with a RowError naming every such row, never a 500 or a silently shorter answer."""
-    task, classes = metadata.task, metadata.classes
+    task, classes = metadata.task, tuple(metadata.classes)
     if task == "classification" and model.labels_only:
-        return [{"label": str(label), "probabilities": None} for label in model.call(matrix)]
+        labels = np.asarray([str(label) for label in model.call(matrix)], dtype=object)
+        return Answers(classes, labels=labels)
     found = model.call(matrix)
     usable = finite_rows(found, task)
     if not usable.all():
         raise RowError(unanswerable(matrix, np.flatnonzero(~usable), metadata.features))
     if task == "regression":
-        return [{"value": v} for v in found.tolist()]
-    best = found.argmax(axis=1)
-    return [
-        {"label": classes[i], "probabilities": dict(zip(classes, p, strict=True))}
-        for i, p in zip(best.tolist(), found.round(6).tolist(), strict=True)
-    ]
+        return Answers(classes, values=np.asarray(found, dtype=np.float64))
+    names = np.asarray(classes, dtype=object)
+    return Answers(classes, labels=names[found.argmax(axis=1)], probabilities=found.round(6))
+
+
+def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:
+    """infer()'s answers shaped as the JSON API answers them."""
+    return infer(model, matrix, metadata).rows()
 
 
 def unanswerable(matrix: np.ndarray, rows: np.ndarray, features: list[Feature]) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ model call never block the event loop. The body is read by an async dependency f
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -18,9 +17,9 @@ from pydantic import BaseModel
 from app.api.deps import PredictorDep, ServingDep, SettingsDep, current_claims
 from app.api.uploads import CSV_BODY_DOC, BodyDep, CsvDep
 from app.core.config import Settings
-from app.observability import metrics
 from app.serving.comparison import Served
 from app.serving.csv_rows import CsvError, format_predictions, parse_csv
+from app.serving.inference import score
 from app.serving.predictor import Predictor
 from app.serving.schema import RowError
 from app.serving.state import ServingState
@@ -59,19 +58,8 @@ PREDICT_BODY_DOC: dict[str, Any] = {
 
 
 def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings) -> list[dict[str, Any]]:
-    """One model call, then what it tells the metrics: counts, timing and drift."""
-    started = time.perf_counter()
-    predictions = predictor.predict(matrix)
-    seconds = time.perf_counter() - started
-    if settings.metrics_enabled:
-        classification = predictor.metadata.task == "classification"
-        labels = [p["label"] for p in predictions] if classification else ["value"] * len(predictions)
-        metrics.predictions_served(predictor.version, labels, seconds)
-        if predictor.drift is not None:
-            predictor.drift.observe(matrix, labels if classification else None)
-            if predictor.drift.refresh_due():
-                metrics.publish_drift(predictor.drift)
-    return predictions
+    """One model call, counted in the metrics, as the JSON answer's rows."""
+    return score(predictor, matrix, settings.metrics_enabled).rows()
 
 
 def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> JSONResponse:
