@@ -51,6 +51,17 @@ class Model:
     classes: tuple[str, ...] = ()
 
 
+@dataclass
+class CallTime:
+    """The model's recent mean call time, which decides where its requests are scored."""
+
+    mean: float | None = None
+
+    def add(self, seconds: float) -> None:
+        # An exponential moving average: recent calls count most, no history is kept.
+        self.mean = seconds if self.mean is None else self.mean + 0.1 * (seconds - self.mean)
+
+
 @dataclass(frozen=True)
 class Predictor:
     metadata: ModelMetadata
@@ -59,6 +70,7 @@ class Predictor:
     # None when drift is off or the model directory has no reference profile.
     drift: DriftMonitor | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    call_time: CallTime = field(default_factory=CallTime, compare=False, repr=False)
 
     @property
     def version(self) -> str:

@@ -1,0 +1,90 @@
+"""The msgspec fast path and the pydantic validation accept the same bodies and build the same matrix:
+a body the fast path refuses goes to pydantic, whose 422 names every bad row and field."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from app.core.artifacts import ModelMetadata
+from app.serving.schema import RequestSchema
+from tests.support.models import write_model
+
+MAX_ROWS = 5
+
+
+@pytest.fixture(scope="module", params=["iris", "colors"])
+def schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> RequestSchema:
+    folder: Path = tmp_path_factory.mktemp(request.param)
+    write_model(folder, request.param)
+    return RequestSchema.build(ModelMetadata.read(folder), MAX_ROWS)
+
+
+def _values(schema: RequestSchema) -> st.SearchStrategy:
+    """Values a client might send for any field: good ones, near misses and nonsense."""
+    categories = sorted({c for f in schema.features for c in (f.categories or [])})
+    return st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(min_value=-(10**20), max_value=10**20),
+        st.sampled_from([*categories, "", "purple", "5.1", "1e400", "NaN"]),
+        st.none(),
+        st.booleans(),
+        st.just([1.0]),
+    )
+
+
+def _bodies(schema: RequestSchema) -> st.SearchStrategy[bytes]:
+    names = [f.name for f in schema.features]
+    row = st.fixed_dictionaries(
+        {name: _values(schema) for name in names},
+        optional={"extra": st.just(1), names[0] + " ": st.just(1.0)},
+    )
+    # Rows with a field left out, too.
+    row = st.one_of(row, row.map(lambda r: dict(list(r.items())[1:])))
+    instances = st.lists(row, min_size=0, max_size=MAX_ROWS + 1)
+    document = st.one_of(
+        st.builds(lambda rows: {"instances": rows}, instances),
+        st.builds(lambda rows: {"instances": rows, "more": 1}, instances),
+        st.just({"rows": []}),
+    )
+    return document.map(lambda d: json.dumps(d).encode())
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    for x, y in zip(a.ravel().tolist(), b.ravel().tolist(), strict=True):
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            continue
+        if x != y or type(x) is not type(y):
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_fast_path_accepts_exactly_what_validation_accepts(schema: RequestSchema, data: st.DataObject):
+    body = data.draw(_bodies(schema))
+    fast = schema.fast.decode(body)
+    try:
+        request = schema.request_model.model_validate_json(body)
+    except ValidationError:
+        assert fast is None, body  # the 422 comes from pydantic, naming every problem
+        return
+    expected = schema._to_matrix(request.instances)  # type: ignore[attr-defined]
+    if fast is not None:
+        assert _same(fast, expected), body
+
+
+def test_valid_bodies_take_the_fast_path(schema: RequestSchema):
+    row = {}
+    for feature in schema.features:
+        row[feature.name] = (feature.categories or ["x"])[0] if feature.type == "categorical" else 1.5
+    assert schema.fast.decode(json.dumps({"instances": [row, row]}).encode()) is not None
