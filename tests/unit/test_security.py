@@ -100,3 +100,20 @@ def test_required_claims(missing: str) -> None:
 def test_security_module_does_not_depend_on_fastapi() -> None:
     source = Path(security.__file__).read_text()
     assert not any(f"{kw} {lib}" in source for kw in ("import", "from") for lib in ("fastapi", "starlette"))
+
+
+def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    from app.core.security import ExpiredToken
+
+    issued = datetime.now(UTC) - timedelta(seconds=58)
+    token = create_access_token(
+        "alice", ["predict"], secret=SECRET, expires=timedelta(seconds=60), now=issued
+    )
+    first = decode_access_token(token, secret=SECRET)
+    assert decode_access_token(token, secret=SECRET) is first  # verified once, then remembered
+    with pytest.raises(InvalidToken):  # remembered under its key only
+        decode_access_token(token, secret="another-key")
+    security._verified[(SECRET, token)] = first.model_copy(update={"exp": int(issued.timestamp())})
+    with pytest.raises(ExpiredToken):  # the expiry is checked on every use
+        decode_access_token(token, secret=SECRET)
+    assert (SECRET, token) not in security._verified

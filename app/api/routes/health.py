@@ -26,7 +26,7 @@ class Ready(BaseModel):
 
 
 @router.get("/health")
-def health(serving: ServingDep) -> Health:
+async def health(serving: ServingDep) -> Health:
     """Liveness: the process answers. Says which model version it serves, if any."""
     current = serving.current
     return Health(status="ok", model_version=current.version if current else None)
