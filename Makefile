@@ -23,7 +23,8 @@ help:
 	@echo "make train                     dvc repro: prepare -> train -> evaluate"
 	@echo "make push / make pull          dvc push / dvc pull to the S3 remote (DVC_REMOTE_URL, DVC_S3_ENDPOINT_URL)"
 	@echo "make mlflow-ui                 open the local MLflow store on http://127.0.0.1:5000"
-	@echo "make bench                     load benchmark: this service against mlflow models serve (BENCH_QUICK=1: a shorter run)"
+	@echo "make bench                     load benchmark: this service against mlflow models serve, BentoML and a bare"
+	@echo "                               FastAPI app (BENCH_QUICK=1: a shorter run; BENCH_PEERS=mlflow: no BentoML)"
 	@echo "make stack / make stack-down   the docker-compose topology without Docker: S3 (moto), MLflow, train + push +"
 	@echo "                               publish, two API replicas and a worker behind nginx, Prometheus, Alertmanager"
 	@echo "                               on 127.0.0.1; stack-down stops it"
@@ -118,8 +119,10 @@ mlflow-ui: $(INSTALLED)
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
 
-# Load benchmark (bench/run.py): trains, serves with both servers, drives them with wrk on 127.0.0.1.
-# BENCH_DURATION=5 shortens each run, BENCH_QUICK=1 runs 3 s each; BENCH_ARGS passes other flags.
+# Load benchmark (bench/run.py): trains, serves with ours, mlflow and BentoML (its own venv in
+# artifacts/bench/venv-bentoml, installed on first use) and a bare FastAPI ceiling, drives them with
+# wrk on 127.0.0.1. BENCH_DURATION=5 shortens each run, BENCH_QUICK=1 runs 3 s each, BENCH_PEERS
+# picks the peers (default mlflow,bentoml), BENCH_CEILING=0 skips the ceiling; BENCH_ARGS passes other flags.
 bench: $(INSTALLED)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

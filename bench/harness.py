@@ -1,4 +1,4 @@
-"""Pure helpers of the benchmark: request bodies, wrk's report, the comparison and its table.
+"""Pure helpers of the benchmark: request bodies, wrk's report, the comparisons, their tables and verdicts.
 
 Nothing here starts a process or opens a socket, so tests/bench can check all of it quickly.
 """
@@ -6,15 +6,34 @@ Nothing here starts a process or opens a socket, so tests/bench can check all of
 from __future__ import annotations
 
 import json
+import math
+import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 RESULT_MARKER = "BENCH_RESULT "
 
-# The issue's targets, at concurrency 32 with one row: our throughput over mlflow's.
-THROUGHPUT_TARGETS = {"logistic_regression": 3.0, "random_forest": 1.5}
-TARGET_ROWS = 1
+# The other servers of the same model, in the order of the table's column sets.
+PEERS = ("mlflow", "bentoml")
+# BentoML runs in a virtualenv of its own (bench/run.py), with the project's versions of what
+# unpickling the pipeline needs, so it serves the very model.joblib ours was trained into.
+BENTOML_VERSION = "1.4.40"
+SHARED_WITH_BENTOML = ("scikit-learn", "numpy", "scipy", "joblib")
+
+# The issue's targets, at concurrency 32: our throughput over a peer's, per (peer, champion, rows),
+# each with a p99 below the peer's.
 TARGET_CONCURRENCY = 32
+THROUGHPUT_TARGETS = {
+    ("mlflow", "logistic_regression", 1): 3.0,
+    ("mlflow", "random_forest", 1): 1.5,
+    ("bentoml", "logistic_regression", 1): 3.0,
+    ("bentoml", "logistic_regression", 100): 3.0,
+    ("bentoml", "random_forest", 1): 3.0,
+    ("bentoml", "random_forest", 100): 3.0,
+}
+# Ours over the bare FastAPI app (bench/ceiling.py) at c=32: one-row /predict, and /health.
+CEILING_TARGETS = {"predict": 0.5, "health": 0.8}
 COLD_START_TARGET_S = 1.0
 # Resident memory of one serving worker after the load, model loaded.
 RSS_TARGET_MIB = 150.0
@@ -76,7 +95,8 @@ def sample_rows(features: list[dict[str, Any]], count: int) -> list[dict[str, An
 
 
 def predictor_body(rows: list[dict[str, Any]]) -> str:
-    """The body of our POST /predict."""
+    """The body of our POST /predict, and of the ceiling's and BentoML's: BentoML names the JSON
+    field after the API's parameter, `instances` in bench/bento_service.py."""
     return json.dumps({"instances": rows})
 
 
@@ -85,6 +105,29 @@ def mlflow_body(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return json.dumps(
         {"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in rows]}}
     )
+
+
+def request_body(server: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """What `server` (ours, a peer, the ceiling) takes for these rows."""
+    return mlflow_body(rows, columns) if server == "mlflow" else predictor_body(rows)
+
+
+def parse_peers(text: str) -> list[str]:
+    """BENCH_PEERS ("mlflow,bentoml"): the peers to measure, in the table's order; "" for none."""
+    chosen = {name.strip().lower() for name in text.split(",") if name.strip()}
+    unknown = chosen - set(PEERS)
+    if unknown:
+        raise BenchError(f"unknown peer(s) {', '.join(sorted(unknown))}: choose among {', '.join(PEERS)}")
+    return [name for name in PEERS if name in chosen]
+
+
+def bentoml_requirements(installed: Mapping[str, str]) -> list[str]:
+    """The pins of BentoML's virtualenv: BentoML, and the project's own version of each package
+    the pickled pipeline needs (`installed`: name -> version in the project's virtualenv)."""
+    missing = [name for name in SHARED_WITH_BENTOML if name not in installed]
+    if missing:
+        raise BenchError(f"the project's virtualenv lacks {', '.join(missing)}: run make install")
+    return [f"bentoml=={BENTOML_VERSION}", *(f"{name}=={installed[name]}" for name in SHARED_WITH_BENTOML)]
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -140,8 +183,13 @@ def parse_wrk_report(stdout: str) -> LoadResult:
     )
 
 
-def wrk_command(url: str, body_file: str, script: str, *, concurrency: int, duration_s: float) -> list[str]:
-    """One wrk thread is plenty for a few thousand requests a second, and leaves the CPU to the servers."""
+def wrk_command(
+    url: str, body_file: str | None, script: str, *, concurrency: int, duration_s: float
+) -> list[str]:
+    """One wrk thread is plenty for a few thousand requests a second, and leaves the CPU to the servers.
+
+    With a body file the script POSTs it; without one it GETs the URL (/health).
+    """
     return [
         "wrk",
         "-t1",
@@ -152,8 +200,7 @@ def wrk_command(url: str, body_file: str, script: str, *, concurrency: int, dura
         "-s",
         script,
         url,
-        "--",
-        body_file,
+        *(["--", body_file] if body_file is not None else []),
     ]
 
 
@@ -173,49 +220,143 @@ class Case:
 
 @dataclass(frozen=True)
 class Comparison:
+    """One case: our run and each peer's, under the same load."""
+
     case: Case
     ours: LoadResult
-    mlflow: LoadResult
+    peers: dict[str, LoadResult]
 
-    @property
-    def throughput_ratio(self) -> float:
-        return self.ours.throughput / self.mlflow.throughput if self.mlflow.throughput else float("inf")
+    def throughput_ratio(self, peer: str) -> float:
+        theirs = self.peers[peer].throughput
+        return self.ours.throughput / theirs if theirs else float("inf")
 
-    @property
-    def p50_ratio(self) -> float:
-        return self.ours.p50_ms / self.mlflow.p50_ms if self.mlflow.p50_ms else float("inf")
+    def p50_ratio(self, peer: str) -> float:
+        theirs = self.peers[peer].p50_ms
+        return self.ours.p50_ms / theirs if theirs else float("inf")
 
-    @property
-    def p99_ratio(self) -> float:
-        return self.ours.p99_ms / self.mlflow.p99_ms if self.mlflow.p99_ms else float("inf")
+    def p99_ratio(self, peer: str) -> float:
+        theirs = self.peers[peer].p99_ms
+        return self.ours.p99_ms / theirs if theirs else float("inf")
 
 
 def cases(champions: list[str], rows: list[int], concurrencies: list[int]) -> list[Case]:
     return [Case(ch, r, c) for ch in champions for r in rows for c in concurrencies]
 
 
+@dataclass(frozen=True)
+class CeilingResult:
+    """One route, ours against the bare FastAPI app: every alternating run of each, at c=32."""
+
+    route: Literal["predict", "health"]
+    ours: list[LoadResult]
+    ceiling: list[LoadResult]
+
+    @property
+    def ours_throughput(self) -> float:
+        return statistics.fmean(r.throughput for r in self.ours)
+
+    @property
+    def ceiling_throughput(self) -> float:
+        return statistics.fmean(r.throughput for r in self.ceiling)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_throughput / self.ceiling_throughput if self.ceiling_throughput else 0.0
+
+    @property
+    def target(self) -> float:
+        return CEILING_TARGETS[self.route]
+
+    @property
+    def label(self) -> str:
+        return "one-row POST /predict" if self.route == "predict" else "GET /health"
+
+
+def _cpu_us_per_request(runs: list[LoadResult]) -> float:
+    """Total server CPU time over total requests, over all of a server's runs."""
+    requests = sum(r.requests for r in runs)
+    if not requests or any(r.server_cpu_s is None for r in runs):
+        return float("nan")  # not read
+    return 1e6 * sum(r.server_cpu_s or 0.0 for r in runs) / requests
+
+
+def _rounded(value: float, digits: int = 1) -> float | None:
+    return None if math.isnan(value) else round(value, digits)  # JSON has no NaN
+
+
+def ceiling_json(results: list[CeilingResult], champion: str) -> dict[str, Any]:
+    return {
+        "champion": champion,
+        "concurrency": TARGET_CONCURRENCY,
+        "rounds": len(results[0].ours) if results else 0,
+        **{
+            r.route: {
+                "throughput_ours": round(r.ours_throughput, 1),
+                "throughput_ceiling": round(r.ceiling_throughput, 1),
+                "ours_over_ceiling": round(r.ratio, 3),
+                "target": r.target,
+                "p99_ms_ours": round(statistics.median(x.p99_ms for x in r.ours), 2),
+                "p99_ms_ceiling": round(statistics.median(x.p99_ms for x in r.ceiling), 2),
+                "cpu_us_per_request_ours": _rounded(_cpu_us_per_request(r.ours)),
+                "cpu_us_per_request_ceiling": _rounded(_cpu_us_per_request(r.ceiling)),
+            }
+            for r in results
+        },
+    }
+
+
+def format_ceiling(results: list[CeilingResult], champion: str) -> str:
+    return "\n".join(
+        f"ceiling, {r.label} ({champion}, c={TARGET_CONCURRENCY}, mean of {len(r.ours)} alternating runs): "
+        f"ours {r.ours_throughput:,.0f} req/s, bare FastAPI {r.ceiling_throughput:,.0f}: "
+        f"{r.ratio:.2f}x (target >= {r.target:g}x); server CPU per request "
+        f"{_cpu_us_per_request(r.ours):.0f} µs against {_cpu_us_per_request(r.ceiling):.0f} µs"
+        for r in results
+    )
+
+
+def _row_label(rows: int) -> str:
+    return f"{rows} row{'s' if rows != 1 else ''}, c={TARGET_CONCURRENCY}"
+
+
 def target_verdicts(
-    comparisons: list[Comparison], cold_starts: dict[str, float], rss_mib: dict[str, float] | None = None
+    comparisons: list[Comparison],
+    cold_starts: dict[str, float],
+    rss_mib: dict[str, float] | None = None,
+    ceiling: list[CeilingResult] | None = None,
 ) -> list[dict[str, Any]]:
     """Each of the issue's targets that this run measured: what was asked, what we got, met or not."""
     verdicts = []
     for comparison in comparisons:
         case = comparison.case
-        goal = THROUGHPUT_TARGETS.get(case.champion)
-        if goal is None or (case.rows, case.concurrency) != (TARGET_ROWS, TARGET_CONCURRENCY):
+        if case.concurrency != TARGET_CONCURRENCY:
             continue
+        for peer, theirs in comparison.peers.items():
+            goal = THROUGHPUT_TARGETS.get((peer, case.champion, case.rows))
+            if goal is None:
+                continue
+            ratio = comparison.throughput_ratio(peer)
+            verdicts.append(
+                {
+                    "target": f"{case.champion}: throughput >= {goal:g}x {peer} ({_row_label(case.rows)})",
+                    "measured": f"{ratio:.2f}x",
+                    "met": ratio >= goal,
+                }
+            )
+            verdicts.append(
+                {
+                    "target": f"{case.champion}: p99 below {peer}'s ({_row_label(case.rows)})",
+                    "measured": f"{comparison.ours.p99_ms:.1f} ms vs {theirs.p99_ms:.1f} ms",
+                    "met": comparison.ours.p99_ms < theirs.p99_ms,
+                }
+            )
+    for result in ceiling or []:
         verdicts.append(
             {
-                "target": f"{case.champion}: throughput >= {goal:g}x mlflow (1 row, c=32)",
-                "measured": f"{comparison.throughput_ratio:.2f}x",
-                "met": comparison.throughput_ratio >= goal,
-            }
-        )
-        verdicts.append(
-            {
-                "target": f"{case.champion}: p99 below mlflow's (1 row, c=32)",
-                "measured": f"{comparison.ours.p99_ms:.1f} ms vs {comparison.mlflow.p99_ms:.1f} ms",
-                "met": comparison.ours.p99_ms < comparison.mlflow.p99_ms,
+                "target": f"{result.label}: throughput >= {result.target:g}x the bare FastAPI app's "
+                f"(c={TARGET_CONCURRENCY})",
+                "measured": f"{result.ratio:.2f}x",
+                "met": result.ratio >= result.target,
             }
         )
     for champion, seconds in cold_starts.items():
@@ -237,53 +378,62 @@ def target_verdicts(
     return verdicts
 
 
-def format_table(comparisons: list[Comparison]) -> str:
-    header = [
-        "champion",
-        "rows",
-        "conc",
-        "ours req/s",
-        "mlflow req/s",
-        "x",
-        "ours p50",
-        "mlflow p50",
-        "ours p99",
-        "mlflow p99",
-        "p99 ratio",
-    ]
-    body = [
-        [
-            c.case.champion,
-            str(c.case.rows),
-            str(c.case.concurrency),
-            f"{c.ours.throughput:,.0f}",
-            f"{c.mlflow.throughput:,.0f}",
-            f"{c.throughput_ratio:.2f}",
-            f"{c.ours.p50_ms:.2f} ms",
-            f"{c.mlflow.p50_ms:.2f} ms",
-            f"{c.ours.p99_ms:.2f} ms",
-            f"{c.mlflow.p99_ms:.2f} ms",
-            f"{c.p99_ratio:.2f}",
-        ]
-        for c in comparisons
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    # Text left, numbers right.
-    lines = []
-    for row in [header, *body]:
-        cells = [
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+def format_verdicts(verdicts: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"{'met   ' if v['met'] else 'MISSED'}  {v['target']}: {v['measured']}" for v in verdicts
+    )
+
+
+def _columns(table: list[list[str]], text_columns: int = 1) -> str:
+    """Rows of cells as aligned columns under a rule: text left, numbers right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < text_columns else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells))
+        )
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def format_cold_starts(ours: dict[str, float], mlflow: dict[str, float]) -> str:
+def format_table(comparisons: list[Comparison]) -> str:
+    """One row per case: ours, then a column set per peer with its ratios (ours / peer)."""
+    peers = list(comparisons[0].peers) if comparisons else []
+    header = ["champion", "rows", "conc", "ours req/s", "ours p50", "ours p99"]
+    for peer in peers:
+        header += [f"{peer} req/s", "x", f"{peer} p50", f"{peer} p99", "p99 x"]
+    body = []
+    for c in comparisons:
+        row = [
+            c.case.champion,
+            str(c.case.rows),
+            str(c.case.concurrency),
+            f"{c.ours.throughput:,.0f}",
+            f"{c.ours.p50_ms:.2f} ms",
+            f"{c.ours.p99_ms:.2f} ms",
+        ]
+        for peer in peers:
+            theirs = c.peers[peer]
+            row += [
+                f"{theirs.throughput:,.0f}",
+                f"{c.throughput_ratio(peer):.2f}",
+                f"{theirs.p50_ms:.2f} ms",
+                f"{theirs.p99_ms:.2f} ms",
+                f"{c.p99_ratio(peer):.2f}",
+            ]
+        body.append(row)
+    return _columns([header, *body])
+
+
+def format_cold_starts(cold: dict[str, dict[str, float]]) -> str:
+    """cold: server -> champion -> seconds, ours first."""
+    others = [name for name in cold if name != "ours"]
     return "\n".join(
-        f"cold start {name}: ours {seconds:.2f} s, mlflow {mlflow.get(name, float('nan')):.2f} s"
-        for name, seconds in ours.items()
+        f"cold start {champion}: ours {seconds:.2f} s"
+        + "".join(f", {name} {cold[name].get(champion, float('nan')):.2f} s" for name in others)
+        for champion, seconds in cold.get("ours", {}).items()
     )
 
 
@@ -292,25 +442,36 @@ def results_document(
     cold_starts: dict[str, dict[str, float]],
     settings: dict[str, Any],
     rss_mib: dict[str, float] | None = None,
+    ceiling: list[CeilingResult] | None = None,
+    ceiling_champion: str = "",
 ) -> dict[str, Any]:
-    """What results.json holds: every figure of the table, the cold starts, the run's settings."""
-    return {
+    """What results.json holds: every figure of the tables, the cold starts, the run's settings."""
+    document = {
         "settings": settings,
         "results": [
             {
                 **asdict(c.case),
                 "ours": asdict(c.ours),
-                "mlflow": asdict(c.mlflow),
-                "throughput_ratio": round(c.throughput_ratio, 3),
-                "p50_ratio": round(c.p50_ratio, 3),
-                "p99_ratio": round(c.p99_ratio, 3),
+                **{peer: asdict(theirs) for peer, theirs in c.peers.items()},
+                # ours / peer
+                "ratios": {
+                    peer: {
+                        "throughput": round(c.throughput_ratio(peer), 3),
+                        "p50": round(c.p50_ratio(peer), 3),
+                        "p99": round(c.p99_ratio(peer), 3),
+                    }
+                    for peer in c.peers
+                },
             }
             for c in comparisons
         ],
         "cold_start_s": cold_starts,
         "rss_mib": rss_mib or {},
-        "targets": target_verdicts(comparisons, cold_starts.get("ours", {}), rss_mib),
+        "targets": target_verdicts(comparisons, cold_starts.get("ours", {}), rss_mib, ceiling),
     }
+    if ceiling:
+        document["ceiling"] = ceiling_json(ceiling, ceiling_champion)
+    return document
 
 
 # --- Profiles -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
--- wrk script: POST one fixed JSON body, count every answer that is not 200, and print one
--- machine-readable line at the end for bench/run.py.
+-- wrk script: POST one fixed JSON body (or, without a body file, GET the URL), count every answer
+-- that is not 200, and print one machine-readable line at the end for bench/run.py.
 --
 --   BENCH_AUTHORIZATION="Bearer ..." wrk -t1 -c32 -d10s -s bench/post.lua http://127.0.0.1:PORT/predict -- body.json
+--   wrk -t1 -c32 -d10s -s bench/post.lua http://127.0.0.1:PORT/health
 --
 -- The Authorization header comes from the environment so the token never shows in `ps`.
 
@@ -12,15 +13,20 @@ function setup(thread)
 end
 
 function init(args)
-   local file = assert(io.open(args[1], "rb"), "cannot open the body file " .. tostring(args[1]))
-   local body = file:read("*a")
-   file:close()
-   local headers = { ["Content-Type"] = "application/json" }
+   local headers = {}
    local authorization = os.getenv("BENCH_AUTHORIZATION")
    if authorization and authorization ~= "" then
       headers["Authorization"] = authorization
    end
-   fixed_request = wrk.format("POST", nil, headers, body)
+   if args[1] then
+      local file = assert(io.open(args[1], "rb"), "cannot open the body file " .. tostring(args[1]))
+      local body = file:read("*a")
+      file:close()
+      headers["Content-Type"] = "application/json"
+      fixed_request = wrk.format("POST", nil, headers, body)
+   else
+      fixed_request = wrk.format("GET", nil, headers)
+   end
    non_200 = 0
    first_bad = ""
 end

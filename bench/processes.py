@@ -27,6 +27,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    """The fields of /proc/<pid>/stat the bench reads."""
+
+    ppid: int
+    pgid: int
+    cpu_ticks: int  # utime + stime
+    start_ticks: int  # since boot: with the pid, names one process even if the pid is reused
+
+
+def parse_stat(text: str) -> ProcessInfo:
+    # The fields after the command name, which may itself hold spaces and parentheses.
+    fields = text[text.rindex(")") + 2 :].split()
+    return ProcessInfo(
+        ppid=int(fields[1]),
+        pgid=int(fields[2]),
+        cpu_ticks=int(fields[11]) + int(fields[12]),
+        start_ticks=int(fields[19]),
+    )
+
+
+def process_table() -> dict[int, ProcessInfo]:
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            table[int(stat.parent.name)] = parse_stat(stat.read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    return table
+
+
+def server_tree(table: dict[int, ProcessInfo], leader: int) -> set[int]:
+    """The server's processes: its process group (start_new_session made the leader's pid its id)
+    and every descendant of those, in whatever group. BentoML's arbiter starts each worker in a
+    session of its own, out of the group, yet still its child."""
+    found = {pid for pid, info in table.items() if info.pgid == leader}
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
 @dataclass
 class Server:
     name: str
@@ -35,23 +83,14 @@ class Server:
     log_path: Path
     started_at: float  # time.monotonic() just before the process was created
 
-    def _group_stats(self) -> list[str]:
-        """/proc/<pid>/stat of every live process of the server's group: uvicorn and its workers."""
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue  # the process ended meanwhile
-            # The fields after the command name, which may itself hold spaces and parentheses.
-            if int(text[text.rindex(")") + 2 :].split()[2]) == self.process.pid:  # start_new_session
-                found.append(stat.parent.name)
-        return found
+    def pids(self) -> list[int]:
+        """Every live process of the server: uvicorn and its workers, BentoML's arbiter and its."""
+        return sorted(server_tree(process_table(), self.process.pid))
 
     def worker_rss_mib(self) -> float:
         """The largest resident set among the server's processes: one worker with its model."""
         largest = 0
-        for pid in self._group_stats():
+        for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
@@ -62,18 +101,10 @@ class Server:
         return largest / 1024
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) used so far by every live process of the server's group:
-        uvicorn and its workers. Unlike throughput, it hardly moves with the machine's other load."""
-        ticks = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                text = stat.read_text()
-            except OSError:
-                continue  # the process ended meanwhile
-            # The fields after the command name, which may itself hold spaces and parentheses.
-            fields = text[text.rindex(")") + 2 :].split()
-            if int(fields[2]) == self.process.pid:  # process group: start_new_session made it the pid
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        """CPU time (user + system) used so far by every live process of the server: uvicorn and
+        its workers. Unlike throughput, it hardly moves with the machine's other load."""
+        table = process_table()
+        ticks = sum(table[pid].cpu_ticks for pid in server_tree(table, self.process.pid))
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def check_alive(self) -> None:
@@ -118,15 +149,44 @@ class Processes:
 
 
 def stop_group(process: subprocess.Popen[bytes], grace_s: float = 10) -> None:
-    """SIGTERM to the process group, SIGKILL after `grace_s` seconds if anything is left."""
+    """SIGTERM to the process group, SIGKILL after `grace_s` seconds to whatever of the server is left.
+
+    The server's processes are listed first: a descendant in a session of its own (BentoML's
+    workers) is out of the group, and once its parent is gone nothing links it to the server.
+    """
+    table = process_table()
+    tree = {pid: table[pid].start_ticks for pid in server_tree(table, process.pid)}
+    deadline = time.monotonic() + grace_s
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_s)
     # The leader may be gone while its children are not (uvicorn's workers, mlflow's uvicorn).
+    while _survivors(tree) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S * 5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for pid in _survivors(tree):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
+    # SIGKILL takes effect when the process next runs: wait until it has.
+    deadline = time.monotonic() + 5
+    while _survivors(tree) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _survivors(tree: dict[int, int]) -> list[int]:
+    """The processes of `tree` (pid: start time) still alive: same pid, same start, not a zombie."""
+    alive = []
+    for pid, start_ticks in tree.items():
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if parse_stat(text).start_ticks == start_ticks and text[text.rindex(")") + 2] != "Z":
+            alive.append(pid)
+    return alive
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -211,11 +271,13 @@ def first_prediction_ours(
     return token[0], seconds
 
 
-def first_prediction_mlflow(server: Server, body: bytes, timeout_s: float = 120) -> float:
+def first_prediction(server: Server, path: str, body: bytes, timeout_s: float = 120) -> float:
+    """POST `body` to `path` until it answers 200 (a peer, the ceiling): the cold start in seconds."""
+
     def attempt() -> bool:
-        status, answer = post(f"{server.base_url}/invocations", body, {"Content-Type": "application/json"})
+        status, answer = post(f"{server.base_url}{path}", body, {"Content-Type": "application/json"})
         if status in (400, 415, 422):
-            raise BenchError(f"{server.name}: POST /invocations answered {status}: {answer[:300]!r}")
+            raise BenchError(f"{server.name}: POST {path} answered {status}: {answer[:300]!r}")
         return status == 200
 
-    return wait_for(server, attempt, timeout_s, "successful /invocations")
+    return wait_for(server, attempt, timeout_s, f"successful {path}")

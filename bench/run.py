@@ -1,19 +1,22 @@
-"""Load benchmark: our service against `mlflow models serve` on the same model, same load, same run.
+"""Load benchmark: our service against `mlflow models serve` and BentoML, same model, same load, same run.
 
     python -m bench.run [--quick] [--duration 10] [--champions logistic_regression random_forest]
+                        [--peers mlflow,bentoml] [--no-ceiling]
 
 For each champion it trains in a scratch folder (params.yaml with `train.champion` forced),
-starts both servers on free 127.0.0.1 ports, times each to its first successful prediction
-(cold start), then drives both with wrk (concurrency 1 and 32, 1-row and 100-row requests),
-and prints throughput, p50 and p99 with the ratios ours / mlflow. The same figures go to
-artifacts/bench/results.json. Every process it starts is stopped on the way out, even on
-failure or Ctrl-C.
+starts ours and each peer on free 127.0.0.1 ports, times each to its first successful
+prediction (cold start), then drives them with wrk (concurrency 1 and 32, 1-row and 100-row
+requests), and prints throughput, p50 and p99 with the ratios ours / peer. Then it drives our
+one-row /predict and /health in turns with a bare FastAPI app (bench/ceiling.py), the ceiling.
+The same figures go to artifacts/bench/results.json. Every process it starts is stopped on the
+way out, even on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import io
 import json
 import os
@@ -33,28 +36,36 @@ import yaml
 
 from bench import engines
 from bench.harness import (
+    BENTOML_VERSION,
+    PEERS,
+    SHARED_WITH_BENTOML,
+    TARGET_CONCURRENCY,
     BenchError,
     Case,
+    CeilingResult,
     Comparison,
     LoadResult,
+    bentoml_requirements,
     cases,
     forced_params,
+    format_ceiling,
     format_cold_starts,
     format_profile,
     format_table,
-    mlflow_body,
+    format_verdicts,
+    parse_peers,
     parse_wrk_report,
     predictor_body,
+    request_body,
     results_document,
     sample_rows,
     summarize_profile,
-    target_verdicts,
     wrk_command,
 )
 from bench.processes import (
     Processes,
     Server,
-    first_prediction_mlflow,
+    first_prediction,
     first_prediction_ours,
     free_port,
 )
@@ -62,11 +73,14 @@ from bench.processes import (
 ROOT = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = Path(__file__).with_name("post.lua")
 OUT_DIR = ROOT / "artifacts" / "bench"
+BENTOML_VENV = OUT_DIR / "venv-bentoml"
 # svc: the default params' champion (a calibrated RBF SVC on Iris).
 CHAMPIONS = ["svc", "logistic_regression", "random_forest"]
 ROWS = [1, 100]
 CONCURRENCIES = [1, 32]
 STAGES = ["prepare", "train", "evaluate"]
+# Where each peer answers predictions.
+PEER_ROUTES = {"mlflow": "/invocations", "bentoml": "/predict"}
 
 
 def say(message: str) -> None:
@@ -131,6 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=_flag("BENCH_ENGINES", default=True),
         help="also time one call per candidate type: scikit-learn pipeline vs ONNX (BENCH_ENGINES=0 skips)",
     )
+    parser.add_argument(
+        "--peers",
+        default=os.environ.get("BENCH_PEERS", ",".join(PEERS)),
+        help=f"the peers to measure beside ours, comma-separated, '' for none (BENCH_PEERS; "
+        f"default {','.join(PEERS)})",
+    )
+    parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=_flag("BENCH_CEILING", default=True),
+        help="also measure ours against a bare FastAPI app, /predict and /health (BENCH_CEILING=0 skips)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
     args = parser.parse_args(argv)
@@ -140,6 +166,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = 1.0 if args.quick else 2.0
     if args.cold_starts < 1:
         parser.error("--cold-starts must be at least 1")
+    try:
+        args.peers = parse_peers(args.peers)
+    except BenchError as exc:
+        parser.error(f"--peers (BENCH_PEERS): {exc}")
     return args
 
 
@@ -178,6 +208,16 @@ def train(work: Path, champion: str, logs: Path, code: Path) -> dict[str, Any]:
                 raise BenchError(f"{stage} failed with code {result.returncode}: see {log}")
             say(f"  {stage} done in {time.monotonic() - started:.1f} s")
     return json.loads((work / "models" / "model.json").read_text())
+
+
+def trained(scratch: Path, champion: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The champion's work folder and model.json, trained on first use: the stages share it."""
+    work = scratch / champion
+    metadata = work / "models" / "model.json"
+    if metadata.is_file():
+        return work, json.loads(metadata.read_text())
+    say(f"{champion}: training in {work}")
+    return work, train(work, champion, args.out.parent / "logs", args.code)
 
 
 def start_ours(
@@ -235,13 +275,97 @@ def start_mlflow(
     return processes.start("mlflow", command, port=port, env=base_env(work, args.code), cwd=work, log=log)
 
 
+def ensure_bentoml(log: Path) -> Path:
+    """BentoML's own virtualenv, created once and reused while its pins stand; its `bentoml`.
+
+    Kept apart from the project's: BentoML brings its own web stack and pins. It gets the project's
+    versions of scikit-learn and what unpickling needs, so it serves the very model.joblib.
+    """
+    versions = {name: importlib.metadata.version(name) for name in SHARED_WITH_BENTOML}
+    pins = bentoml_requirements(versions)
+    python = BENTOML_VENV / "bin" / "python"
+    marker = BENTOML_VENV / "bench-requirements.txt"
+    wanted = "\n".join(pins) + "\n"
+    if python.is_file() and marker.is_file() and marker.read_text() == wanted:
+        say(f"bentoml: reusing {BENTOML_VENV} ({', '.join(pins)})")
+        return BENTOML_VENV / "bin" / "bentoml"
+    say(f"bentoml: installing {', '.join(pins)} into {BENTOML_VENV} (once; log in {log})")
+    marker.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink:
+
+        def step(command: list[str]) -> None:
+            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=900, check=False)
+            if done.returncode != 0:
+                raise BenchError(
+                    f"installing BentoML failed ({done.returncode}): see {log}; "
+                    "BENCH_PEERS=mlflow measures without it"
+                )
+
+        if not python.is_file():
+            step([sys.executable, "-m", "venv", str(BENTOML_VENV)])
+        step([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins])
+    marker.write_text(wanted)
+    return BENTOML_VENV / "bin" / "bentoml"
+
+
+def start_bentoml(processes: Processes, work: Path, args: argparse.Namespace, champion: str) -> Server:
+    """bench/bento_service.py in BentoML's virtualenv, on the champion's model.joblib."""
+    port = free_port()
+    env = base_env(work, ROOT) | {
+        "PATH": f"{args.bentoml.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BENCH_MODEL_DIR": str(work / "models"),
+        "BENCH_WORKERS": str(args.workers),
+        # Its model store and config, in the scratch folder rather than ~/bentoml.
+        "BENTOML_HOME": str(work / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    command = [str(args.bentoml), "serve", "bench.bento_service:Predictor"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--working-dir", str(ROOT)]
+    log = args.out.parent / "logs" / f"bentoml-{champion}.log"
+    return processes.start("bentoml", command, port=port, env=env, cwd=ROOT, log=log)
+
+
+def start_peer(
+    peer: str,
+    processes: Processes,
+    work: Path,
+    args: argparse.Namespace,
+    champion: str,
+    metadata: dict[str, Any],
+) -> Server:
+    if peer == "mlflow":
+        return start_mlflow(processes, work, args, champion, metadata["registered_model"])
+    return start_bentoml(processes, work, args, champion)
+
+
+def start_ceiling(processes: Processes, work: Path, args: argparse.Namespace, columns: list[str]) -> Server:
+    """bench/ceiling.py under uvicorn in the project's virtualenv, with as many workers as ours."""
+    port = free_port()
+    # bench/ is always the working tree's, even when BENCH_REF measures another commit's app/.
+    env = base_env(work, ROOT) | {"BENCH_CEILING_FEATURES": ",".join(columns)}
+    command = [sys.executable, "-m", "uvicorn", "bench.ceiling:create_app", "--factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+    command.append("--no-access-log")  # as ours runs uvicorn (its own access log is the app's)
+    log = args.out.parent / "logs" / "ceiling.log"
+    return processes.start("ceiling", command, port=port, env=env, cwd=work, log=log)
+
+
 def drive(
-    server: Server, url: str, body_file: Path, concurrency: int, seconds: float, authorization: str = ""
+    server: Server,
+    url: str,
+    body_file: Path | None,
+    concurrency: int,
+    seconds: float,
+    authorization: str = "",
 ) -> LoadResult:
-    """One wrk run against `url`; a non-200 answer or a socket error stops the benchmark."""
+    """One wrk run against `url` (POST of the body file, or GET without one); a non-200 answer or a
+    socket error stops the benchmark."""
     env = dict(os.environ)
     env["BENCH_AUTHORIZATION"] = authorization
-    command = wrk_command(url, str(body_file), str(LUA_SCRIPT), concurrency=concurrency, duration_s=seconds)
+    body = str(body_file) if body_file is not None else None
+    command = wrk_command(url, body, str(LUA_SCRIPT), concurrency=concurrency, duration_s=seconds)
     completed = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )
@@ -259,15 +383,22 @@ def drive(
 
 
 def measure(
-    server: Server, url: str, body_file: Path, case: Case, args: argparse.Namespace, authorization: str = ""
+    server: Server,
+    url: str,
+    body_file: Path | None,
+    case: Case,
+    args: argparse.Namespace,
+    authorization: str = "",
 ) -> LoadResult:
+    """Warm-up, then one measured run with the server's CPU time; a GET without a body file."""
     if args.warmup > 0:
         drive(server, url, body_file, case.concurrency, args.warmup, authorization)
     cpu_before = server.cpu_seconds()
     result = drive(server, url, body_file, case.concurrency, args.duration, authorization)
     result = dataclasses.replace(result, server_cpu_s=server.cpu_seconds() - cpu_before)
+    what = f"rows={case.rows:<3}" if body_file is not None else "GET     "
     say(
-        f"  {server.name:<11} rows={case.rows:<3} c={case.concurrency:<2} "
+        f"  {server.name:<12} {what} c={case.concurrency:<2} "
         f"{result.throughput:>8,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
         f"{result.cpu_us_per_request:6.0f} µs CPU/request"
     )
@@ -308,23 +439,20 @@ def bench_champion(
     cold: dict[str, dict[str, float]],
     rss: dict[str, float],
 ) -> list[Comparison]:
-    logs = args.out.parent / "logs"
-    work = scratch / champion
-    say(f"{champion}: training in {work}")
-    metadata = train(work, champion, logs, args.code)
+    work, metadata = trained(scratch, champion, args)
     features = metadata["features"]
     columns = [f["name"] for f in features]
     bodies: dict[tuple[str, int], Path] = {}
     for rows in ROWS:
         sample = sample_rows(features, rows)
-        for kind, text in (("ours", predictor_body(sample)), ("mlflow", mlflow_body(sample, columns))):
+        for kind in ("ours", *args.peers):
             path = work / f"body-{kind}-{rows}.json"
-            path.write_text(text)
+            path.write_text(request_body(kind, sample, columns))
             bodies[kind, rows] = path
 
-    # One server at a time while it starts, so neither cold start competes for the CPU. Each start
-    # is a first start: a new users database to migrate and its admin to create.
-    starts: dict[str, list[float]] = {"ours": [], "mlflow": []}
+    # One server at a time while it starts, so no cold start competes for the CPU. Each start of
+    # ours is a first start: a new users database to migrate and its admin to create.
+    starts: dict[str, list[float]] = {kind: [] for kind in ("ours", *args.peers)}
     for attempt in range(args.cold_starts):
         (work / "users.db").unlink(missing_ok=True)
         ours, username, password = start_ours(processes, work, args, champion)
@@ -332,39 +460,43 @@ def bench_champion(
         starts["ours"].append(seconds)
         if attempt < args.cold_starts - 1:  # the last one serves the load
             processes.stop(ours)
-    for attempt in range(args.cold_starts):
-        mlflow = start_mlflow(processes, work, args, champion, metadata["registered_model"])
-        starts["mlflow"].append(first_prediction_mlflow(mlflow, bodies["mlflow", 1].read_bytes()))
-        if attempt < args.cold_starts - 1:
-            processes.stop(mlflow)
-    for kind, what in (("ours", "first /predict, token included"), ("mlflow", "first /invocations")):
-        cold[kind][champion] = statistics.median(starts[kind])
-        samples = ", ".join(f"{s:.2f}" for s in starts[kind])
-        say(
-            f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {samples}"
-        )
-    if args.cold_only:  # no load: no RSS "after the load" to report
-        processes.stop(mlflow)
-        processes.stop(ours)
-        return []
+    peers: dict[str, Server] = {}
+    for peer in args.peers:
+        for attempt in range(args.cold_starts):
+            server = start_peer(peer, processes, work, args, champion, metadata)
+            starts[peer].append(first_prediction(server, PEER_ROUTES[peer], bodies[peer, 1].read_bytes()))
+            if attempt < args.cold_starts - 1:
+                processes.stop(server)
+        peers[peer] = server
+    for kind, samples in starts.items():
+        cold[kind][champion] = statistics.median(samples)
+        what = "first /predict, token included" if kind == "ours" else f"first {PEER_ROUTES[kind]}"
+        listed = ", ".join(f"{s:.2f}" for s in samples)
+        say(f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {listed}")
 
     comparisons = []
     try:
+        if args.cold_only:  # no load: no RSS "after the load" to report
+            return []
         for case in cases([champion], ROWS, CONCURRENCIES):
-            # Back to back, so both see the same state of this shared machine.
+            # Back to back, so all see the same state of this shared machine.
             ours_result = measure(
                 ours, f"{ours.base_url}/predict", bodies["ours", case.rows], case, args, f"Bearer {token}"
             )
-            mlflow_result = measure(
-                mlflow, f"{mlflow.base_url}/invocations", bodies["mlflow", case.rows], case, args
-            )
-            comparisons.append(Comparison(case, ours_result, mlflow_result))
+            theirs = {
+                peer: measure(
+                    server, f"{server.base_url}{PEER_ROUTES[peer]}", bodies[peer, case.rows], case, args
+                )
+                for peer, server in peers.items()
+            }
+            comparisons.append(Comparison(case, ours_result, theirs))
         rss[champion] = ours.worker_rss_mib()
         say(f"  ours: {rss[champion]:.0f} MiB resident per worker after the load")
         if args.profile:
             profile(ours, bodies["ours", 1], f"Bearer {token}", champion, args)
     finally:
-        processes.stop(mlflow)
+        for server in peers.values():
+            processes.stop(server)
         processes.stop(ours)
     return comparisons
 
@@ -381,9 +513,7 @@ def bench_overhead(scratch: Path, processes: Processes, args: argparse.Namespace
     and neither always goes first (an A/A run of this showed a ~10% bias towards the second).
     """
     champion = "logistic_regression"
-    work = scratch / f"overhead-{champion}"
-    say(f"overhead: training {champion} in {work}")
-    metadata = train(work, champion, args.out.parent / "logs", args.code)
+    work, metadata = trained(scratch, champion, args)
     sample = sample_rows(metadata["features"], 1)
     body = work / "body-ours-1.json"
     body.write_text(predictor_body(sample))
@@ -439,6 +569,48 @@ def bench_overhead(scratch: Path, processes: Processes, args: argparse.Namespace
     return overhead
 
 
+CEILING_ROUNDS = 4
+# The cheapest champion: the least model time between our framework costs and the ceiling's.
+CEILING_CHAMPION = "logistic_regression"
+
+
+def bench_ceiling(scratch: Path, processes: Processes, args: argparse.Namespace) -> list[CeilingResult]:
+    """Ours as served by default (token, metrics, drift, access log) against bench/ceiling.py, at
+    c=32: one-row POST /predict, and GET /health. Both run side by side and are driven in turns,
+    ours first one round and second the next, as the overhead's runs are."""
+    work, metadata = trained(scratch, CEILING_CHAMPION, args)
+    columns = [f["name"] for f in metadata["features"]]
+    body = work / "body-ceiling-1.json"
+    body.write_text(request_body("ours", sample_rows(metadata["features"], 1), columns))
+    env = {"DATABASE_URL": f"sqlite:///{work / 'users-ceiling.db'}"}  # its own admin
+    ours, username, password = start_ours(processes, work, args, CEILING_CHAMPION, env, label="ours-ceiling")
+    ceiling: Server | None = None
+    try:
+        token, _ = first_prediction_ours(ours, username, password, body.read_bytes())
+        ceiling = start_ceiling(processes, work, args, columns)
+        first_prediction(ceiling, "/predict", body.read_bytes(), timeout_s=60)
+        servers = {"ours": (ours, f"Bearer {token}"), "ceiling": (ceiling, "")}
+        case = Case(CEILING_CHAMPION, 1, TARGET_CONCURRENCY)
+        runs: dict[tuple[str, str], list[LoadResult]] = {}
+        for round_number in range(CEILING_ROUNDS):
+            order = ["ours", "ceiling"] if round_number % 2 == 0 else ["ceiling", "ours"]
+            for route, body_file in (("predict", body), ("health", None)):
+                for label in order:
+                    server, authorization = servers[label]
+                    # /health asks for no token, of ours or of the ceiling.
+                    auth = authorization if body_file is not None else ""
+                    result = measure(server, f"{server.base_url}/{route}", body_file, case, args, auth)
+                    runs.setdefault((route, label), []).append(result)
+    finally:
+        processes.stop(ours)
+        if ceiling is not None:
+            processes.stop(ceiling)
+    return [
+        CeilingResult("predict", runs["predict", "ours"], runs["predict", "ceiling"]),
+        CeilingResult("health", runs["health", "ours"], runs["health", "ceiling"]),
+    ]
+
+
 def git(*arguments: str) -> str:
     try:
         done = subprocess.run(
@@ -488,9 +660,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: `make bench` installs it (apt-get install -y wrk)")
     (args.out.parent / "logs").mkdir(parents=True, exist_ok=True)
+    args.bentoml = None
+    if "bentoml" in args.peers:  # before anything is measured: a failed install stops it at once
+        args.bentoml = ensure_bentoml(args.out.parent / "logs" / "venv-bentoml.log")
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     processes = Processes()
-    cold: dict[str, dict[str, float]] = {"ours": {}, "mlflow": {}}
+    cold: dict[str, dict[str, float]] = {kind: {} for kind in ("ours", *args.peers)}
     rss: dict[str, float] = {}
     comparisons: list[Comparison] = []
     try:
@@ -505,9 +680,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     say(
         f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, "
-        f"{args.workers} worker(s) per server; logs in {args.out.parent / 'logs'}"
+        f"{args.workers} worker(s) per server; peers: {', '.join(args.peers) or 'none'}; "
+        f"logs in {args.out.parent / 'logs'}"
     )
     overhead = None
+    ceiling: list[CeilingResult] = []
     timings: list[engines.EngineTiming] = []
     try:
         if args.engines and not args.cold_only:
@@ -517,6 +694,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             comparisons += bench_champion(champion, scratch, processes, args, cold, rss)
         if args.overhead and not args.cold_only:
             overhead = bench_overhead(scratch, processes, args)
+        if args.ceiling and not args.cold_only:
+            ceiling = bench_ceiling(scratch, processes, args)
     finally:
         processes.stop_all()
         if args.keep:
@@ -533,8 +712,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "wall_time_s": round(time.monotonic() - started, 1),
         "load": "wrk -t1, one fixed body per run, 127.0.0.1",
+        "peers": {peer: peer_version(peer) for peer in args.peers},
     }
-    document = results_document(comparisons, cold, settings, rss)
+    document = results_document(comparisons, cold, settings, rss, ceiling, CEILING_CHAMPION)
     if overhead is not None:
         document["observability_overhead"] = overhead
     if timings:
@@ -545,15 +725,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if timings:
         print(engines.format_timings(timings))
         print()
-    print(format_table(comparisons))
+    if comparisons:
+        print(format_table(comparisons))
+        print()
+    print(format_cold_starts(cold))
+    if rss:
+        print(", ".join(f"RSS per worker {name}: {mib:.0f} MiB" for name, mib in rss.items()))
+    if ceiling:
+        print(format_ceiling(ceiling, CEILING_CHAMPION))
     print()
-    print(format_cold_starts(cold["ours"], cold["mlflow"]))
-    print(", ".join(f"RSS per worker {name}: {mib:.0f} MiB" for name, mib in rss.items()))
-    print()
-    for verdict in target_verdicts(comparisons, cold["ours"], rss):
-        print(f"{'met   ' if verdict['met'] else 'MISSED'}  {verdict['target']}: {verdict['measured']}")
+    print(format_verdicts(document["targets"]))
     say(f"wrote {args.out} ({settings['wall_time_s']:.0f} s in all)")
     return document
+
+
+def peer_version(peer: str) -> str:
+    """The version measured: mlflow's from the project's virtualenv, BentoML's pin."""
+    return importlib.metadata.version("mlflow") if peer == "mlflow" else BENTOML_VERSION
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

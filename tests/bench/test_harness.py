@@ -1,4 +1,4 @@
-"""The benchmark's pure helpers: bodies, wrk's report, ratios and the table. No load, no timing."""
+"""The benchmark's pure helpers: bodies, wrk's report, ratios, tables and verdicts. No load, no timing."""
 
 from __future__ import annotations
 
@@ -11,24 +11,35 @@ import pytest
 import yaml
 
 from bench.harness import (
+    BENTOML_VERSION,
+    PEERS,
     RESULT_MARKER,
+    SHARED_WITH_BENTOML,
     BenchError,
     Case,
+    CeilingResult,
     Comparison,
     LoadResult,
+    bentoml_requirements,
+    ceiling_json,
     forced_params,
+    format_ceiling,
+    format_cold_starts,
     format_profile,
     format_table,
+    format_verdicts,
     mlflow_body,
+    parse_peers,
     parse_wrk_report,
     predictor_body,
+    request_body,
     results_document,
     sample_rows,
     summarize_profile,
     target_verdicts,
     wrk_command,
 )
-from bench.run import CHAMPIONS, LUA_SCRIPT, ROOT, code_version, export_commit
+from bench.run import CHAMPIONS, LUA_SCRIPT, PEER_ROUTES, ROOT, code_version, export_commit, parse_args
 
 FEATURES = [
     {"name": "sepal_length", "type": "numeric", "min": 4.3, "max": 7.9},
@@ -110,6 +121,52 @@ def test_bodies_carry_the_same_rows_in_each_servers_format():
     assert theirs["dataframe_split"]["data"] == [[r[c] for c in columns] for r in rows]
 
 
+def test_each_server_gets_its_own_body_and_bentoml_takes_ours():
+    rows = sample_rows(FEATURES, 2)
+    columns = [f["name"] for f in FEATURES]
+    assert request_body("ours", rows, columns) == predictor_body(rows)
+    # bench/bento_service.py's parameter is named `instances`: BentoML reads the same JSON as ours.
+    assert request_body("bentoml", rows, columns) == predictor_body(rows)
+    assert request_body("ceiling", rows, columns) == predictor_body(rows)
+    assert request_body("mlflow", rows, columns) == mlflow_body(rows, columns)
+    assert set(PEER_ROUTES) == set(PEERS)
+
+
+def test_parse_peers_keeps_the_tables_order_and_refuses_unknown_names():
+    assert parse_peers("bentoml, MLflow") == ["mlflow", "bentoml"]
+    assert parse_peers("mlflow,mlflow") == ["mlflow"]
+    assert parse_peers("") == []
+    with pytest.raises(BenchError, match=r"unknown peer.*torchserve"):
+        parse_peers("mlflow,torchserve")
+
+
+def test_bench_peers_and_ceiling_knobs(monkeypatch):
+    monkeypatch.delenv("BENCH_PEERS", raising=False)
+    monkeypatch.delenv("BENCH_CEILING", raising=False)
+    args = parse_args([])
+    assert args.peers == ["mlflow", "bentoml"]
+    assert args.ceiling is True
+    monkeypatch.setenv("BENCH_PEERS", "mlflow")
+    monkeypatch.setenv("BENCH_CEILING", "0")
+    args = parse_args([])
+    assert args.peers == ["mlflow"]
+    assert args.ceiling is False
+    assert parse_args(["--peers", "", "--ceiling"]).peers == []
+    with pytest.raises(SystemExit):
+        parse_args(["--peers", "seldon"])
+
+
+def test_bentoml_gets_the_projects_versions_of_what_unpickling_needs():
+    installed = {name: f"1.{i}.0" for i, name in enumerate(SHARED_WITH_BENTOML)} | {"mlflow": "3.0"}
+    pins = bentoml_requirements(installed)
+    assert pins[0] == f"bentoml=={BENTOML_VERSION}"
+    assert BENTOML_VERSION.startswith("1.4.")
+    assert "scikit-learn==1.0.0" in pins
+    assert len(pins) == 1 + len(SHARED_WITH_BENTOML)
+    with pytest.raises(BenchError, match="lacks scikit-learn"):
+        bentoml_requirements({"numpy": "2.0", "scipy": "1.0", "joblib": "1.0"})
+
+
 def test_parse_wrk_report_reads_the_lua_scripts_line():
     result = parse_wrk_report(WRK_STDOUT)
     assert result.requests == 15000
@@ -139,6 +196,8 @@ def test_the_lua_script_prints_what_the_parser_reads():
     assert RESULT_MARKER.strip() in script
     for key in ("requests", "duration_us", "p50_us", "p99_us", "non_200", "timeouts", "first_bad"):
         assert f'"{key}"' in script
+    # Without a body file it GETs (/health).
+    assert 'wrk.format("GET"' in script
 
 
 def test_wrk_command_runs_the_script_against_the_url():
@@ -150,14 +209,17 @@ def test_wrk_command_runs_the_script_against_the_url():
     assert "-d2s" in command
     assert command[command.index("-s") + 1] == "bench/post.lua"
     assert command[-3:] == ["http://127.0.0.1:9/predict", "--", "/tmp/body.json"]
+    get = wrk_command("http://127.0.0.1:9/health", None, "bench/post.lua", concurrency=32, duration_s=3)
+    assert get[-1] == "http://127.0.0.1:9/health"
+    assert "--" not in get
 
 
 def test_ratios_verdicts_and_table():
-    fast = Comparison(Case("logistic_regression", 1, 32), load(1200, 20, 40), load(300, 90, 200))
-    slow = Comparison(Case("random_forest", 1, 32), load(100, 250, 900), load(80, 300, 600))
-    other = Comparison(Case("random_forest", 100, 1), load(50, 15, 30), load(40, 20, 35))
-    assert fast.throughput_ratio == pytest.approx(4.0)
-    assert fast.p99_ratio == pytest.approx(0.2)
+    fast = Comparison(Case("logistic_regression", 1, 32), load(1200, 20, 40), {"mlflow": load(300, 90, 200)})
+    slow = Comparison(Case("random_forest", 1, 32), load(100, 250, 900), {"mlflow": load(80, 300, 600)})
+    other = Comparison(Case("random_forest", 100, 1), load(50, 15, 30), {"mlflow": load(40, 20, 35)})
+    assert fast.throughput_ratio("mlflow") == pytest.approx(4.0)
+    assert fast.p99_ratio("mlflow") == pytest.approx(0.2)
 
     verdicts = {
         v["target"]: v["met"]
@@ -175,21 +237,138 @@ def test_ratios_verdicts_and_table():
     table = format_table([fast, slow, other]).splitlines()
     assert len(table) == 5  # header, rule, three rows
     assert "ours req/s" in table[0]
-    assert table[2].split()[:6] == ["logistic_regression", "1", "32", "1,200", "300", "4.00"]
+    assert table[2].split()[:3] == ["logistic_regression", "1", "32"]
+    assert "1,200" in table[2].split()
+    assert "4.00" in table[2].split()
+
+
+def test_bentoml_is_a_third_column_set_with_its_own_targets_on_1_and_100_rows():
+    peers = {"mlflow": load(300, 90, 200), "bentoml": load(500, 60, 150)}
+    one = Comparison(Case("random_forest", 1, 32), load(1600, 20, 40), peers)
+    hundred = Comparison(
+        Case("random_forest", 100, 32),
+        load(400, 80, 160),
+        {"mlflow": peers["mlflow"], "bentoml": load(200, 150, 300)},
+    )
+    calm = Comparison(Case("random_forest", 100, 1), load(50, 15, 30), peers)  # c=1: no target
+    svc = Comparison(Case("svc", 1, 32), load(50, 15, 30), peers)  # no target for svc
+    verdicts = {
+        v["target"]: (v["met"], v["measured"]) for v in target_verdicts([one, hundred, calm, svc], {})
+    }
+    assert verdicts == {
+        "random_forest: throughput >= 1.5x mlflow (1 row, c=32)": (True, "5.33x"),
+        "random_forest: p99 below mlflow's (1 row, c=32)": (True, "40.0 ms vs 200.0 ms"),
+        "random_forest: throughput >= 3x bentoml (1 row, c=32)": (True, "3.20x"),
+        "random_forest: p99 below bentoml's (1 row, c=32)": (True, "40.0 ms vs 150.0 ms"),
+        "random_forest: throughput >= 3x bentoml (100 rows, c=32)": (False, "2.00x"),
+        "random_forest: p99 below bentoml's (100 rows, c=32)": (True, "160.0 ms vs 300.0 ms"),
+    }
+
+    header, rule, first, *_ = format_table([one, hundred]).splitlines()
+    assert header.split()[:9] == ["champion", "rows", "conc", "ours", "req/s", "ours", "p50", "ours", "p99"]
+    assert header.index("mlflow req/s") < header.index("bentoml req/s")
+    assert len(rule.split()) == 6 + 5 * 2  # ours' three, then five per peer
+    cells = first.split()
+    # ... 1,600 ours, then mlflow's 300 and 5.33x, then bentoml's 500 and 3.20x
+    assert cells[cells.index("300") + 1] == "5.33"
+    assert cells[cells.index("500") + 1] == "3.20"
+
+
+def test_a_table_of_ours_alone_when_no_peer_runs():
+    alone = Comparison(Case("svc", 1, 1), load(100, 5, 9), {})
+    header = format_table([alone]).splitlines()[0]
+    assert header.split() == ["champion", "rows", "conc", "ours", "req/s", "ours", "p50", "ours", "p99"]
+    assert target_verdicts([alone], {}) == []
+
+
+def test_cold_starts_line_per_champion_with_every_peer():
+    cold = {"ours": {"svc": 0.9}, "mlflow": {"svc": 5.0}, "bentoml": {"svc": 3.25}}
+    assert format_cold_starts(cold) == "cold start svc: ours 0.90 s, mlflow 5.00 s, bentoml 3.25 s"
+    assert format_cold_starts({"ours": {"svc": 0.9}}) == "cold start svc: ours 0.90 s"
+
+
+def _cpu(run: LoadResult, seconds: float) -> LoadResult:
+    return dataclasses.replace(run, server_cpu_s=seconds)
+
+
+def ceiling_results() -> list[CeilingResult]:
+    predict = CeilingResult(
+        "predict",
+        [_cpu(load(1000, 30, 100), 10.0), _cpu(load(1400, 20, 80), 10.0)],  # 24,000 requests, 20 s
+        [load(4000, 8, 15), load(4400, 7, 13)],
+    )
+    health = CeilingResult("health", [load(5000, 6, 12)], [load(6000, 5, 10)])
+    return [predict, health]
+
+
+def test_ceiling_ratio_is_the_mean_throughput_of_each_and_has_its_own_targets():
+    predict, health = ceiling_results()
+    assert predict.ours_throughput == pytest.approx(1200)
+    assert predict.ceiling_throughput == pytest.approx(4200)
+    assert predict.ratio == pytest.approx(1200 / 4200)
+    assert health.ratio == pytest.approx(5 / 6)
+    verdicts = {
+        v["target"]: (v["met"], v["measured"]) for v in target_verdicts([], {}, None, [predict, health])
+    }
+    assert verdicts == {
+        "one-row POST /predict: throughput >= 0.5x the bare FastAPI app's (c=32)": (False, "0.29x"),
+        "GET /health: throughput >= 0.8x the bare FastAPI app's (c=32)": (True, "0.83x"),
+    }
+    text = format_ceiling([predict, health], "logistic_regression").splitlines()
+    assert len(text) == 2
+    assert "ours 1,200 req/s, bare FastAPI 4,200: 0.29x (target >= 0.5x)" in text[0]
+    assert "mean of 2 alternating runs" in text[0]
+    assert "833 µs against nan µs" in text[0]  # 20 s of CPU over 24,000 requests; the other not read
+    assert text[1].startswith("ceiling, GET /health")
+
+    summary = ceiling_json([predict, health], "logistic_regression")
+    assert summary["predict"]["ours_over_ceiling"] == pytest.approx(0.286)
+    assert summary["predict"]["target"] == 0.5
+    assert summary["health"]["throughput_ceiling"] == 6000
+    assert summary["rounds"] == 2
+    assert summary["predict"]["cpu_us_per_request_ours"] == pytest.approx(833.3)
+    assert summary["health"]["cpu_us_per_request_ours"] is None  # not read: neither zero nor NaN
+
+
+def test_verdicts_print_as_met_or_missed():
+    lines = format_verdicts(
+        [{"target": "a", "measured": "1x", "met": True}, {"target": "b", "measured": "2x", "met": False}]
+    ).splitlines()
+    assert lines == ["met     a: 1x", "MISSED  b: 2x"]
 
 
 def test_results_document_is_json(tmp_path: Path):
-    comparison = Comparison(Case("random_forest", 1, 32), load(200, 50, 90), load(80, 300, 600))
-    cold = {"ours": {"random_forest": 0.9}, "mlflow": {"random_forest": 8.5}}
-    document = results_document([comparison], cold, {"duration_s": 10}, {"random_forest": 110.0})
+    peers = {"mlflow": load(80, 300, 600), "bentoml": load(100, 200, 400)}
+    comparison = Comparison(Case("random_forest", 1, 32), load(400, 50, 90), peers)
+    cold = {
+        "ours": {"random_forest": 0.9},
+        "mlflow": {"random_forest": 8.5},
+        "bentoml": {"random_forest": 4.0},
+    }
+    document = results_document(
+        [comparison],
+        cold,
+        {"duration_s": 10},
+        {"random_forest": 110.0},
+        ceiling_results(),
+        "logistic_regression",
+    )
     path = tmp_path / "results.json"
     path.write_text(json.dumps(document))
     again = json.loads(path.read_text())
-    assert again["results"][0]["throughput_ratio"] == pytest.approx(2.5)
-    assert again["results"][0]["ours"]["p99_ms"] == 90
-    assert again["cold_start_s"]["ours"]["random_forest"] == 0.9
+    result = again["results"][0]
+    assert result["ratios"]["mlflow"]["throughput"] == pytest.approx(5.0)
+    assert result["ratios"]["bentoml"] == {"throughput": 4.0, "p50": 0.25, "p99": 0.225}
+    assert result["ours"]["p99_ms"] == 90
+    assert result["bentoml"]["throughput"] == 100
+    assert again["cold_start_s"]["bentoml"]["random_forest"] == 4.0
     assert again["rss_mib"] == {"random_forest": 110.0}
-    assert all(v["met"] for v in again["targets"])
+    assert again["ceiling"]["champion"] == "logistic_regression"
+    assert again["ceiling"]["predict"]["throughput_ours"] == 1200
+    met = {v["target"]: v["met"] for v in again["targets"]}
+    assert met["random_forest: throughput >= 3x bentoml (1 row, c=32)"] is True
+    assert met["one-row POST /predict: throughput >= 0.5x the bare FastAPI app's (c=32)"] is False
+    assert "ceiling" not in results_document([comparison], cold, {}, None)
 
 
 def test_summarize_profile_ranks_functions_and_skips_idle_workers():
