@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.routes import auth, health, metrics, model, predict, train, users
+from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
 from app.db.bootstrap import bootstrap
@@ -105,10 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     # The last added runs first: the request context wraps the body limit, so a 413 is logged and counted.
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(BodyLimitMiddleware, csv=settings.max_csv_bytes)
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
-    routers = (auth, predict, model, train, health, users, metrics)
+    routers = (auth, predict, predict_csv, model, train, health, users, metrics, v2)
     for router in (module.router for module in routers):
         app.include_router(router)
     # FastAPI documents overriding app.openapi; mypy sees a method assignment.

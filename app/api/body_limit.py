@@ -2,8 +2,11 @@
 
 Limits, by path (the paths of app/api/routes, outside any root_path):
 
-- `/predict`, `/predict/csv`, `/train`: MAX_BODY_BYTES, 32 MiB. Far above MAX_BATCH_ROWS rows of any
-  reasonable width, and room for a training CSV; a guard against memory abuse, not a quota.
+- `/predict/csv`: MAX_CSV_BYTES, 1 GiB unless the setting says otherwise. The route streams the file,
+  scoring it a chunk at a time in bounded memory, so this is a quota per request, not a memory guard.
+- `/predict`, `/train` and the V2 infer routes (`/v2/models/{name}[/versions/{version}]/infer`):
+  MAX_BODY_BYTES, 32 MiB. Far above MAX_BATCH_ROWS rows of any reasonable width, and room for a
+  training CSV; a guard against memory abuse, not a quota.
 - everything else: SMALL_BODY_BYTES, 64 KiB. The /token form and the admin JSON bodies (a user, a
   version to roll back to) are a few hundred bytes; the other routes take no body.
 
@@ -21,6 +24,7 @@ when the app responds without reading the body, and does not say the limit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from starlette import status
@@ -30,7 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 SMALL_BODY_BYTES = 64 * 1024
-LARGE_BODY_PATHS = frozenset({"/predict", "/predict/csv", "/train"})
+MAX_CSV_BYTES = 1024**3  # the setting's default
+LARGE_BODY_PATHS = frozenset({"/predict", "/train"})
+CSV_BODY_PATHS = frozenset({"/predict/csv"})
+# The V2 infer routes, whatever the model's name and version.
+_V2_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
 class BodyTooLarge(HTTPException):
@@ -60,15 +68,24 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         default: int = SMALL_BODY_BYTES,
         large: int = MAX_BODY_BYTES,
+        csv: int = MAX_CSV_BYTES,
         large_paths: Iterable[str] = LARGE_BODY_PATHS,
+        csv_paths: Iterable[str] = CSV_BODY_PATHS,
     ) -> None:
         self.app = app
         self.default = default
         self.large = large
+        self.csv = csv
         self.large_paths = frozenset(large_paths)
+        self.csv_paths = frozenset(csv_paths)
 
     def limit_for(self, scope: Scope) -> int:
-        return self.large if _route_path(scope) in self.large_paths else self.default
+        path = _route_path(scope)
+        if path in self.csv_paths:
+            return self.csv
+        if path in self.large_paths or _V2_INFER.fullmatch(path):
+            return self.large
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

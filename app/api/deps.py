@@ -8,7 +8,7 @@ Those that touch the database stay plain `def`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
@@ -63,8 +63,10 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_predictor(serving: ServingDep) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     # One read of the reference: this request uses this model even if a reload swaps it meanwhile.
+    # app.state directly, not ServingDep: each dependency FastAPI solves costs the hot path.
+    serving: ServingState = request.app.state.serving
     predictor = serving.current
     if predictor is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {serving.error}")
@@ -77,10 +79,27 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="token", scopes=SCOPES)
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
-async def current_claims(
-    security_scopes: SecurityScopes, token: TokenDep, settings: SettingsDep, request: Request
-) -> TokenClaims:
+async def current_claims(security_scopes: SecurityScopes, token: TokenDep, request: Request) -> TokenClaims:
     """The verified token: no database access, the token carries the scopes."""
+    return _verified_claims(token, security_scopes, request)
+
+
+async def prediction_claims(security_scopes: SecurityScopes, request: Request) -> TokenClaims:
+    """current_claims for the prediction routes, as one dependency: FastAPI's solving of each
+    dependency costs more than a one-row prediction. It reads the bearer token as oauth2_scheme
+    does; the routes declare the OAuth2 requirement in their OpenAPI themselves (PREDICT_SECURITY)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=_BEARER)
+    return _verified_claims(token, security_scopes, request)
+
+
+# The OpenAPI security requirement prediction_claims stands for (what Security(oauth2_scheme) adds).
+PREDICT_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": ["predict"]}]}
+
+
+def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:
+    settings: Settings = request.app.state.settings  # not SettingsDep: one dependency less per request
     try:
         claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
     except InvalidToken as exc:

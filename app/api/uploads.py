@@ -1,8 +1,9 @@
-"""Request bodies read as bytes: a JSON body, a CSV sent as a body or as a multipart upload.
+"""Request bodies read as bytes: a JSON body, a training CSV sent as a multipart upload.
 
 The size of each is bounded before it gets here: app.api.body_limit refuses a body past
 MAX_BODY_BYTES (413), declared or not, so nothing below holds more than that. A multipart form
-takes one file and a few fields; its spooled files are closed on every path.
+takes one file and a few fields; its spooled files are closed on every path. (The CSV of
+/predict/csv is not read whole: app.api.csv_upload streams it.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ async def read_body(request: Request) -> bytes:
     return await request.body()
 
 
-def _is_multipart(request: Request) -> bool:
+def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith("multipart/form-data")
 
 
@@ -41,19 +42,9 @@ async def _form_file(request: Request) -> Upload | str | None:
         await form.close()
 
 
-async def read_csv(request: Request) -> bytes:
-    """The CSV to predict for: a multipart upload (field `file`) or a text/csv body."""
-    if not _is_multipart(request):
-        return await read_body(request)
-    upload = await _form_file(request)
-    if not isinstance(upload, Upload):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send the CSV as the form field 'file'")
-    return upload.data
-
-
 async def read_training_upload(request: Request) -> Upload | None:
     """The training CSV of the multipart field `file`, or None when the request carries no file."""
-    if not _is_multipart(request):
+    if not is_multipart(request):
         if await read_body(request):
             raise HTTPException(
                 status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -76,7 +67,6 @@ def safe_name(name: str | None) -> str | None:
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
-CsvDep = Annotated[bytes, Depends(read_csv)]
 TrainingUploadDep = Annotated[Upload | None, Depends(read_training_upload)]
 
 _FILE_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}

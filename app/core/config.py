@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     admin_username: str = "admin"
     admin_password: SecretStr = SecretStr(EXAMPLE_ADMIN_PASSWORD)
     max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    # POST /predict/csv streams a file of any number of rows, scored a chunk at a time in bounded
+    # memory; this caps its bytes only (413 past it). MAX_BATCH_ROWS is for JSON bodies.
+    max_csv_bytes: int = Field(default=1024**3, ge=1024)
     # onnxruntime's intra-op threads per loaded model: 1 per worker process, so workers do not
     # fight over the cores (raise it for one worker serving large batches).
     onnx_intra_op_threads: int = Field(default=1, ge=1, le=64)

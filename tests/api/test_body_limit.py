@@ -17,12 +17,20 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.body_limit import LARGE_BODY_PATHS, MAX_BODY_BYTES, SMALL_BODY_BYTES, BodyLimitMiddleware
+from app.api.body_limit import (
+    CSV_BODY_PATHS,
+    LARGE_BODY_PATHS,
+    MAX_BODY_BYTES,
+    SMALL_BODY_BYTES,
+    BodyLimitMiddleware,
+)
+from app.main import create_app
 from tests.support.models import IRIS_FEATURES, IRIS_ROW, write_model
 from tests.support.servers import api_server
-from tests.support.tokens import ADMIN, login
+from tests.support.tokens import ADMIN, bearer, get_token, login
 
 MiB = 1024 * 1024
+CSV_LIMIT = 4 * MiB  # MAX_CSV_BYTES of the real server below
 Headers = dict[str, str]
 
 
@@ -94,7 +102,8 @@ def test_a_declared_length_past_the_limit_is_refused_before_the_app_runs() -> No
 
 def test_large_limits_name_real_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert {path for path, operations in paths.items() if "post" in operations} >= LARGE_BODY_PATHS
+    posts = {path for path, operations in paths.items() if "post" in operations}
+    assert posts >= LARGE_BODY_PATHS | CSV_BODY_PATHS
 
 
 # --- the app, in process --------------------------------------------------------------------------
@@ -121,15 +130,32 @@ def test_predict_and_its_uploads_past_the_large_limit(
     json_body = user_headers | {"Content-Type": "application/json"}
     chunked = client.post("/predict", content=chunks(MAX_BODY_BYTES + 1), headers=json_body)
     assert chunked.status_code == 413 and chunked.json() == too_large(MAX_BODY_BYTES)
-    csv_body = user_headers | {"Content-Type": "text/csv"}
-    assert (
-        client.post("/predict/csv", content=chunks(MAX_BODY_BYTES + 1), headers=csv_body).status_code == 413
-    )
     body, content_type = upload(MAX_BODY_BYTES)
     train = client.post("/train", content=body, headers=admin_headers | {"Content-Type": content_type})
     assert train.status_code == 413 and train.json() == too_large(MAX_BODY_BYTES)
-    under = "\n".join([",".join(IRIS_FEATURES), "5.1,3.5,1.4,0.2"]).encode()
-    assert client.post("/predict/csv", content=iter([under]), headers=csv_body).status_code == 200
+
+
+def test_csv_uploads_have_their_own_limit_max_csv_bytes(settings_factory) -> None:
+    limit = 2 * MiB
+    with TestClient(create_app(settings_factory(max_csv_bytes=limit))) as client:
+        headers = bearer(get_token(client, *ADMIN))
+        csv_body = headers | {"Content-Type": "text/csv"}
+        rows = [",".join(IRIS_FEATURES).encode() + b"\n", *[b"5.1,3.5,1.4,0.2\n" * 4096] * 40]  # 2.5 MiB
+        chunked = client.post("/predict/csv", content=iter(rows), headers=csv_body)
+        assert chunked.status_code == 413 and chunked.json() == too_large(limit)
+        body, content_type = upload(limit)
+        form = client.post("/predict/csv", content=body, headers=headers | {"Content-Type": content_type})
+        assert form.status_code == 413 and form.json() == too_large(limit)
+        under = "\n".join([",".join(IRIS_FEATURES), "5.1,3.5,1.4,0.2"]).encode()
+        assert client.post("/predict/csv", content=iter([under]), headers=csv_body).status_code == 200
+
+
+def test_the_v2_infer_routes_have_the_limit_of_predict() -> None:
+    middleware = BodyLimitMiddleware(None)  # type: ignore[arg-type]
+    for path in ("/v2/models/predictor/infer", "/v2/models/predictor/versions/v1/infer/"):
+        assert middleware.limit_for({"path": path}) == MAX_BODY_BYTES
+    for path in ("/v2/models/predictor", "/v2/models/a/b/infer", "/v2/models//infer"):
+        assert middleware.limit_for({"path": path}) == SMALL_BODY_BYTES
 
 
 # --- a real server --------------------------------------------------------------------------------
@@ -139,7 +165,11 @@ def test_predict_and_its_uploads_past_the_large_limit(
 def server(tmp_path: Path) -> Iterator[tuple[str, Headers, int]]:
     """python -m app.serve on a free port: its URL, a predict token's header and its pid."""
     write_model(tmp_path / "models")
-    settings = {"VERSIONS_DIR": str(tmp_path / "versions"), "LOG_LEVEL": "WARNING"}
+    settings = {
+        "VERSIONS_DIR": str(tmp_path / "versions"),
+        "LOG_LEVEL": "WARNING",
+        "MAX_CSV_BYTES": str(CSV_LIMIT),
+    }
     with api_server(tmp_path, tmp_path / "models", **settings) as api:
         yield api.url, login(api.url, *ADMIN), api.process.pid
 
@@ -198,13 +228,24 @@ def test_over_http_declared_lengths_chunked_bodies_and_csv_uploads(server: tuple
     )
     assert chunked.status_code == 200 and len(chunked.json()["predictions"]) == 3
 
-    big_csv = b"".join([",".join(IRIS_FEATURES).encode(), b"\n", *chunks(MAX_BODY_BYTES, fill=b"1")])
+    row = b"5.1,3.5,1.4,0.2\n"
+    big_csv = b"".join([",".join(IRIS_FEATURES).encode(), b"\n", row * (CSV_LIMIT // len(row))])
     declared = httpx.post(
         f"{base}/predict/csv", files={"file": ("rows.csv", big_csv, "text/csv")}, headers=headers, timeout=60
     )
-    assert declared.status_code == 413 and declared.json() == too_large(MAX_BODY_BYTES)
-    body, content_type = upload(MAX_BODY_BYTES)
-    streamed = httpx.post(
-        f"{base}/predict/csv", content=body, headers=headers | {"Content-Type": content_type}, timeout=60
-    )
-    assert streamed.status_code == 413 and streamed.json() == too_large(MAX_BODY_BYTES)
+    assert declared.status_code == 413 and declared.json() == too_large(CSV_LIMIT)
+
+    # Streamed past the limit once the answer has begun: the rows that arrived whole are answered, then
+    # the answer ends with the 413 it could no longer send as a status.
+    def parts() -> Iterator[bytes]:
+        yield b'--limit-test\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n\r\n'
+        yield big_csv
+        yield b"\r\n--limit-test--\r\n"
+
+    form = {"Content-Type": "multipart/form-data; boundary=limit-test"}
+    streamed = httpx.post(f"{base}/predict/csv", content=parts(), headers=headers | form, timeout=60)
+    assert streamed.status_code == 200
+    body = streamed.json()
+    assert body["error"] == {"status": 413, "line": None, "detail": too_large(CSV_LIMIT)["detail"]}
+    assert 0 < len(body["predictions"]) < len(big_csv) // len(row)
+    assert {p["label"] for p in body["predictions"]} == {"setosa"}

@@ -1,10 +1,10 @@
-"""Predictions: JSON rows or a CSV file in, one model call per request.
+"""Predictions for JSON rows, one model call per request (CSV files: app.api.routes.predict_csv).
 
 `/predict` is an async route: a small body is decoded (msgspec, in C), scored and encoded (orjson)
 right on the event loop, as that takes tens of microseconds, less than the thread-pool hand-off
 it would otherwise pay for (bench/). A large body, or a model measured to be slow, goes to the
 thread pool, so no request holds the event loop for long. The body is read by an async dependency
-first (app.api.uploads); the CSV's rows come from app.serving.csv_rows.
+first (app.api.uploads).
 """
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import PredictorDep, ServingDep, SettingsDep, current_claims
-from app.api.uploads import CSV_BODY_DOC, BodyDep, CsvDep
+from app.api.deps import PREDICT_SECURITY, PredictorDep, prediction_claims
 from app.core.config import Settings
 from app.serving.comparison import Served
-from app.serving.csv_rows import CsvError, format_predictions, parse_csv
 from app.serving.inference import INLINE_BODY_BYTES, predictor_is_slow, score
 from app.serving.predictor import Predictor
-from app.serving.schema import RowError
 from app.serving.state import ServingState
 
-router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
+router = APIRouter(tags=["predict"], dependencies=[Security(prediction_claims, scopes=["predict"])])
 
 
 class Prediction(BaseModel):
@@ -82,19 +79,22 @@ def _answer(predictor: Predictor, body: bytes, settings: Settings) -> Response:
     "/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    openapi_extra=PREDICT_BODY_DOC,
+    openapi_extra=PREDICT_BODY_DOC | PREDICT_SECURITY,
     responses={422: {"description": "Invalid rows: each error names the row and the field"}},
 )
 async def predict(
-    body: BodyDep,
+    request: Request,
     predictor: PredictorDep,
-    serving: ServingDep,
-    settings: SettingsDep,
     compare: Annotated[
         bool, Query(description="Also answer every candidate's predictions from the last training run")
     ] = False,
 ) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
+    # The body, settings and serving state read here rather than as dependencies: FastAPI's solving
+    # of each one cost this route more than decoding and scoring a row does (bench/).
+    body = await request.body()
+    settings: Settings = request.app.state.settings
+    serving: ServingState = request.app.state.serving
     if compare:
         return await run_in_threadpool(_compare, body, serving, settings)
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
@@ -130,33 +130,3 @@ def _compare(body: bytes, serving: ServingState, settings: Settings) -> Response
         ),
         media_type="application/json",
     )
-
-
-@router.post(
-    "/predict/csv",
-    openapi_extra=CSV_BODY_DOC,
-    response_model=PredictResponse,
-    response_model_exclude_none=True,
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when Accept asks for text/csv"},
-        422: {"description": "Malformed CSV (the error names the line) or invalid values"},
-    },
-)
-def predict_csv(data: CsvDep, request: Request, predictor: PredictorDep, settings: SettingsDep) -> Response:
-    """A CSV with a header naming the feature columns. Answers CSV when `Accept: text/csv`."""
-    try:
-        rows = parse_csv(data, predictor.metadata.feature_names, predictor.schema.max_rows)
-    except CsvError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    matrix = predictor.schema.parse_records(rows.records, rows.lines)
-    try:
-        predictions = _predict(predictor, matrix, settings)
-    except RowError as exc:  # rows the model has no finite answer for
-        raise exc.at_lines(rows.lines) from None
-    if "text/csv" in request.headers.get("accept", ""):
-        return Response(
-            format_predictions(predictor.metadata, rows, predictions),
-            media_type="text/csv",
-            headers={"X-Model-Version": predictor.version},
-        )
-    return _response(predictor, predictions)

@@ -1,0 +1,265 @@
+"""The Open Inference Protocol (V2 REST) over the served model, beside the native routes.
+
+/v2/health/live and /v2/health/ready are open, as /health and /ready are. The rest takes a bearer token:
+any scope for the metadata and readiness (as /model-info), `predict` to infer (as /predict). `{name}`
+is the registered model name (model.json's registered_model, else "predictor"). Only the served
+version is loaded, so /versions/{version} answers 404 for any other.
+
+Every error answers the protocol's `{"error": "..."}`: V2Route turns what these routes and their
+dependencies raise (401, 403, 503, a 413 from the body limit) into that shape, and leaves the app's
+handlers, which answer `{"detail": ...}` for the native routes, alone.
+
+An inference is validated into the same feature matrix /predict builds (app.serving.v2) and scored by
+app.serving.inference.score, so it is counted in the metrics and the drift window like /predict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from app.api.deps import DatabaseDep, PredictorDep, ServingDep, SettingsDep, current_claims
+from app.api.uploads import BodyDep
+from app.observability import metrics
+from app.serving import v2
+from app.serving.inference import INLINE_BODY_BYTES, predictor_is_slow, score
+from app.serving.predictor import Predictor
+from app.serving.schema import RowError
+from app.serving.v2 import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ServerLiveResponse,
+    ServerMetadataResponse,
+    ServerReadyResponse,
+    V2Error,
+)
+
+# How many of a refused batch's rows the error lists.
+_LISTED_ROWS = 5
+
+
+def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    body = ErrorResponse(error=message).model_dump_json()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _count_refusal(request: Request, fields: list[str | None] | tuple[str | None, ...]) -> None:
+    """Count the rejected fields in the validation metric, as the native routes' 422s are."""
+    serving = getattr(request.app.state, "serving", None)
+    known = set(serving.current.metadata.feature_names) if serving and serving.current else set()
+    metrics.validation_failed(fields, known)
+
+
+def _unanswerable(exc: RowError) -> str:
+    listed = [f"row {e['row']}: {e['msg']}" if "row" in e else str(e["msg"]) for e in exc.errors]
+    more = f" (and {len(listed) - _LISTED_ROWS} more)" if len(listed) > _LISTED_ROWS else ""
+    return "; ".join(listed[:_LISTED_ROWS]) + more
+
+
+class V2Route(APIRoute):
+    """A route whose every error answers `{"error": "..."}`, the protocol's error object."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except V2Error as exc:
+                if exc.fields:
+                    _count_refusal(request, exc.fields)
+                return _error(exc.message, exc.status)
+            except RowError as exc:  # rows the model has no finite answer for
+                _count_refusal(request, [e.get("field") for e in exc.errors])
+                return _error(_unanswerable(exc), 422)
+            except HTTPException as exc:  # 401, 403 and 503 from the dependencies, 413 from the body limit
+                return _error(str(exc.detail), exc.status_code, exc.headers)
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+                where = ".".join(str(part) for part in first["loc"])
+                return _error(f"{where}: {first['msg']}", 400)
+
+        return answer
+
+
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
+
+_ANY_TOKEN = [Security(current_claims)]
+_PREDICT = [Security(current_claims, scopes=["predict"])]
+
+_WHY = {
+    400: "Not an inference request for this model's inputs (names, datatypes, shapes, data)",
+    401: "Missing, expired or invalid token",
+    403: "The token lacks the scope",
+    404: "No model of this name, or not this version, is served",
+    413: "Body past the route's limit",
+    415: "A compressed body (Content-Encoding): send it uncompressed",
+    422: "Values the model refuses: non-finite or missing numbers, unknown categories, "
+    "an empty or oversized batch, rows without a finite answer",
+    503: "No model loaded (for server readiness: or the database is down)",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": _WHY[status]} for status in statuses}
+
+
+def _inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its $defs written in place, for a requestBody in openapi_extra."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+# The infer routes read the body themselves: it may carry binary tensors after its JSON.
+_INFER_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline_schema(InferenceRequest.model_json_schema())}},
+    }
+}
+
+
+def _check_name(predictor: Predictor, name: str) -> None:
+    served = v2.model_name(predictor.metadata)
+    if name != served:
+        raise V2Error(f"unknown model {name[:64]!r}: this server serves {served!r}", v2.NOT_FOUND)
+
+
+async def named_model(name: str, predictor: PredictorDep) -> Predictor:
+    _check_name(predictor, name)
+    return predictor
+
+
+async def named_model_version(name: str, version: str, predictor: PredictorDep) -> Predictor:
+    _check_name(predictor, name)
+    if version != predictor.version:
+        raise V2Error(
+            f"model {name!r} version {version[:64]!r} is not served: only the serving version, "
+            f"{predictor.version}, is loaded",
+            v2.NOT_FOUND,
+        )
+    return predictor
+
+
+ModelDep = Annotated[Predictor, Depends(named_model)]
+ModelVersionDep = Annotated[Predictor, Depends(named_model_version)]
+
+
+@router.get("/health/live")
+async def server_live() -> ServerLiveResponse:
+    """Liveness: the process answers."""
+    return ServerLiveResponse(live=True)
+
+
+@router.get("/health/ready", responses=_errors(503))
+def server_ready(serving: ServingDep, database: DatabaseDep) -> ServerReadyResponse:
+    """Readiness, as /ready: a model is loaded and the database answers."""
+    if serving.current is None:
+        raise V2Error(f"model not loaded: {serving.error}", 503)
+    try:
+        database.ping()
+    except Exception as exc:
+        raise V2Error(f"database unavailable: {type(exc).__name__}", 503) from None
+    return ServerReadyResponse(ready=True)
+
+
+@router.get("", dependencies=_ANY_TOKEN, responses=_errors(401))
+async def server_metadata(request: Request) -> ServerMetadataResponse:
+    """The server's name and version; no protocol extension is claimed (binary inputs are accepted)."""
+    return ServerMetadataResponse(name=request.app.title, version=request.app.version, extensions=[])
+
+
+_MODEL_ERRORS = _errors(401, 403, 404, 503)
+
+
+@router.get(
+    "/models/{name}", dependencies=_ANY_TOKEN, responses=_MODEL_ERRORS, response_model_exclude_none=True
+)
+async def model_metadata(model: ModelDep) -> ModelMetadataResponse:
+    """The model's input tensors (one per feature) and outputs."""
+    return v2.model_metadata(model)
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    dependencies=_ANY_TOKEN,
+    responses=_MODEL_ERRORS,
+    response_model_exclude_none=True,
+)
+async def model_version_metadata(model: ModelVersionDep) -> ModelMetadataResponse:
+    """The same, for the serving version only."""
+    return v2.model_metadata(model)
+
+
+@router.get("/models/{name}/ready", dependencies=_ANY_TOKEN, responses=_MODEL_ERRORS)
+async def model_ready(model: ModelDep) -> ModelReadyResponse:
+    """200 while the model is loaded; 503 while none is."""
+    return ModelReadyResponse(name=v2.model_name(model.metadata), ready=True)
+
+
+@router.get("/models/{name}/versions/{version}/ready", dependencies=_ANY_TOKEN, responses=_MODEL_ERRORS)
+async def model_version_ready(model: ModelVersionDep) -> ModelReadyResponse:
+    return ModelReadyResponse(name=v2.model_name(model.metadata), ready=True)
+
+
+_INFER: dict[str, Any] = {
+    "dependencies": _PREDICT,
+    "response_model": InferenceResponse,
+    "openapi_extra": _INFER_BODY_DOC,
+    "responses": _errors(400, 401, 403, 404, 413, 415, 422, 503),
+}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+async def infer(model: ModelDep, body: BodyDep, request: Request, settings: SettingsDep) -> Response:
+    """Predict for 1 to MAX_BATCH_ROWS rows given as V2 tensors: one per feature, or one [rows, features]
+    tensor `input-0` for an all-numeric model."""
+    return await _infer(model, body, request, settings.metrics_enabled)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
+async def infer_version(
+    model: ModelVersionDep, body: BodyDep, request: Request, settings: SettingsDep
+) -> Response:
+    """The same, for the serving version only."""
+    return await _infer(model, body, request, settings.metrics_enabled)
+
+
+async def _infer(predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool) -> Response:
+    encoding = request.headers.get("content-encoding", "identity")
+    if encoding != "identity":
+        raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
+    json_length = request.headers.get(v2.JSON_LENGTH_HEADER)
+    # Where /predict scores: a small body of a fast model on the event loop, the rest in the pool.
+    if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
+        answer = await run_in_threadpool(_answer, predictor, body, json_length, metrics_enabled)
+    else:
+        answer = _answer(predictor, body, json_length, metrics_enabled)
+    return Response(answer, media_type="application/json")
+
+
+def _answer(predictor: Predictor, body: bytes, json_length: str | None, metrics_enabled: bool) -> bytes:
+    """The tensors decoded, scored in one model call counted in the metrics, and answered as JSON."""
+    decoded = v2.decode(body, json_length, predictor)
+    answers = score(predictor, decoded.matrix, metrics_enabled)
+    return v2.to_response(answers, decoded, predictor).model_dump_json(exclude_none=True).encode()
