@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.api.deps import DatabaseDep, ServingDep
 from app.api.errors import ErrorDetail
+from app.serving.state import ServingState
 
 router = APIRouter(tags=["health"])
 
@@ -25,11 +27,15 @@ class Ready(BaseModel):
     model_store: str
 
 
-@router.get("/health")
-async def health(serving: ServingDep) -> Health:
+@router.get("/health", response_model=Health)
+async def health(request: Request) -> Response:
     """Liveness: the process answers. Says which model version it serves, if any."""
+    # Probes and load balancers call this all the time: no dependency to solve, no model to
+    # validate the answer through (response_model documents it).
+    serving: ServingState = request.app.state.serving
     current = serving.current
-    return Health(status="ok", model_version=current.version if current else None)
+    answer = {"status": "ok", "model_version": current.version if current else None}
+    return Response(orjson.dumps(answer), media_type="application/json")
 
 
 @router.get(

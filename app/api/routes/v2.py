@@ -24,7 +24,15 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from app.api.deps import DatabaseDep, PredictorDep, ServingDep, SettingsDep, current_claims
+from app.api.deps import (
+    PREDICT_SECURITY,
+    DatabaseDep,
+    PredictorDep,
+    ServingDep,
+    SettingsDep,
+    current_claims,
+    prediction_claims,
+)
 from app.api.uploads import BodyDep
 from app.observability import metrics
 from app.serving import v2
@@ -94,7 +102,8 @@ class V2Route(APIRoute):
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
 
 _ANY_TOKEN = [Security(current_claims)]
-_PREDICT = [Security(current_claims, scopes=["predict"])]
+# The prediction routes' one-dependency token check (app.api.deps.prediction_claims), as /predict's.
+_PREDICT = [Security(prediction_claims, scopes=["predict"])]
 
 _WHY = {
     400: "Not an inference request for this model's inputs (names, datatypes, shapes, data)",
@@ -225,7 +234,7 @@ async def model_version_ready(model: ModelVersionDep) -> ModelReadyResponse:
 _INFER: dict[str, Any] = {
     "dependencies": _PREDICT,
     "response_model": InferenceResponse,
-    "openapi_extra": _INFER_BODY_DOC,
+    "openapi_extra": _INFER_BODY_DOC | PREDICT_SECURITY,
     "responses": _errors(400, 401, 403, 404, 413, 415, 422, 503),
 }
 
