@@ -81,6 +81,8 @@ class AliasOutcome(_Message):
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+# Job.data of a job that trains on params.yaml's data.source rather than an upload.
+PROJECT_DATA = "project data"
 
 
 class Job(BaseModel):

@@ -23,12 +23,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.messages import Job
+from app.core.messages import PROJECT_DATA, Job
 from app.db.models import TrainingJobRow, TrainingUpload
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 UPLOAD_NAME = "upload.csv"
-PROJECT_DATA = "project data"
 LEASE_EXPIRED = "interrupted: the worker running it stopped answering (its lease expired)"
 
 

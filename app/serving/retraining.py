@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.core.artifacts import ModelMetadata, write_json_atomic
 from app.core.loading import ModelLoadError
 from app.core.messages import (
+    PROJECT_DATA,
     REQUEST_FILE,
     RESULT_FILE,
     AliasOutcome,
@@ -39,7 +40,6 @@ log = logging.getLogger("predictor")
 
 LOG_FILE = "job.log"
 UPLOAD_FILE = "upload.csv"
-PROJECT_DATA = "project data"
 ALIAS_TIMEOUT_SECONDS = 60
 INTERRUPTED = "interrupted: the worker stopped while the job ran"
 _RESULT: TypeAdapter[RetrainResult] = TypeAdapter(RetrainResult)

@@ -17,7 +17,7 @@ from app.db.jobs import LEASE_EXPIRED, JobQueue
 from app.db.session import Database
 from tests.support.models import write_model
 from tests.support.paths import ROOT
-from tests.support.servers import wait_until
+from tests.support.servers import stop, wait_until
 from tests.support.tokens import ADMIN, SECRET
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,6 @@ def test_a_killed_worker_leaves_its_job_failed_not_running(tmp_path: Path) -> No
         assert queue.get(job.id).status == "failed"
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
+            if process is not None:
+                stop(process, grace=15)
         database.dispose()

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from tests.support.models import IRIS_ROW, write_model
 from tests.support.paths import ROOT
 from tests.support.s3 import moto_s3
-from tests.support.servers import free_ports, running, wait_until
+from tests.support.servers import free_ports, running, stop, wait_until
 from tests.support.tokens import ADMIN, SECRET, bearer
 from tools.devstack.configs import render_prometheus
 
@@ -76,16 +76,6 @@ class Replica:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -141,7 +131,7 @@ class Cluster:
 
     def stop(self) -> None:
         for process in [*(r.process for r in self.replicas.values()), *self.others]:
-            _stop(process)
+            stop(process, grace=15)
 
 
 def served_version(replica: Replica) -> str | None:

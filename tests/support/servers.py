@@ -55,6 +55,18 @@ def http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
+def stop(process: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; nothing to do for a process already gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def running(
     command: list[str], *, ready_url: str, timeout: float = 30, log: Path | None = None, **popen
@@ -73,12 +85,7 @@ def running(
         wait_until(ready, timeout, " ".join(command[:2]))
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         if log:
             sink.close()
 
