@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
+from app.api.health_shortcut import HealthShortcut
 from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
@@ -92,6 +94,10 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+def _route(router: APIRouter, path: str) -> APIRoute:
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.path == path)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -101,16 +107,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Get a token at /token (Authorize button), then POST /predict.",
         lifespan=_lifespan(settings),
+        # Added after the API's routes, below: FastAPI matches a request against the routes in order.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own OpenTelemetry, checked on every request; the service exports Prometheus metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
 
-    # The last added runs first: the request context wraps the body limit, so a 413 is logged and counted.
+    # The last added runs first: the request context wraps the body limit, so a 413 is logged and
+    # counted, and the /health shortcut, so a probe is too.
     app.add_middleware(BodyLimitMiddleware, csv=settings.max_csv_bytes)
+    app.add_middleware(HealthShortcut, route=_route(health.router, "/health"))
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
-    routers = (auth, predict, predict_csv, model, train, health, users, metrics, v2)
+    # In the order requests are matched, each route tried in turn: the ones called all the time first.
+    routers = (predict, health, v2, predict_csv, auth, model, train, users, metrics)
     for router in (module.router for module in routers):
         app.include_router(router)
+    app.openapi_url, app.docs_url, app.redoc_url = "/openapi.json", "/docs", "/redoc"
+    app.setup()  # the documentation's routes, now after the API's
     # FastAPI documents overriding app.openapi; mypy sees a method assignment.
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

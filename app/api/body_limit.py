@@ -15,8 +15,9 @@ chunked) the bytes are counted as the app reads them, and the read that passes t
 BodyTooLarge instead of returning: the app never holds more than the limit. It is an HTTPException,
 so FastAPI's body parsing re-raises it unchanged (it turns other errors into a 400) and the app's
 handler answers `{"detail": "request body too large (limit N bytes)"}`; this middleware answers the
-same if it reaches it. uvicorn then discards the rest of the body on a connection it keeps open: no
-memory held, and the client reads the 413 rather than a connection reset.
+same if it reaches it (`{"error": ...}` on the V2 routes, the protocol's shape). uvicorn then
+discards the rest of the body on a connection it keeps open: no memory held, and the client reads
+the 413 rather than a connection reset.
 
 A pure ASGI middleware (no BaseHTTPMiddleware). FastAPI's own `max_body_size` answers plain text
 when the app responds without reading the body, and does not say the limit.
@@ -125,7 +126,7 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse(
-        {"detail": BodyTooLarge(limit).detail}, status_code=status.HTTP_413_CONTENT_TOO_LARGE
-    )
+    # The V2 routes answer errors in the protocol's shape, as app/api/routes/v2.py does for the rest.
+    key = "error" if _V2_INFER.fullmatch(_route_path(scope)) else "detail"
+    response = JSONResponse({key: BodyTooLarge(limit).detail}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
     await response(scope, receive, send)

@@ -4,8 +4,13 @@ thread, each chunk's answers sent as soon as they are ready.
 The response is sent while the upload is still being read: uvicorn (httptools and h11 alike) lets an
 ASGI app start its response before it has read the whole request body. A client that reads as it
 sends (curl) gets answers while it uploads; one that sends everything first still gets its answer,
-through the spool (app.api.upload_spool). Behind a proxy that buffers request bodies (nginx's
-default), the answer starts once the proxy has passed the whole upload on.
+through the spool (app.api.upload_spool).
+
+nginx (and so ingress-nginx) passes a request body on only until the answer starts: from then on
+it sends the replica what the sockets already hold and no more, and a large upload stalls half-way
+(tests/deploy/test_devstack.py). Behind such a proxy, CSV_UPLOAD_FIRST=true holds the answer back
+until the whole upload is in the spool (on disk past its first MiBs), then streams it as usual; the
+memory stays bounded, and an upload past MAX_CSV_BYTES is then a plain 413.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from functools import partial
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.api.upload_spool import UploadSpool
@@ -77,11 +82,18 @@ class AnswerStream(StreamingResponse):
     """The answer after its first chunk: the rest of the upload read by a task of its own, meanwhile."""
 
     def __init__(
-        self, first: str, scorer: CsvScorer, chunks: ChunkSource, spool: UploadSpool, headers: dict[str, str]
+        self,
+        first: str,
+        scorer: CsvScorer,
+        chunks: ChunkSource,
+        spool: UploadSpool,
+        headers: dict[str, str],
+        upload_first: bool = False,
     ) -> None:
         self.scorer = scorer
         self.chunks = chunks
         self.spool = spool
+        self.upload_first = upload_first
         chunks.read = spool.read  # the rest of the upload comes through the spool, which reads ahead
         super().__init__(self._texts(first), media_type=scorer.format.media_type, headers=headers)
 
@@ -91,7 +103,11 @@ class AnswerStream(StreamingResponse):
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.spool.fill, receive)
-                await self.stream_response(self.spool.tracking(send))
+                failure = await self.spool.complete() if self.upload_first else None
+                if isinstance(failure, HTTPException):  # nothing sent yet: a plain error answer
+                    await JSONResponse({"detail": failure.detail}, failure.status_code)(scope, receive, send)
+                else:
+                    await self.stream_response(self.spool.tracking(send))
                 tasks.cancel_scope.cancel()
         finally:
             self.spool.close()

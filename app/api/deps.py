@@ -26,6 +26,7 @@ from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
 _BEARER = {"WWW-Authenticate": "Bearer"}
+PREDICT_SCOPES = SecurityScopes(scopes=["predict"])
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -63,14 +64,19 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-async def get_predictor(request: Request) -> Predictor:
+def serving_predictor(request: Request) -> Predictor:
+    """The model serving now, or a 503 saying why there is none."""
     # One read of the reference: this request uses this model even if a reload swaps it meanwhile.
-    # app.state directly, not ServingDep: each dependency FastAPI solves costs the hot path.
     serving: ServingState = request.app.state.serving
     predictor = serving.current
     if predictor is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {serving.error}")
     return predictor
+
+
+async def get_predictor(request: Request) -> Predictor:
+    # app.state directly, not ServingDep: each dependency FastAPI solves costs the hot path.
+    return serving_predictor(request)
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
@@ -86,8 +92,15 @@ async def current_claims(security_scopes: SecurityScopes, token: TokenDep, reque
 
 async def prediction_claims(security_scopes: SecurityScopes, request: Request) -> TokenClaims:
     """current_claims for the prediction routes, as one dependency: FastAPI's solving of each
-    dependency costs more than a one-row prediction. It reads the bearer token as oauth2_scheme
-    does; the routes declare the OAuth2 requirement in their OpenAPI themselves (PREDICT_SECURITY)."""
+    dependency costs more than a one-row prediction. The routes declare the OAuth2 requirement in
+    their OpenAPI themselves (PREDICT_SECURITY)."""
+    return bearer_claims(request, security_scopes)
+
+
+def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SCOPES) -> TokenClaims:
+    """The verified token of the request's Authorization header, which must grant these scopes:
+    current_claims without FastAPI (for /predict, which solves no dependency at all). It reads the
+    bearer token as oauth2_scheme does, and refuses as current_claims does."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=_BEARER)

@@ -7,6 +7,9 @@ task keeps reading the upload while the answer's send is waiting (`sending`): th
 unnamed temporary file (in TMPDIR), read back in order. Otherwise it reads only while less than
 MEMORY_BYTES wait in memory, so a client that does read along is held back by TCP, as usual, and
 nothing touches the disk. Memory stays bounded either way; disk use at most the upload's size.
+
+With `whole`, it reads the upload to its end as fast as it comes, whatever the answer does: for an
+answer that waits for all of it (CSV_UPLOAD_FIRST, behind nginx).
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ READ_BYTES = 1024 * 1024
 
 
 class UploadSpool:
-    def __init__(self, pieces: AsyncIterator[bytes], memory_bytes: int = MEMORY_BYTES) -> None:
+    def __init__(
+        self, pieces: AsyncIterator[bytes], memory_bytes: int = MEMORY_BYTES, whole: bool = False
+    ) -> None:
         self._pieces = pieces
+        # Read everything as it comes, never held back by TCP: for an answer that starts after it.
+        self._whole = whole
         self._memory_limit = memory_bytes
         self._memory: deque[bytes] = deque()
         self._memory_bytes = 0
@@ -46,7 +53,7 @@ class UploadSpool:
         """The reading task: the upload into the spool, then `receive` until the client leaves."""
         try:
             async for piece in self._pieces:
-                while self._memory_bytes >= self._memory_limit and not self._sending:
+                while self._memory_bytes >= self._memory_limit and not (self._sending or self._whole):
                     await self._wait()
                 await self._put(piece)
         except Exception as exc:  # raised by read() once the bytes before it were taken
@@ -60,6 +67,12 @@ class UploadSpool:
             pass  # what is left of a multipart body after its file
         self.disconnected = True
         self._notify()
+
+    async def complete(self) -> Exception | None:
+        """Once the whole upload is in the spool: None, or what ended it early (a 413)."""
+        while not self._done:
+            await self._wait()
+        return self._error
 
     async def read(self) -> bytes:
         """The next bytes of the upload, b"" at its end; raises what ended the reading early."""

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # POST /predict/csv streams a file of any number of rows, scored a chunk at a time in bounded
     # memory; this caps its bytes only (413 past it). MAX_BATCH_ROWS is for JSON bodies.
     max_csv_bytes: int = Field(default=1024**3, ge=1024)
+    # Behind nginx (compose, make stack, ingress-nginx): the answer to a CSV waits for the whole
+    # upload, which nginx stops passing on once an answer starts (app/api/csv_stream.py).
+    csv_upload_first: bool = False
     # onnxruntime's intra-op threads per loaded model: 1 per worker process, so workers do not
     # fight over the cores (raise it for one worker serving large batches).
     onnx_intra_op_threads: int = Field(default=1, ge=1, le=64)

@@ -58,10 +58,22 @@ class Standardization(BaseModel):
         # Once per loaded model, not per request.
         return np.asarray(self.mean, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
 
+    @cached_property
+    def _safe(self) -> float:
+        """Raw values within +-this cannot reach the limit once standardised: half of it, times the
+        smallest scale, less the largest mean. Finite, so an infinite value is never within it."""
+        mean, scale = self._arrays
+        limits = {"float64": float(np.finfo(np.float64).max), "float32": float(np.finfo(np.float32).max)}
+        limit = limits.get(self.limit, NEIGHBOURS_MAX_Z)
+        return min(limit / 2 * float(scale.min()) - float(np.abs(mean).max()), 1e300)
+
     def overflows(self, matrix: np.ndarray) -> np.ndarray:
         """Per row: True when scikit-learn would refuse it, or answer it arbitrarily."""
         mean, scale = self._arrays
         values = matrix[:, self.columns].astype(np.float64)
+        # The usual batch, in two reductions rather than the standardisation (NaN fails both).
+        if values.size and values.max() <= self._safe and values.min() >= -self._safe:
+            return np.zeros(len(matrix), dtype=bool)
         with np.errstate(all="ignore"):
             z = (values - mean) / scale
             if self.limit == "float32":

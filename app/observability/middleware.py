@@ -73,16 +73,19 @@ class RequestContextMiddleware:
             # The route template, never the raw path: label values stay bounded.
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             metrics.request_served(method, route, status, seconds)
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "user": scope.get("state", {}).get("user"),
-                    "request_id": request_id,
-                }
-            },
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        fields = {
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+            "user": scope.get("state", {}).get("user"),
+            "request_id": request_id,
+        }
+        # The record made here rather than by access_log.info(), which walks the stack for the
+        # caller's file and line on every request; the JSON line has no use for them.
+        record = access_log.makeRecord(
+            access_log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}
         )
+        access_log.handle(record)

@@ -158,6 +158,18 @@ def test_the_v2_infer_routes_have_the_limit_of_predict() -> None:
         assert middleware.limit_for({"path": path}) == SMALL_BODY_BYTES
 
 
+def test_v2_infer_past_the_limit_answers_in_the_protocols_shape(
+    client: TestClient, user_headers: Headers
+) -> None:
+    """{"error": ...}, as every V2 error, whether the length was declared or counted."""
+    json_body = user_headers | {"Content-Type": "application/json"}
+    url = "/v2/models/predictor/infer"
+    chunked = client.post(url, content=chunks(MAX_BODY_BYTES + 1), headers=json_body)
+    assert chunked.status_code == 413 and chunked.json() == {"error": too_large(MAX_BODY_BYTES)["detail"]}
+    declared = client.post(url, content=b"{" + b" " * MAX_BODY_BYTES + b"}", headers=json_body)
+    assert declared.status_code == 413 and declared.json() == {"error": too_large(MAX_BODY_BYTES)["detail"]}
+
+
 # --- a real server --------------------------------------------------------------------------------
 
 

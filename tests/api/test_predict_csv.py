@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -258,6 +259,85 @@ def test_accept_picks_the_format_named_first(client: TestClient, user_headers: H
         ("application/json, text/csv", "application/json"),
     ]:
         assert post_csv(client, user_headers, data, accept).headers["content-type"].startswith(media_type)
+
+
+def drive_upload(client: TestClient, headers: Headers, body: bytes) -> tuple[list[str], int, bytes]:
+    """POST /predict/csv as an ASGI app hears it, 64 KiB a message: the order in which the app read
+    the upload and started its answer ("body", "start"), the answer's status and its bytes."""
+    pieces = [body[at : at + 65536] for at in range(0, len(body), 65536)]
+    events: list[str] = []
+    answer = bytearray()
+    status: list[int] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict/csv",
+        "raw_path": b"/predict/csv",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", headers["Authorization"].encode()),
+            (b"content-type", b"text/csv"),
+            (b"accept", b"text/csv"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def drive() -> None:
+        async def receive() -> dict:
+            await anyio.sleep(0)  # a network read: others run meanwhile
+            if pieces:
+                events.append("body")
+                piece = pieces.pop(0)
+                return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+            await anyio.sleep_forever()  # the client stays until its answer has come
+            raise AssertionError
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                events.append("start")
+                status.append(message["status"])
+            elif message["type"] == "http.response.body":
+                answer.extend(message.get("body", b""))
+
+        await client.app(dict(scope), receive, send)
+
+    assert client.portal is not None
+    client.portal.call(drive)
+    return events, status[0], bytes(answer)
+
+
+@pytest.mark.parametrize("upload_first", [False, True])
+def test_csv_upload_first_holds_the_answer_until_the_whole_upload_is_read(
+    settings_factory, lines: list[str], upload_first: bool
+) -> None:
+    """What a proxy that passes a request body only until the answer starts needs (nginx); without
+    it the answer starts while the upload is still arriving."""
+    with TestClient(create_app(settings_factory(csv_upload_first=upload_first))) as client:
+        events, status, answer = drive_upload(client, bearer(get_token(client, *ADMIN)), as_csv(lines))
+    assert status == 200
+    assert len(answer.decode().splitlines()) == 1 + ROWS
+    last_body = len(events) - 1 - events[::-1].index("body")
+    if upload_first:
+        assert events.index("start") > last_body, events
+    else:
+        assert events.index("start") < last_body, events
+
+
+def test_with_csv_upload_first_an_upload_past_max_csv_bytes_is_a_plain_413(
+    settings_factory, lines: list[str]
+) -> None:
+    body = as_csv(lines)
+    limit = len(body) // 2  # past the first chunk: without the setting, a 200 ending with the error
+    settings = settings_factory(csv_upload_first=True, max_csv_bytes=limit)
+    with TestClient(create_app(settings)) as client:
+        _, status, answer = drive_upload(client, bearer(get_token(client, *ADMIN)), body)
+    assert status == 413
+    assert json.loads(answer) == {"detail": f"request body too large (limit {limit} bytes)"}
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from app.api.body_limit import MAX_BODY_BYTES, BodyTooLarge
+from app.core.config import Settings
 from tests.support.paths import ROOT
 from tests.support.servers import free_ports, wait_until
 from tests.support.tokens import bearer, get_token
@@ -235,6 +237,22 @@ def test_nginx_passes_the_request_id_and_the_forwarded_headers(stack):
     wait_until(logged_by_a_replica, 5, "the forwarded client address in a replica's log")
 
 
+def send_head(state: Stack, head: str) -> tuple[str, str]:
+    """Send only a request's head; nginx's answer, read to its Content-Length (nginx keeps the
+    connection open a while to read the body it refused, so its end is not awaited)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", state.ports["api"]), timeout=10) as sock:
+        sock.sendall(head.encode())
+        while True:
+            status, done, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", status)
+            if done and length and len(body) >= int(length[1]):
+                return status.decode(), body.decode()
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before the whole answer: {answer!r}"
+            answer += chunk
+
+
 def test_nginx_refuses_a_body_past_the_api_limit_as_the_api_does(stack):
     """Only the headers are sent: nginx answers from the declared length, before any body."""
     state, _ = stack
@@ -242,14 +260,74 @@ def test_nginx_refuses_a_body_past_the_api_limit_as_the_api_does(stack):
         f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {MAX_BODY_BYTES + 1}\r\nConnection: close\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", state.ports["api"]), timeout=5) as sock:
-        sock.sendall(head.encode())
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    status, _, body = answer.decode().partition("\r\n\r\n")
+    status, body = send_head(state, head)
     assert status.startswith("HTTP/1.1 413 ") and "application/json" in status, status
     assert json.loads(body) == {"detail": BodyTooLarge(MAX_BODY_BYTES).detail}
+
+
+def test_nginx_refuses_a_csv_past_the_apis_csv_limit_as_the_api_does(stack):
+    state, _ = stack
+    limit = Settings.model_fields["max_csv_bytes"].default
+    head = (
+        f"POST /predict/csv HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+        f"Content-Length: {limit + 1}\r\nConnection: close\r\n\r\n"
+    )
+    status, body = send_head(state, head)
+    assert status.startswith("HTTP/1.1 413 "), status
+    assert json.loads(body) == {"detail": BodyTooLarge(limit).detail}
+
+
+def chunk_of(data: bytes) -> bytes:
+    """One piece of a chunked request body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def unchunked(data: bytes) -> bytes:
+    """A chunked response body, joined."""
+    body, at = bytearray(), 0
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(body)
+        body += data[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2
+
+
+def test_a_csv_past_the_json_limit_goes_through_nginx_in_full(stack):
+    """More than MAX_BODY_BYTES of CSV, chunked, from a client that reads as it sends. nginx stops
+    passing a body on once the answer starts: the replicas (CSV_UPLOAD_FIRST) wait for all of it."""
+    state, _ = stack
+    token = get_token(httpx.Client(base_url=state.url("api"), timeout=10), *ADMIN)
+    line = b"5.1,3.5,1.4,0.2\n"
+    piece = line * 65536  # 1 MiB
+    pieces = MAX_BODY_BYTES // len(piece) + 2
+    head = (
+        "POST /predict/csv HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+        f"Accept: text/csv\r\nAuthorization: Bearer {token}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", state.ports["api"]), timeout=60) as sock:
+
+        def read_all() -> None:
+            while data := sock.recv(1 << 20):
+                received.extend(data)
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        sock.sendall(head.encode() + chunk_of(b"sepal_length,sepal_width,petal_length,petal_width\n"))
+        for _ in range(pieces):
+            sock.sendall(chunk_of(piece))
+        sock.sendall(b"0\r\n\r\n")
+        reader.join(timeout=120)
+        assert not reader.is_alive(), f"the answer stopped after {len(received)} bytes"
+    status, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), status
+    answer = unchunked(body).decode().splitlines()
+    assert answer[0].startswith("sepal_length,sepal_width,petal_length,petal_width,label,")
+    assert len(answer) - 1 == pieces * 65536 and pieces * len(piece) > MAX_BODY_BYTES
+    assert answer[-1].startswith("5.1,3.5,1.4,0.2,setosa,")
 
 
 def test_metrics_are_per_replica_not_through_nginx(stack):

@@ -497,11 +497,33 @@ def test_the_service_pdb_and_hpa_point_at_the_api_pods(example: str):
         metrics = {metric["type"]: metric for metric in hpa["metrics"]}
         assert metrics["Resource"]["resource"]["target"]["averageUtilization"] == 70
         assert metrics["Pods"]["pods"]["metric"]["name"] == "predictor_requests_per_second"
-        ingress = one(example, "Ingress")["spec"]
-        backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
-        assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+        for ingress in objects(example, "Ingress"):
+            backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+            assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
     else:
         assert api["spec"]["replicas"] == VALUES["api"]["replicas"]
+
+
+def test_csv_uploads_get_an_ingress_of_their_own_unbuffered_up_to_max_csv_bytes():
+    """ingress-nginx reads its body limit and buffering per Ingress: /predict/csv (Exact) gets the
+    API's CSV limit and no buffering, the other routes keep the shared annotations."""
+    by_name = {ingress["metadata"]["name"]: ingress for ingress in objects("production", "Ingress")}
+    assert set(by_name) == {"predictor-api", "predictor-api-csv"}
+    routes, csv = by_name["predictor-api"], by_name["predictor-api-csv"]
+    shared = PRODUCTION["ingress"]["annotations"]
+    assert routes["metadata"]["annotations"] == shared
+    notes = csv["metadata"]["annotations"]
+    size = notes["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m") and int(size[:-1]) * 1024**2 == Settings.model_fields["max_csv_bytes"].default
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert notes["cert-manager.io/cluster-issuer"] == shared["cert-manager.io/cluster-issuer"]
+    for rule in csv["spec"]["rules"]:
+        assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/predict/csv", "Exact")]
+    assert csv["spec"]["tls"] == routes["spec"]["tls"]
+    assert [r["host"] for r in csv["spec"]["rules"]] == [r["host"] for r in routes["spec"]["rules"]]
+    alone = render(merged(PRODUCTION, {"ingress": {"csvUpload": {"enabled": False}}}), RELEASES["production"])
+    assert [d["metadata"]["name"] for d in alone if d["kind"] == "Ingress"] == ["predictor-api"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

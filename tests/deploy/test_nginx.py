@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from app.api.body_limit import MAX_BODY_BYTES, BodyTooLarge
+from app.core.config import Settings
 from app.observability.middleware import _SAFE_REQUEST_ID
 from tools.devstack import configs
 from tools.devstack.configs import NGINX_FILE, ROOT, render_nginx
@@ -25,6 +26,7 @@ REPLICAS = sorted(
 )
 # nginx reads sizes in k/m units: the app counts bytes.
 UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+CSV_DEFAULT = Settings.model_fields["max_csv_bytes"].default
 
 
 def directives(name: str) -> list[str]:
@@ -43,7 +45,7 @@ def test_it_listens_where_compose_publishes_and_proxies_to_every_replica():
     assert SERVICES["lb"]["ports"] == ["8000:8000"]
     servers = [args.split()[0] for args in directives("server")]
     assert servers == [f"{name}:{SERVICES[name]['environment']['PORT']}" for name in REPLICAS]
-    assert directives("proxy_pass") == ["http://predictor_api"]
+    assert set(directives("proxy_pass")) == {"http://predictor_api"}
 
 
 def test_replicas_are_resolved_again_through_dockers_dns():
@@ -56,13 +58,48 @@ def test_replicas_are_resolved_again_through_dockers_dns():
     assert version >= (1, 27, 3), tag
 
 
-def test_the_body_limit_is_the_apis_and_so_is_the_answer_past_it():
-    (size,) = directives("client_max_body_size")
+def location(name: str) -> str:
+    """The body of `location name { ... }` (no nested blocks in this file)."""
+    found = re.search(
+        rf"^[ \t]*location {re.escape(name)} \{{(.*?)^[ \t]*\}}", CONFIG, re.DOTALL | re.MULTILINE
+    )
+    assert found, f"no location {name}"
+    return found[1]
+
+
+def in_bytes(size: str) -> int:
     number, unit = re.fullmatch(r"(\d+)([km]?)", size).groups()
-    assert int(number) * UNITS[unit] == MAX_BODY_BYTES
-    assert directives("error_page") == ["413 @body_too_large"]
-    body = re.search(r"location @body_too_large \{.*?return 413 '(.*?)';", CONFIG, re.DOTALL)
-    assert body and json.loads(body[1]) == {"detail": BodyTooLarge(MAX_BODY_BYTES).detail}
+    return int(number) * UNITS[unit]
+
+
+def refusal(handler: str) -> dict[str, str]:
+    body = re.search(r"return 413 '(.*?)';", location(handler))
+    assert body, handler
+    return json.loads(body[1])
+
+
+def test_the_body_limit_is_the_apis_and_so_is_the_answer_past_it():
+    server_wide, _ = directives("client_max_body_size")
+    assert in_bytes(server_wide) == MAX_BODY_BYTES
+    assert directives("error_page") == ["413 @body_too_large", "413 @v2_too_large", "413 @csv_too_large"]
+    assert refusal("@body_too_large") == {"detail": BodyTooLarge(MAX_BODY_BYTES).detail}
+    # The V2 routes in the protocol's shape, as the API answers them.
+    assert "error_page 413 @v2_too_large;" in location("/v2/")
+    assert refusal("@v2_too_large") == {"error": BodyTooLarge(MAX_BODY_BYTES).detail}
+    assert "client_max_body_size" not in location("/")
+
+
+def test_a_csv_upload_streams_through_up_to_the_apis_csv_limit():
+    """/predict/csv: the API's MAX_CSV_BYTES default, and no buffering either way: the replica scores
+    the file as it arrives, and the client reads answer rows while it is still sending."""
+    csv = location("= /predict/csv")
+    assert in_bytes(re.search(r"client_max_body_size (\S+);", csv)[1]) == CSV_DEFAULT
+    assert "proxy_request_buffering off;" in csv and "proxy_buffering off;" in csv
+    assert "proxy_pass http://predictor_api;" in csv
+    assert "error_page 413 @csv_too_large;" in csv
+    assert refusal("@csv_too_large") == {"detail": BodyTooLarge(CSV_DEFAULT).detail}
+    # Set once for the server, so both locations send the replicas the same headers.
+    assert not any("proxy_set_header" in location(name) for name in ("/", "/v2/", "= /predict/csv"))
 
 
 def test_the_replicas_learn_who_called_and_how():

@@ -405,6 +405,8 @@ class Runner:
                 "MODEL_DIR": str(folder / "models"),
                 "MODEL_CACHE_DIR": str(folder / "cache"),
                 "START_WORKER": "false",
+                # Behind nginx, as in compose: a CSV's answer waits for the whole upload.
+                "CSV_UPLOAD_FIRST": "true",
             }
             port = str(self.stack.ports[name])
             command = [sys.executable, "-m", "app.serve", "--host", HOST, "--port", port, "--workers", "1"]

@@ -27,15 +27,17 @@ class Ready(BaseModel):
     model_store: str
 
 
+def health_body(serving: ServingState) -> bytes:
+    """/health's answer, as `Health` documents it (not validated through it: it is called all the time)."""
+    current = serving.current
+    return orjson.dumps({"status": "ok", "model_version": current.version if current else None})
+
+
 @router.get("/health", response_model=Health)
 async def health(request: Request) -> Response:
     """Liveness: the process answers. Says which model version it serves, if any."""
-    # Probes and load balancers call this all the time: no dependency to solve, no model to
-    # validate the answer through (response_model documents it).
-    serving: ServingState = request.app.state.serving
-    current = serving.current
-    answer = {"status": "ok", "model_version": current.version if current else None}
-    return Response(orjson.dumps(answer), media_type="application/json")
+    # GET is answered before routing (app.api.health_shortcut); this documents it and answers the rest.
+    return Response(health_body(request.app.state.serving), media_type="application/json")
 
 
 @router.get(

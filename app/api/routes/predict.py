@@ -3,29 +3,29 @@
 `/predict` is an async route: a small body is decoded (msgspec, in C), scored and encoded (orjson)
 right on the event loop, as that takes tens of microseconds, less than the thread-pool hand-off
 it would otherwise pay for (bench/). A large body, or a model measured to be slow, goes to the
-thread pool, so no request holds the event loop for long. The body is read by an async dependency
-first (app.api.uploads).
+thread pool, so no request holds the event loop for long.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request, Security, status
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import PREDICT_SECURITY, PredictorDep, prediction_claims
+from app.api.deps import PREDICT_SECURITY, bearer_claims, serving_predictor
 from app.core.config import Settings
 from app.serving.comparison import Served
 from app.serving.inference import INLINE_BODY_BYTES, predictor_is_slow, score
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
-router = APIRouter(tags=["predict"], dependencies=[Security(prediction_claims, scopes=["predict"])])
+router = APIRouter(tags=["predict"])
 
 
 class Prediction(BaseModel):
@@ -75,23 +75,48 @@ def _answer(predictor: Predictor, body: bytes, settings: Settings) -> Response:
     return _response(predictor, _predict(predictor, matrix, settings))
 
 
+_COMPARE = "compare"
+# What FastAPI would document for `compare: bool = Query(False, description=...)`.
+COMPARE_PARAMETER: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": _COMPARE,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "boolean", "default": False, "title": "Compare"},
+            "description": "Also answer every candidate's predictions from the last training run",
+        }
+    ]
+}
+_FLAG = TypeAdapter(bool)
+
+
+def query_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter, False when absent, parsed and refused (422) as FastAPI does."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    try:
+        return _FLAG.validate_python(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", name)} for e in exc.errors()]) from None
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    openapi_extra=PREDICT_BODY_DOC | PREDICT_SECURITY,
+    openapi_extra=PREDICT_BODY_DOC | PREDICT_SECURITY | COMPARE_PARAMETER,
     responses={422: {"description": "Invalid rows: each error names the row and the field"}},
 )
-async def predict(
-    request: Request,
-    predictor: PredictorDep,
-    compare: Annotated[
-        bool, Query(description="Also answer every candidate's predictions from the last training run")
-    ] = False,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
-    # The body, settings and serving state read here rather than as dependencies: FastAPI's solving
-    # of each one cost this route more than decoding and scoring a row does (bench/).
+    # Nothing for FastAPI to solve: the token, the model, the query and the body are read here, in
+    # the order the dependencies would be (401/403, then 503, then 422). Solving them cost this
+    # route more than decoding and scoring a row does (python -m bench.inprocess).
+    bearer_claims(request)
+    predictor = serving_predictor(request)
+    compare = query_flag(request, _COMPARE)
     body = await request.body()
     settings: Settings = request.app.state.settings
     serving: ServingState = request.app.state.serving

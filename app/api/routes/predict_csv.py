@@ -94,4 +94,6 @@ async def predict_csv(request: Request, predictor: PredictorDep, settings: Setti
     except CsvError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     headers = {"X-Model-Version": predictor.version}
-    return AnswerStream(scorer.format.opening() + first.text, scorer, chunks, UploadSpool(pieces), headers)
+    spool = UploadSpool(pieces, whole=settings.csv_upload_first)
+    opening = scorer.format.opening() + first.text
+    return AnswerStream(opening, scorer, chunks, spool, headers, upload_first=settings.csv_upload_first)
