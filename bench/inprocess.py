@@ -7,7 +7,7 @@ drives the apps directly (`await app(scope, receive, send)`), so what is left is
 work per request: ours with auth, metrics, drift and the access log on (written to /dev/null),
 against bench/ceiling.py's bare FastAPI app. Rounds alternate the two so both see the same
 machine; the figures are the median round's CPU time per request, and the ratio ceiling / ours.
-`--profile` prints cProfile's busiest functions for our one-row /predict.
+`--profile` prints cProfile's busiest functions for our one-row /predict (`--profile-rows '100 rows'`).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ async def measure(args: argparse.Namespace) -> None:
             if args.profile:
                 profiler = cProfile.Profile()
                 profiler.enable()
-                await cpu_per_request(calls["/predict 1 row"][0], args.requests)
+                await cpu_per_request(calls[f"/predict {args.profile_rows}"][0], args.requests)
                 profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(40)
@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--profile-rows", default="1 row", choices=["1 row", "100 rows"], help="the /predict to profile"
+    )
     parser.add_argument(
         "--sort", default="tottime", help="cProfile's order for --profile: tottime, cumulative"
     )

@@ -14,7 +14,12 @@ from tests.support.models import write_model
 def test_it_measures_every_route_of_both_apps(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     write_model(tmp_path / "models")
     args = argparse.Namespace(
-        model_dir=tmp_path / "models", requests=3, rounds=1, profile=True, sort="cumulative"
+        model_dir=tmp_path / "models",
+        requests=3,
+        rounds=1,
+        profile=True,
+        sort="cumulative",
+        profile_rows="1 row",
     )
     inprocess.asyncio.run(inprocess.measure(args))
     report = capsys.readouterr().err
