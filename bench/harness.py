@@ -32,6 +32,10 @@ THROUGHPUT_TARGETS = {
     ("bentoml", "random_forest", 1): 3.0,
     ("bentoml", "random_forest", 100): 3.0,
 }
+# Ours over our own service built from the baseline commit (--baseline), at c=32, for every
+# champion: per rows of the request.
+BASELINE = "baseline"
+BASELINE_TARGETS = {1: 2.0, 100: 3.0}
 # Ours over the bare FastAPI app (bench/ceiling.py) at c=32: one-row /predict, and /health.
 CEILING_TARGETS = {"predict": 0.5, "health": 0.8}
 COLD_START_TARGET_S = 1.0
@@ -220,22 +224,29 @@ class Case:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One case: our run and each peer's, under the same load."""
+    """One case: our run, the baseline's (when one was given) and each peer's, under the same load."""
 
     case: Case
     ours: LoadResult
     peers: dict[str, LoadResult]
+    # Our service built from the baseline commit (--baseline); None without one.
+    baseline: LoadResult | None = None
 
-    def throughput_ratio(self, peer: str) -> float:
-        theirs = self.peers[peer].throughput
+    @property
+    def others(self) -> dict[str, LoadResult]:
+        """Every server ours is compared with, in the table's order: the baseline, then the peers."""
+        return ({BASELINE: self.baseline} if self.baseline is not None else {}) | self.peers
+
+    def throughput_ratio(self, other: str) -> float:
+        theirs = self.others[other].throughput
         return self.ours.throughput / theirs if theirs else float("inf")
 
-    def p50_ratio(self, peer: str) -> float:
-        theirs = self.peers[peer].p50_ms
+    def p50_ratio(self, other: str) -> float:
+        theirs = self.others[other].p50_ms
         return self.ours.p50_ms / theirs if theirs else float("inf")
 
-    def p99_ratio(self, peer: str) -> float:
-        theirs = self.peers[peer].p99_ms
+    def p99_ratio(self, other: str) -> float:
+        theirs = self.others[other].p99_ms
         return self.ours.p99_ms / theirs if theirs else float("inf")
 
 
@@ -319,14 +330,34 @@ def _row_label(rows: int) -> str:
     return f"{rows} row{'s' if rows != 1 else ''}, c={TARGET_CONCURRENCY}"
 
 
+def baseline_name(commit: str = "") -> str:
+    """How tables and verdicts name the baseline: with its short commit when known."""
+    return f"{BASELINE} {commit[:7]}" if commit else BASELINE
+
+
 def target_verdicts(
     comparisons: list[Comparison],
     cold_starts: dict[str, float],
     rss_mib: dict[str, float] | None = None,
     ceiling: list[CeilingResult] | None = None,
+    baseline_commit: str = "",
 ) -> list[dict[str, Any]]:
     """Each of the issue's targets that this run measured: what was asked, what we got, met or not."""
     verdicts = []
+    for comparison in comparisons:
+        case = comparison.case
+        goal = BASELINE_TARGETS.get(case.rows)
+        if comparison.baseline is None or case.concurrency != TARGET_CONCURRENCY or goal is None:
+            continue
+        ratio = comparison.throughput_ratio(BASELINE)
+        verdicts.append(
+            {
+                "target": f"{case.champion}: throughput >= {goal:g}x {baseline_name(baseline_commit)} "
+                f"({_row_label(case.rows)})",
+                "measured": f"{ratio:.2f}x",
+                "met": ratio >= goal,
+            }
+        )
     for comparison in comparisons:
         case = comparison.case
         if case.concurrency != TARGET_CONCURRENCY:
@@ -398,9 +429,10 @@ def _columns(table: list[list[str]], text_columns: int = 1) -> str:
     return "\n".join(lines)
 
 
-def format_table(comparisons: list[Comparison]) -> str:
-    """One row per case: ours, then a column set per peer with its ratios (ours / peer)."""
-    peers = list(comparisons[0].peers) if comparisons else []
+def format_table(comparisons: list[Comparison], baseline_commit: str = "") -> str:
+    """One row per case: ours, then a column set per other server (the baseline, then each peer)
+    with its ratios (ours / that server); with a baseline, a first line says which commit it is."""
+    peers = list(comparisons[0].others) if comparisons else []
     header = ["champion", "rows", "conc", "ours req/s", "ours p50", "ours p99"]
     for peer in peers:
         header += [f"{peer} req/s", "x", f"{peer} p50", f"{peer} p99", "p99 x"]
@@ -415,7 +447,7 @@ def format_table(comparisons: list[Comparison]) -> str:
             f"{c.ours.p99_ms:.2f} ms",
         ]
         for peer in peers:
-            theirs = c.peers[peer]
+            theirs = c.others[peer]
             row += [
                 f"{theirs.throughput:,.0f}",
                 f"{c.throughput_ratio(peer):.2f}",
@@ -424,7 +456,11 @@ def format_table(comparisons: list[Comparison]) -> str:
                 f"{c.p99_ratio(peer):.2f}",
             ]
         body.append(row)
-    return _columns([header, *body])
+    table = _columns([header, *body])
+    if BASELINE not in peers:
+        return table
+    which = f"commit {baseline_commit[:7]}" if baseline_commit else "another commit"
+    return f"{BASELINE}: {which}'s app/ and params.yaml, trained and served as ours are\n{table}"
 
 
 def format_cold_starts(cold: dict[str, dict[str, float]]) -> str:
@@ -444,6 +480,7 @@ def results_document(
     rss_mib: dict[str, float] | None = None,
     ceiling: list[CeilingResult] | None = None,
     ceiling_champion: str = "",
+    baseline_commit: str = "",
 ) -> dict[str, Any]:
     """What results.json holds: every figure of the tables, the cold starts, the run's settings."""
     document = {
@@ -452,22 +489,24 @@ def results_document(
             {
                 **asdict(c.case),
                 "ours": asdict(c.ours),
-                **{peer: asdict(theirs) for peer, theirs in c.peers.items()},
-                # ours / peer
+                **{other: asdict(theirs) for other, theirs in c.others.items()},
+                # ours / the baseline, ours / each peer
                 "ratios": {
-                    peer: {
-                        "throughput": round(c.throughput_ratio(peer), 3),
-                        "p50": round(c.p50_ratio(peer), 3),
-                        "p99": round(c.p99_ratio(peer), 3),
+                    other: {
+                        "throughput": round(c.throughput_ratio(other), 3),
+                        "p50": round(c.p50_ratio(other), 3),
+                        "p99": round(c.p99_ratio(other), 3),
                     }
-                    for peer in c.peers
+                    for other in c.others
                 },
             }
             for c in comparisons
         ],
         "cold_start_s": cold_starts,
         "rss_mib": rss_mib or {},
-        "targets": target_verdicts(comparisons, cold_starts.get("ours", {}), rss_mib, ceiling),
+        "targets": target_verdicts(
+            comparisons, cold_starts.get("ours", {}), rss_mib, ceiling, baseline_commit
+        ),
     }
     if ceiling:
         document["ceiling"] = ceiling_json(ceiling, ceiling_champion)

@@ -1,13 +1,15 @@
 """Load benchmark: our service against `mlflow models serve` and BentoML, same model, same load, same run.
 
     python -m bench.run [--quick] [--duration 10] [--champions logistic_regression random_forest]
-                        [--peers mlflow,bentoml] [--no-ceiling]
+                        [--peers mlflow,bentoml] [--no-ceiling] [--ref COMMIT] [--baseline COMMIT]
 
 For each champion it trains in a scratch folder (params.yaml with `train.champion` forced),
 starts ours and each peer on free 127.0.0.1 ports, times each to its first successful
 prediction (cold start), then drives them with wrk (concurrency 1 and 32, 1-row and 100-row
-requests), and prints throughput, p50 and p99 with the ratios ours / peer. Then it drives our
-one-row /predict and /health in turns with a bare FastAPI app (bench/ceiling.py), the ceiling.
+requests), and prints throughput, p50 and p99 with the ratios ours / peer. With --baseline, our
+service built from that commit's app/ and params.yaml is one more server beside them, trained and
+started as ours is, with the ratios ours / baseline. Then it drives our one-row /predict and
+/health in turns with a bare FastAPI app (bench/ceiling.py), the ceiling.
 The same figures go to artifacts/bench/results.json. Every process it starts is stopped on the
 way out, even on failure or Ctrl-C.
 """
@@ -36,6 +38,7 @@ import yaml
 
 from bench import engines
 from bench.harness import (
+    BASELINE,
     BENTOML_VERSION,
     PEERS,
     SHARED_WITH_BENTOML,
@@ -140,6 +143,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure the app/ and params.yaml of this git commit instead of the working tree (BENCH_REF)",
     )
     parser.add_argument(
+        "--baseline",
+        default=os.environ.get("BENCH_BASELINE") or None,
+        help="also measure our service built from this git commit's app/ and params.yaml, beside ours "
+        "in every case, with the ratios ours / baseline (BENCH_BASELINE; default none)",
+    )
+    parser.add_argument(
         "--engines",
         action="store_true",
         default=_flag("BENCH_ENGINES", default=True),
@@ -210,14 +219,17 @@ def train(work: Path, champion: str, logs: Path, code: Path) -> dict[str, Any]:
     return json.loads((work / "models" / "model.json").read_text())
 
 
-def trained(scratch: Path, champion: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """The champion's work folder and model.json, trained on first use: the stages share it."""
+def trained(
+    scratch: Path, champion: str, args: argparse.Namespace, code: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The champion's work folder and model.json, trained on first use by `code` (default
+    args.code, what "ours" is): the stages share it."""
     work = scratch / champion
     metadata = work / "models" / "model.json"
     if metadata.is_file():
         return work, json.loads(metadata.read_text())
     say(f"{champion}: training in {work}")
-    return work, train(work, champion, args.out.parent / "logs", args.code)
+    return work, train(work, champion, args.out.parent / "logs", code or args.code)
 
 
 def start_ours(
@@ -227,11 +239,13 @@ def start_ours(
     champion: str,
     extra_env: dict[str, str] | None = None,
     label: str = "ours",
+    code: Path | None = None,
 ) -> tuple[Server, str, str]:
+    """Our service from the code folder `code` (default args.code: the working tree, or --ref's)."""
     port = free_port()
     password = secrets.token_urlsafe(16)
     env = (
-        base_env(work, args.code)
+        base_env(work, code or args.code)
         | {
             "APP_ENV": "production",
             "HOST": "127.0.0.1",
@@ -431,6 +445,29 @@ def profile(
     print(summary, flush=True)
 
 
+def cold_starts_ours(
+    processes: Processes,
+    work: Path,
+    body_file: Path,
+    args: argparse.Namespace,
+    champion: str,
+    label: str = "ours",
+    code: Path | None = None,
+) -> tuple[Server, str, list[float]]:
+    """Our service started args.cold_starts times, each a first start (a new users database to
+    migrate and its admin to create), timed to its first /predict: the last one left running, its
+    token, and every cold start."""
+    samples = []
+    for attempt in range(args.cold_starts):
+        (work / "users.db").unlink(missing_ok=True)
+        server, username, password = start_ours(processes, work, args, champion, label=label, code=code)
+        token, seconds = first_prediction_ours(server, username, password, body_file.read_bytes())
+        samples.append(seconds)
+        if attempt < args.cold_starts - 1:  # the last one serves the load
+            processes.stop(server)
+    return server, token, samples
+
+
 def bench_champion(
     champion: str,
     scratch: Path,
@@ -449,19 +486,28 @@ def bench_champion(
             path = work / f"body-{kind}-{rows}.json"
             path.write_text(request_body(kind, sample, columns))
             bodies[kind, rows] = path
+    # The baseline's own model, trained by its own app/ from its own params.yaml, in a folder of
+    # its own; its body is ours (our API), built from its model's features.
+    baseline_work: Path | None = None
+    if args.baseline_code is not None:
+        baseline_work, baseline_metadata = trained(scratch / BASELINE, champion, args, args.baseline_code)
+        for rows in ROWS:
+            path = baseline_work / f"body-{BASELINE}-{rows}.json"
+            path.write_text(predictor_body(sample_rows(baseline_metadata["features"], rows)))
+            bodies[BASELINE, rows] = path
 
-    # One server at a time while it starts, so no cold start competes for the CPU. Each start of
-    # ours is a first start: a new users database to migrate and its admin to create.
-    starts: dict[str, list[float]] = {kind: [] for kind in ("ours", *args.peers)}
-    for attempt in range(args.cold_starts):
-        (work / "users.db").unlink(missing_ok=True)
-        ours, username, password = start_ours(processes, work, args, champion)
-        token, seconds = first_prediction_ours(ours, username, password, bodies["ours", 1].read_bytes())
-        starts["ours"].append(seconds)
-        if attempt < args.cold_starts - 1:  # the last one serves the load
-            processes.stop(ours)
+    # One server at a time while it starts, so no cold start competes for the CPU.
+    starts: dict[str, list[float]] = {}
+    ours, token, starts["ours"] = cold_starts_ours(processes, work, bodies["ours", 1], args, champion)
+    baseline: tuple[Server, str] | None = None
+    if baseline_work is not None:
+        server, baseline_token, starts[BASELINE] = cold_starts_ours(
+            processes, baseline_work, bodies[BASELINE, 1], args, champion, BASELINE, args.baseline_code
+        )
+        baseline = (server, f"Bearer {baseline_token}")
     peers: dict[str, Server] = {}
     for peer in args.peers:
+        starts[peer] = []
         for attempt in range(args.cold_starts):
             server = start_peer(peer, processes, work, args, champion, metadata)
             starts[peer].append(first_prediction(server, PEER_ROUTES[peer], bodies[peer, 1].read_bytes()))
@@ -470,7 +516,7 @@ def bench_champion(
         peers[peer] = server
     for kind, samples in starts.items():
         cold[kind][champion] = statistics.median(samples)
-        what = "first /predict, token included" if kind == "ours" else f"first {PEER_ROUTES[kind]}"
+        what = f"first {PEER_ROUTES[kind]}" if kind in PEER_ROUTES else "first /predict, token included"
         listed = ", ".join(f"{s:.2f}" for s in samples)
         say(f"  {kind} cold start (process start to {what}): median {cold[kind][champion]:.2f} s of {listed}")
 
@@ -479,24 +525,40 @@ def bench_champion(
         if args.cold_only:  # no load: no RSS "after the load" to report
             return []
         for case in cases([champion], ROWS, CONCURRENCIES):
-            # Back to back, so all see the same state of this shared machine.
+            # Back to back, so all see the same state of this shared machine: the baseline right
+            # after ours (if the second of two runs does better, it is the baseline).
             ours_result = measure(
                 ours, f"{ours.base_url}/predict", bodies["ours", case.rows], case, args, f"Bearer {token}"
             )
+            baseline_result = None
+            if baseline is not None:
+                server, authorization = baseline
+                baseline_result = measure(
+                    server,
+                    f"{server.base_url}/predict",
+                    bodies[BASELINE, case.rows],
+                    case,
+                    args,
+                    authorization,
+                )
             theirs = {
                 peer: measure(
                     server, f"{server.base_url}{PEER_ROUTES[peer]}", bodies[peer, case.rows], case, args
                 )
                 for peer, server in peers.items()
             }
-            comparisons.append(Comparison(case, ours_result, theirs))
+            comparisons.append(Comparison(case, ours_result, theirs, baseline_result))
         rss[champion] = ours.worker_rss_mib()
         say(f"  ours: {rss[champion]:.0f} MiB resident per worker after the load")
+        if baseline is not None:
+            say(f"  {BASELINE}: {baseline[0].worker_rss_mib():.0f} MiB resident per worker after the load")
         if args.profile:
             profile(ours, bodies["ours", 1], f"Bearer {token}", champion, args)
     finally:
         for server in peers.values():
             processes.stop(server)
+        if baseline is not None:
+            processes.stop(baseline[0])
         processes.stop(ours)
     return comparisons
 
@@ -621,11 +683,12 @@ def git(*arguments: str) -> str:
     return done.stdout.strip()
 
 
-def export_commit(ref: str, into: Path) -> str:
-    """app/ and params.yaml of commit `ref`, copied into `into`; returns the full commit id."""
+def export_commit(ref: str, into: Path, flag: str = "--ref") -> str:
+    """app/ and params.yaml of commit `ref`, copied into `into`; returns the full commit id.
+    `flag` names, in an error, the option that asked for it (--ref, --baseline)."""
     commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
     if not commit:
-        raise BenchError(f"--ref {ref}: not a commit of this repository")
+        raise BenchError(f"{flag} {ref}: not a commit of this repository")
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "archive", "--format=tar", commit, "app", "params.yaml"],
@@ -665,18 +728,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.bentoml = ensure_bentoml(args.out.parent / "logs" / "venv-bentoml.log")
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     processes = Processes()
-    cold: dict[str, dict[str, float]] = {kind: {} for kind in ("ours", *args.peers)}
     rss: dict[str, float] = {}
     comparisons: list[Comparison] = []
     try:
         ref_commit = export_commit(args.ref, scratch / "src") if args.ref else None
+        # Its own code folder beside its own work folders (scratch/baseline/<champion>).
+        baseline_src = scratch / BASELINE / "src"
+        baseline_commit = export_commit(args.baseline, baseline_src, "--baseline") if args.baseline else None
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     args.code = scratch / "src" if ref_commit else ROOT
+    args.baseline_code = baseline_src if baseline_commit else None
+    cold: dict[str, dict[str, float]] = {
+        kind: {} for kind in ("ours", *([BASELINE] if baseline_commit else []), *args.peers)
+    }
     version = code_version(ref_commit)
     dirty = " with uncommitted changes in app/" if version["app_changed"] else ""
     say(f"measuring commit {version['git_commit'][:12]}{dirty}")
+    if baseline_commit:
+        say(f"{BASELINE}: commit {baseline_commit[:12]} ({args.baseline}), beside ours in every case")
     started = time.monotonic()
     say(
         f"{args.duration:g} s per run after {args.warmup:g} s of warm-up, "
@@ -714,7 +785,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": "wrk -t1, one fixed body per run, 127.0.0.1",
         "peers": {peer: peer_version(peer) for peer in args.peers},
     }
-    document = results_document(comparisons, cold, settings, rss, ceiling, CEILING_CHAMPION)
+    if baseline_commit:
+        settings[BASELINE] = {
+            "ref": args.baseline,
+            "git_commit": baseline_commit,
+            "source": "git archive of the commit",
+        }
+    document = results_document(
+        comparisons, cold, settings, rss, ceiling, CEILING_CHAMPION, baseline_commit or ""
+    )
     if overhead is not None:
         document["observability_overhead"] = overhead
     if timings:
@@ -726,7 +805,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(engines.format_timings(timings))
         print()
     if comparisons:
-        print(format_table(comparisons))
+        print(format_table(comparisons, baseline_commit or ""))
         print()
     print(format_cold_starts(cold))
     if rss:

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from bench.harness import (
+    BASELINE,
+    BASELINE_TARGETS,
     BENTOML_VERSION,
     PEERS,
     RESULT_MARKER,
@@ -281,6 +283,103 @@ def test_a_table_of_ours_alone_when_no_peer_runs():
     assert target_verdicts([alone], {}) == []
 
 
+def baseline_comparisons() -> list[Comparison]:
+    """Two champions at c=32 and a c=1 case, each with the baseline beside ours and mlflow."""
+    mlflow = {"mlflow": load(100, 300, 600)}
+    return [
+        Comparison(Case("logistic_regression", 1, 32), load(1500, 20, 40), mlflow, load(500, 60, 120)),
+        Comparison(Case("logistic_regression", 100, 32), load(600, 50, 90), mlflow, load(300, 100, 200)),
+        Comparison(Case("svc", 1, 32), load(900, 30, 60), mlflow, load(400, 70, 140)),
+        Comparison(Case("svc", 100, 32), load(800, 40, 80), mlflow, load(200, 150, 300)),
+        Comparison(Case("svc", 100, 1), load(50, 15, 30), mlflow, load(10, 80, 100)),  # c=1: no target
+    ]
+
+
+def test_baseline_targets_per_champion_at_c32_on_1_and_100_rows():
+    assert BASELINE_TARGETS == {1: 2.0, 100: 3.0}
+    verdicts = target_verdicts(baseline_comparisons(), {}, baseline_commit="a96f0f7c0ffee")
+    ours_over_baseline = {
+        v["target"]: (v["met"], v["measured"]) for v in verdicts if "baseline" in v["target"]
+    }
+    assert ours_over_baseline == {
+        "logistic_regression: throughput >= 2x baseline a96f0f7 (1 row, c=32)": (True, "3.00x"),
+        "logistic_regression: throughput >= 3x baseline a96f0f7 (100 rows, c=32)": (False, "2.00x"),
+        "svc: throughput >= 2x baseline a96f0f7 (1 row, c=32)": (True, "2.25x"),
+        "svc: throughput >= 3x baseline a96f0f7 (100 rows, c=32)": (True, "4.00x"),
+    }
+    # The peers' targets stand as they were: the baseline is no peer of theirs.
+    assert "logistic_regression: throughput >= 3x mlflow (1 row, c=32)" in {v["target"] for v in verdicts}
+    assert not any("p99 below baseline" in v["target"] for v in verdicts)
+    # Exactly at the target is met; without the commit the verdict names the baseline alone.
+    exact = Comparison(Case("random_forest", 100, 32), load(300, 50, 90), {}, load(100, 100, 200))
+    assert target_verdicts([exact], {}) == [
+        {
+            "target": "random_forest: throughput >= 3x baseline (100 rows, c=32)",
+            "measured": "3.00x",
+            "met": True,
+        }
+    ]
+    lines = format_verdicts(verdicts).splitlines()
+    assert "MISSED  logistic_regression: throughput >= 3x baseline a96f0f7 (100 rows, c=32): 2.00x" in lines
+    assert "met     svc: throughput >= 3x baseline a96f0f7 (100 rows, c=32): 4.00x" in lines
+
+
+def test_no_baseline_no_baseline_target_nor_column():
+    without = [dataclasses.replace(c, baseline=None) for c in baseline_comparisons()]
+    assert not any("baseline" in v["target"] for v in target_verdicts(without, {}, baseline_commit="a96f0f7"))
+    table = format_table(without, baseline_commit="a96f0f7")
+    assert "baseline" not in table
+    assert table == format_table(without)
+    assert without[0].others == without[0].peers
+
+
+def test_the_baseline_is_a_column_set_right_after_ours_with_its_commit_on_a_line_above():
+    comparisons = baseline_comparisons()
+    assert comparisons[0].throughput_ratio(BASELINE) == pytest.approx(3.0)
+    assert comparisons[0].p99_ratio(BASELINE) == pytest.approx(40 / 120)
+    assert list(comparisons[0].others) == ["baseline", "mlflow"]
+    note, header, rule, first, *rest = format_table(comparisons, "a96f0f7c0ffee").splitlines()
+    assert note == "baseline: commit a96f0f7's app/ and params.yaml, trained and served as ours are"
+    assert header.index("ours p99") < header.index("baseline req/s") < header.index("mlflow req/s")
+    assert len(rule.split()) == 6 + 5 * 2  # ours' three, then five for the baseline and five for mlflow
+    assert len(rest) == 4
+    cells = first.split()
+    # ... ours' 1,500, then the baseline's 500 and 3.00x (p99 0.33x), then mlflow's 100 and 15.00x
+    assert cells[cells.index("500") + 1] == "3.00"
+    assert cells[cells.index("120.00") + 2] == "0.33"
+    assert cells[cells.index("100") + 1] == "15.00"
+    assert format_table(comparisons).splitlines()[0].startswith("baseline: another commit's app/")
+
+
+def test_results_document_holds_the_baseline_its_ratios_and_targets():
+    cold = {"ours": {"svc": 0.9}, "baseline": {"svc": 1.4}, "mlflow": {"svc": 5.0}}
+    settings = {"baseline": {"ref": "a96f0f7", "git_commit": "a96f0f7c0ffee"}}
+    document = json.loads(
+        json.dumps(results_document(baseline_comparisons(), cold, settings, baseline_commit="a96f0f7c0ffee"))
+    )
+    result = document["results"][0]
+    assert list(result) == ["champion", "rows", "concurrency", "ours", "baseline", "mlflow", "ratios"]
+    assert result["baseline"]["throughput"] == 500
+    assert result["ratios"]["baseline"] == {"throughput": 3.0, "p50": 0.333, "p99": 0.333}
+    assert result["ratios"]["mlflow"]["throughput"] == 15.0
+    assert document["cold_start_s"]["baseline"] == {"svc": 1.4}
+    met = {v["target"]: v["met"] for v in document["targets"]}
+    assert met["svc: throughput >= 3x baseline a96f0f7 (100 rows, c=32)"] is True
+    # Our cold start alone has a target; the baseline's is reported beside it.
+    assert [t for t in met if "cold start" in t] == ["svc: our cold start <= 1 s"]
+    assert format_cold_starts(cold) == "cold start svc: ours 0.90 s, baseline 1.40 s, mlflow 5.00 s"
+
+
+def test_bench_baseline_knob(monkeypatch):
+    monkeypatch.delenv("BENCH_BASELINE", raising=False)
+    assert parse_args([]).baseline is None
+    monkeypatch.setenv("BENCH_BASELINE", "")
+    assert parse_args([]).baseline is None
+    monkeypatch.setenv("BENCH_BASELINE", "a96f0f7")
+    assert parse_args([]).baseline == "a96f0f7"
+    assert parse_args(["--baseline", "HEAD~3"]).baseline == "HEAD~3"
+
+
 def test_cold_starts_line_per_champion_with_every_peer():
     cold = {"ours": {"svc": 0.9}, "mlflow": {"svc": 5.0}, "bentoml": {"svc": 3.25}}
     assert format_cold_starts(cold) == "cold start svc: ours 0.90 s, mlflow 5.00 s, bentoml 3.25 s"
@@ -399,8 +498,10 @@ def test_export_commit_copies_the_app_and_params_of_a_commit(tmp_path: Path):
         "app_changed": False,
         "source": "git archive of the commit",
     }
-    with pytest.raises(BenchError, match="not a commit"):
+    with pytest.raises(BenchError, match=r"^--ref no-such-ref-anywhere: not a commit"):
         export_commit("no-such-ref-anywhere", tmp_path / "other")
+    with pytest.raises(BenchError, match=r"^--baseline no-such-ref: not a commit"):
+        export_commit("no-such-ref", tmp_path / "other", "--baseline")
 
 
 def test_cpu_per_request_is_the_servers_cpu_time_over_its_requests():
