@@ -28,6 +28,7 @@ from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestContextMiddleware
+from app.serving.inference import scoring_limiter
 from app.serving.state import ServingState
 
 
@@ -65,6 +66,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.session, settings.login_max_failures, settings.login_window_seconds
         )
         app.state.serving = serving
+        app.state.scoring = scoring_limiter()  # the threads that score large or slow requests
         # Jobs are queued here and run by a worker (python -m app.worker), never in this process.
         app.state.jobs = JobQueue(database.session, settings.job_lease_seconds)
         try:

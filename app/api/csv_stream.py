@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 
 import anyio
 from starlette.exceptions import HTTPException
@@ -32,6 +31,7 @@ from app.observability.metrics import validation_failed
 from app.serving.answer_formats import StreamError
 from app.serving.csv_chunks import Chunk, CsvError, RecordChunker
 from app.serving.csv_scoring import ChunkAnswer, CsvScorer, stream_error
+from app.serving.inference import off_loop
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -88,9 +88,11 @@ class AnswerStream(StreamingResponse):
         chunks: ChunkSource,
         spool: UploadSpool,
         headers: dict[str, str],
+        limiter: anyio.CapacityLimiter,
         upload_first: bool = False,
     ) -> None:
         self.scorer = scorer
+        self.limiter = limiter
         self.chunks = chunks
         self.spool = spool
         self.upload_first = upload_first
@@ -127,7 +129,7 @@ class AnswerStream(StreamingResponse):
                 yield answer_format.closing(None)
                 return
             try:
-                answer: ChunkAnswer = await anyio.to_thread.run_sync(partial(self.scorer.answer, chunk))
+                answer: ChunkAnswer = await off_loop(self.limiter, self.scorer.answer, chunk)
             except Exception:
                 # Past the 200 a 500 cannot be sent: the answer ends saying so, the log says why.
                 log.exception("CSV answer failed", extra={"fields": {"line": chunk.first_line}})

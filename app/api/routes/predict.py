@@ -16,12 +16,11 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PREDICT_SECURITY, bearer_claims, serving_predictor
 from app.core.config import Settings
 from app.serving.comparison import Served
-from app.serving.inference import INLINE_BODY_BYTES, predictor_is_slow, score
+from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
@@ -120,10 +119,11 @@ async def predict(request: Request) -> Response:
     body = await request.body()
     settings: Settings = request.app.state.settings
     serving: ServingState = request.app.state.serving
+    limiter = request.app.state.scoring
     if compare:
-        return await run_in_threadpool(_compare, body, serving, settings)
+        return await off_loop(limiter, _compare, body, serving, settings)
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        return await run_in_threadpool(_answer, predictor, body, settings)
+        return await off_loop(limiter, _answer, predictor, body, settings)
     return _answer(predictor, body, settings)
 
 

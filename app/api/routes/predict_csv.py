@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, HTTPException, Request, Security, status
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -28,6 +27,7 @@ from app.serving.answer_formats import AnswerFormat, CsvAnswer, JsonAnswer, Ndjs
 from app.serving.csv_chunks import CsvError
 from app.serving.csv_rows import NO_ROWS, CsvHeader
 from app.serving.csv_scoring import CsvScorer
+from app.serving.inference import off_loop
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
 
@@ -88,7 +88,7 @@ async def predict_csv(request: Request, predictor: PredictorDep, settings: Setti
             chunk = await chunks.next()
             if chunk is None:
                 raise CsvError(NO_ROWS)
-            first = await anyio.to_thread.run_sync(partial(scorer.answer, chunk, refuse=True))
+            first = await off_loop(request.app.state.scoring, partial(scorer.answer, refuse=True), chunk)
             if first.rows:
                 break
     except CsvError as exc:
@@ -96,4 +96,7 @@ async def predict_csv(request: Request, predictor: PredictorDep, settings: Setti
     headers = {"X-Model-Version": predictor.version}
     spool = UploadSpool(pieces, whole=settings.csv_upload_first)
     opening = scorer.format.opening() + first.text
-    return AnswerStream(opening, scorer, chunks, spool, headers, upload_first=settings.csv_upload_first)
+    limiter = request.app.state.scoring
+    return AnswerStream(
+        opening, scorer, chunks, spool, headers, limiter, upload_first=settings.csv_upload_first
+    )

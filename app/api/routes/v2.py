@@ -21,7 +21,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from app.api.deps import (
@@ -36,7 +35,7 @@ from app.api.deps import (
 from app.api.uploads import BodyDep
 from app.observability import metrics
 from app.serving import v2
-from app.serving.inference import INLINE_BODY_BYTES, predictor_is_slow, score
+from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Predictor
 from app.serving.schema import RowError
 from app.serving.v2 import (
@@ -261,7 +260,8 @@ async def _infer(predictor: Predictor, body: bytes, request: Request, metrics_en
     json_length = request.headers.get(v2.JSON_LENGTH_HEADER)
     # Where /predict scores: a small body of a fast model on the event loop, the rest in the pool.
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        answer = await run_in_threadpool(_answer, predictor, body, json_length, metrics_enabled)
+        limiter = request.app.state.scoring
+        answer = await off_loop(limiter, _answer, predictor, body, json_length, metrics_enabled)
     else:
         answer = _answer(predictor, body, json_length, metrics_enabled)
     return Response(answer, media_type="application/json")
