@@ -89,13 +89,11 @@ class AnswerStream(StreamingResponse):
         spool: UploadSpool,
         headers: dict[str, str],
         limiter: anyio.CapacityLimiter,
-        upload_first: bool = False,
     ) -> None:
         self.scorer = scorer
         self.limiter = limiter
         self.chunks = chunks
         self.spool = spool
-        self.upload_first = upload_first
         chunks.read = spool.read  # the rest of the upload comes through the spool, which reads ahead
         super().__init__(self._texts(first), media_type=scorer.format.media_type, headers=headers)
 
@@ -105,7 +103,8 @@ class AnswerStream(StreamingResponse):
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.spool.fill, receive)
-                failure = await self.spool.complete() if self.upload_first else None
+                # A spool that reads the whole upload first (CSV_UPLOAD_FIRST) holds the answer back.
+                failure = await self.spool.complete() if self.spool.whole else None
                 if isinstance(failure, HTTPException):  # nothing sent yet: a plain error answer
                     await JSONResponse({"detail": failure.detail}, failure.status_code)(scope, receive, send)
                 else:

@@ -35,7 +35,7 @@ class UploadSpool:
     ) -> None:
         self._pieces = pieces
         # Read everything as it comes, never held back by TCP: for an answer that starts after it.
-        self._whole = whole
+        self.whole = whole
         self._memory_limit = memory_bytes
         self._memory: deque[bytes] = deque()
         self._memory_bytes = 0
@@ -53,7 +53,7 @@ class UploadSpool:
         """The reading task: the upload into the spool, then `receive` until the client leaves."""
         try:
             async for piece in self._pieces:
-                while self._memory_bytes >= self._memory_limit and not (self._sending or self._whole):
+                while self._memory_bytes >= self._memory_limit and not (self._sending or self.whole):
                     await self._wait()
                 await self._put(piece)
         except Exception as exc:  # raised by read() once the bytes before it were taken

@@ -96,7 +96,4 @@ async def predict_csv(request: Request, predictor: PredictorDep, settings: Setti
     headers = {"X-Model-Version": predictor.version}
     spool = UploadSpool(pieces, whole=settings.csv_upload_first)
     opening = scorer.format.opening() + first.text
-    limiter = request.app.state.scoring
-    return AnswerStream(
-        opening, scorer, chunks, spool, headers, limiter, upload_first=settings.csv_upload_first
-    )
+    return AnswerStream(opening, scorer, chunks, spool, headers, request.app.state.scoring)
