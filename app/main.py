@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.health_shortcut import HealthShortcut
+from app.api.hot_routes import HotRoutes
 from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
@@ -127,12 +127,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
 
-    # The last added runs first: the request context wraps the body limit, so a 413 is logged and
-    # counted, and the /health shortcut, so a probe is too.
-    app.add_middleware(BodyLimitMiddleware, csv=settings.max_csv_bytes)
-    app.add_middleware(HealthShortcut, route=_route(health.router, "/health"))
-    app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     errors.install(app)
+    # The last added runs first: the request context wraps the body limit, so a 413 is logged and
+    # counted, which wraps the hot routes, so a prediction's body is limited too.
+    hot = [_route(health.router, "/health"), _route(predict.router, "/predict")]
+    app.add_middleware(HotRoutes, routes=hot, handlers=app.exception_handlers)
+    app.add_middleware(BodyLimitMiddleware, csv=settings.max_csv_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     # In the order requests are matched, each route tried in turn: the ones called all the time first.
     routers = (predict, health, v2, predict_csv, auth, model, train, users, metrics)
     for router in (module.router for module in routers):

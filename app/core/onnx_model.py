@@ -67,12 +67,18 @@ class Standardization(BaseModel):
         limit = limits.get(self.limit, NEIGHBOURS_MAX_Z)
         return min(limit / 2 * float(scale.min()) - float(np.abs(mean).max()), 1e300)
 
+    @cached_property
+    def _leading(self) -> bool:
+        """Whether the columns are the first ones, in order (all-numeric data: the whole row)."""
+        return self.columns == list(range(len(self.columns)))
+
     def overflows(self, matrix: np.ndarray) -> np.ndarray:
         """Per row: True when scikit-learn would refuse it, or answer it arbitrarily."""
         mean, scale = self._arrays
-        values = matrix[:, self.columns].astype(np.float64)
-        # The usual batch, in two reductions rather than the standardisation (NaN fails both).
-        if values.size and values.max() <= self._safe and values.min() >= -self._safe:
+        whole = self._leading and matrix.shape[1] == len(self.columns)
+        values = (matrix if whole else matrix[:, self.columns]).astype(np.float64, copy=False)
+        # The usual batch, in one reduction rather than the standardisation (NaN fails it).
+        if values.size and np.abs(values).max() <= self._safe:
             return np.zeros(len(matrix), dtype=bool)
         with np.errstate(all="ignore"):
             z = (values - mean) / scale
@@ -121,9 +127,9 @@ def finite_rows(answers: np.ndarray, task: str) -> np.ndarray:
     """Rows with a usable answer: finite, and for a classifier probabilities that sum to 1."""
     if task == "regression":
         return np.isfinite(answers)
+    # A NaN or infinite probability makes its row's sum NaN or infinite: the one test covers both.
     with np.errstate(all="ignore"):
-        finite = np.isfinite(answers).all(axis=1)
-        return finite & (np.abs(answers.sum(axis=1) - 1.0) <= TOLERANCE)
+        return np.abs(answers.sum(axis=1) - 1.0) <= TOLERANCE
 
 
 def encode_rows(rows: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
