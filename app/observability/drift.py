@@ -120,18 +120,18 @@ class DriftMonitor:
                 expected = reference.bin_proportions
             self._features.append((position, feature.name, binner, BinnedWindow(expected, window)))
         balance = profile.target.class_balance or {}
-        self._classes = {c: i for i, c in enumerate(classes)}
         self._labels = (
             BinnedWindow([balance.get(c, 0.0) for c in classes], window) if classes and balance else None
         )
         self._window = window
-        self._pending: list[tuple[np.ndarray, Sequence[str] | np.ndarray | None]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._pending_rows = 0
 
-    def observe(self, rows: np.ndarray, labels: Sequence[str] | np.ndarray | None = None) -> None:
-        """Queue a validated batch (the same array the model receives) and its predicted labels."""
+    def observe(self, rows: np.ndarray, label_index: np.ndarray | None = None) -> None:
+        """Queue a validated batch (the same array the model receives) and its predicted labels, as
+        their positions in `classes` (Answers.label_index)."""
         with self._lock:
-            self._pending.append((rows, labels))
+            self._pending.append((rows, label_index))
             self._pending_rows += len(rows)
             if self._pending_rows >= self._window:
                 self._flush()
@@ -145,11 +145,9 @@ class DriftMonitor:
         for position, _, binner, window in self._features:
             window.add(binner(rows[:, position]))
         if self._labels is not None:
-            labels = [label for _, batch in batches if batch is not None for label in batch]
-            if labels:
-                self._labels.add(
-                    np.fromiter((self._classes[x] for x in labels if x in self._classes), np.int64)
-                )
+            labelled = [index for _, index in batches if index is not None]
+            if labelled:
+                self._labels.add(np.concatenate(labelled).astype(np.int64, copy=False))
 
     def refresh_due(self) -> bool:
         """True at most once per `refresh_seconds`: PSI is cheap, but not free on every request."""

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter as Tally
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -178,19 +176,11 @@ def request_served(method: str, route: str, status: int, seconds: float) -> None
     duration.observe(seconds)
 
 
-def predictions_served(version: str, labels: Sequence[str] | np.ndarray, seconds: float) -> None:
-    """One request's rows, counted by label (an array of a large batch is counted in bulk)."""
+def predictions_served(version: str, label_counts: Mapping[str, int], rows: int, seconds: float) -> None:
+    """One request's rows, counted by label (Answers.label_counts)."""
     _inference(version).observe(seconds)
-    PREDICTION_ROWS.observe(len(labels))
-    if len(labels) == 1:
-        _predictions(version, str(labels[0])).inc()
-        return
-    if isinstance(labels, np.ndarray):
-        names, counts = np.unique(labels.astype(str), return_counts=True)
-        for label, count in zip(names.tolist(), counts.tolist(), strict=True):
-            _predictions(version, label).inc(count)
-        return
-    for label, count in Tally(labels).items():
+    PREDICTION_ROWS.observe(rows)
+    for label, count in label_counts.items():
         _predictions(version, label).inc(count)
 
 

@@ -57,11 +57,9 @@ def score(predictor: Predictor, matrix: np.ndarray, metrics_enabled: bool = True
     # a fast model look slow and keep it off the event loop for good.
     predictor.call_time.add(time.thread_time() - cpu)
     if metrics_enabled:
-        counted = answers.counted_as()
-        metrics.predictions_served(predictor.version, counted, seconds)
+        metrics.predictions_served(predictor.version, answers.label_counts(), len(answers), seconds)
         if predictor.drift is not None:
-            classification = predictor.metadata.task == "classification"
-            predictor.drift.observe(matrix, counted if classification else None)
+            predictor.drift.observe(matrix, answers.label_index)
             if predictor.drift.refresh_due():
                 metrics.publish_drift(predictor.drift)
     return answers

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,19 +167,29 @@ class Answers:
     """A batch's answers as arrays, one row per input row: what every response format is built from."""
 
     classes: tuple[str, ...]  # the probability columns' order (classification)
-    labels: np.ndarray | None = None  # str, per row (classification)
+    # int per row, the label's position in `classes` (classification): the metrics and the drift
+    # window count these in bulk, with no string per row.
+    label_index: np.ndarray | None = None
     probabilities: np.ndarray | None = None  # float64 [rows, classes], rounded to 6 places
     values: np.ndarray | None = None  # float64 per row (regression)
 
     def __len__(self) -> int:
-        present = self.labels if self.labels is not None else self.values
+        present = self.label_index if self.label_index is not None else self.values
         return 0 if present is None else len(present)
 
-    def counted_as(self) -> np.ndarray:
-        """What each row is counted by in the metrics: its label, or `value` for a regression."""
-        if self.labels is not None:
-            return self.labels
-        return np.full(len(self), "value", dtype=object)
+    @cached_property
+    def labels(self) -> np.ndarray | None:
+        """The label per row (str, in an object array), for the formats that write it."""
+        if self.label_index is None:
+            return None
+        return np.asarray(self.classes, dtype=object)[self.label_index]
+
+    def label_counts(self) -> dict[str, int]:
+        """Rows per label, or per `value` for a regression: what the metrics count."""
+        if self.label_index is None:
+            return {"value": len(self)}
+        counts = np.bincount(self.label_index, minlength=len(self.classes)).tolist()
+        return {label: count for label, count in zip(self.classes, counts, strict=True) if count}
 
     def rows(self) -> list[dict[str, Any]]:
         """The JSON answer's `predictions`: label and probabilities, or value, per row."""
@@ -201,16 +212,17 @@ def infer(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> Answers:
     request with a RowError naming every such row, never a 500 or a silently shorter answer."""
     task, classes = metadata.task, tuple(metadata.classes)
     if task == "classification" and model.labels_only:
-        labels = np.asarray([str(label) for label in model.call(matrix)], dtype=object)
-        return Answers(classes, labels=labels)
+        # The model's classes are model.json's (checked at load): each label has its position.
+        position = {label: i for i, label in enumerate(classes)}
+        index = np.fromiter((position[str(label)] for label in model.call(matrix)), dtype=np.intp)
+        return Answers(classes, label_index=index)
     found = model.call(matrix)
     usable = finite_rows(found, task)
     if not usable.all():
         raise RowError(unanswerable(matrix, np.flatnonzero(~usable), metadata.features))
     if task == "regression":
         return Answers(classes, values=np.asarray(found, dtype=np.float64))
-    names = np.asarray(classes, dtype=object)
-    return Answers(classes, labels=names[found.argmax(axis=1)], probabilities=found.round(6))
+    return Answers(classes, label_index=found.argmax(axis=1), probabilities=found.round(6))
 
 
 def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[dict[str, Any]]:

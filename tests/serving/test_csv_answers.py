@@ -56,8 +56,7 @@ def test_a_bad_value_keeps_the_rows_before_it_and_names_its_row_in_the_file(iris
 
 def answers(probabilities: list[list[float]]) -> Answers:
     p = np.array(probabilities)
-    labels = np.array(["setosa", "versicolor", "virginica"], dtype=object)[p.argmax(axis=1)]
-    return Answers(("setosa", "versicolor", "virginica"), labels=labels, probabilities=p)
+    return Answers(("setosa", "versicolor", "virginica"), label_index=p.argmax(axis=1), probabilities=p)
 
 
 def test_probabilities_are_written_with_6_decimals_and_read_back_exactly() -> None:

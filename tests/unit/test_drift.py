@@ -56,16 +56,23 @@ def test_window_forgets_old_values():
     assert window.seen == 12
 
 
+def positions(classes: list[str], labels: list[str]) -> np.ndarray:
+    """The labels as Answers.label_index gives them: their positions in the classes."""
+    return np.array([classes.index(label) for label in labels])
+
+
 def test_same_distribution_is_stable_shifted_one_drifts():
     profile, features, classes = reference()
     monitor = DriftMonitor(profile, features, classes, window=500, min_rows=100)
     assert all(math.isnan(v) for v in monitor.feature_psi().values())  # not enough rows yet
-    monitor.observe(batch(500), ["a"] * 350 + ["b"] * 150)
+    monitor.observe(batch(500), positions(classes, ["a"] * 350 + ["b"] * 150))
     stable = monitor.feature_psi()
     assert stable["x"] < 0.1 and stable["colour"] < 0.1
     assert monitor.prediction_psi() < 0.1
 
-    monitor.observe(batch(500, shift=2.0, colours=("red", "purple"), p=(0.2, 0.8)), ["b"] * 500)
+    monitor.observe(
+        batch(500, shift=2.0, colours=("red", "purple"), p=(0.2, 0.8)), positions(classes, ["b"] * 500)
+    )
     drifted = monitor.feature_psi()
     assert drifted["x"] > 0.2 and drifted["colour"] > 0.2
     assert monitor.prediction_psi() > 0.2
@@ -98,6 +105,6 @@ def test_batches_queue_until_read_or_a_window_is_pending():
     assert monitor._pending_rows == 40  # queued, not binned yet: requests stay cheap
     monitor.observe(batch(70))
     assert monitor._pending_rows == 0  # a window's worth arrived: binned at once, memory bounded
-    monitor.observe(batch(5), ["a"] * 5)
+    monitor.observe(batch(5), positions(classes, ["a"] * 5))
     assert not math.isnan(monitor.feature_psi()["x"])
     assert monitor._pending_rows == 0

@@ -1,6 +1,6 @@
 """Predictions for JSON rows, one model call per request (CSV files: app.api.routes.predict_csv).
 
-`/predict` is an async route: a small body is decoded (msgspec, in C), scored and encoded (orjson)
+`/predict` is an async route: a small body is decoded (msgspec, in C), scored and encoded (msgspec)
 right on the event loop, as that takes tens of microseconds, less than the thread-pool hand-off
 it would otherwise pay for (bench/). A large body, or a model measured to be slow, goes to the
 thread pool, so no request holds the event loop for long.
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -19,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.api.deps import PREDICT_SECURITY, bearer_claims, serving_predictor
 from app.core.config import Settings
+from app.serving import json_answer
 from app.serving.comparison import Served
 from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Predictor
@@ -57,14 +57,14 @@ PREDICT_BODY_DOC: dict[str, Any] = {
 }
 
 
-def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings) -> list[dict[str, Any]]:
+def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings) -> list[Any]:
     """One model call, counted in the metrics, as the JSON answer's rows."""
-    return score(predictor, matrix, settings.metrics_enabled).rows()
+    return json_answer.predictions(score(predictor, matrix, settings.metrics_enabled))
 
 
-def _response(predictor: Predictor, predictions: list[dict[str, Any]]) -> Response:
+def _response(predictor: Predictor, predictions: list[Any]) -> Response:
     return Response(
-        orjson.dumps({"model_version": predictor.version, "predictions": predictions}),
+        json_answer.encode({"model_version": predictor.version, "predictions": predictions}),
         media_type="application/json",
     )
 
@@ -150,7 +150,7 @@ def _compare(body: bytes, serving: ServingState, settings: Settings) -> Response
         for c in served.candidates or ()
     ]
     return Response(
-        orjson.dumps(
+        json_answer.encode(
             {"model_version": predictor.version, "predictions": predictions, "candidates": candidates}
         ),
         media_type="application/json",
