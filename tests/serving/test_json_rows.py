@@ -20,11 +20,17 @@ from tests.support.models import write_model
 MAX_ROWS = 5
 
 
-@pytest.fixture(scope="module", params=["iris", "colors"])
+@pytest.fixture(scope="module", params=["iris", "iris with gaps", "colors"])
 def schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> RequestSchema:
-    folder: Path = tmp_path_factory.mktemp(request.param)
-    write_model(folder, request.param)
-    return RequestSchema.build(ModelMetadata.read(folder), MAX_ROWS)
+    kind = request.param.split()[0]
+    folder: Path = tmp_path_factory.mktemp(kind)
+    write_model(folder, kind)
+    metadata = ModelMetadata.read(folder)
+    if request.param == "iris with gaps":
+        # All numeric, one column allowed to be missing: null is a gap (NaN), not a refusal.
+        features = [metadata.features[0].model_copy(update={"missing_fraction": 0.1})]
+        metadata = metadata.model_copy(update={"features": features + metadata.features[1:]})
+    return RequestSchema.build(metadata, MAX_ROWS)
 
 
 def _values(schema: RequestSchema) -> st.SearchStrategy:
