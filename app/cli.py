@@ -2,12 +2,13 @@
 
 python -m app.cli users create alice --scope predict      (prompts for the password)
 python -m app.cli users list | disable NAME | enable NAME | reset-password NAME | delete NAME
+python -m app.cli users set-scopes NAME --scope predict    (replaces the user's scopes)
 python -m app.cli models publish [--serve] [--force]      (after dvc repro: models/ to the model store)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -15,9 +16,12 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from app.core.config import get_settings, settings_error
+from app.core.config import Settings, get_settings, settings_error
+from app.core.revocation import revoke_user
 from app.core.security import SCOPES
 from app.db import crud
+from app.db.refresh_tokens import RefreshTokens
+from app.db.revocations import revocation_store
 from app.db.session import Database
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
@@ -34,6 +38,12 @@ PasswordOption = Annotated[
 
 @contextmanager
 def _session() -> Iterator[Session]:
+    with _database() as (database, _), database.session() as session:
+        yield session
+
+
+@contextmanager
+def _database() -> Iterator[tuple[Database, Settings]]:
     try:
         settings = get_settings()
     except ValidationError as exc:
@@ -41,12 +51,26 @@ def _session() -> Iterator[Session]:
     database = Database(settings.database_url)
     try:
         database.migrate()
-        with database.session() as session:
-            yield session
+        yield database, settings
     except crud.UserError as exc:
         raise typer.Exit(_fail(str(exc))) from None
     finally:
         database.dispose()
+
+
+def _change_and_withdraw(username: str, change: Callable[[Session], object]) -> None:
+    """Make the change, then withdraw every token the user holds: the running replicas refuse
+    them within REVOCATION_REFRESH_SECONDS."""
+    with _database() as (database, settings):
+        with database.session() as session:
+            change(session)
+        RefreshTokens(database.session, 60.0 * settings.refresh_token_expire_minutes).withdraw_user(username)
+        store = revocation_store(settings.redis_url, database.session, settings.longest_token_seconds)
+        try:
+            store.add(revoke_user(username, settings.longest_token_seconds))
+        except Exception as exc:
+            message = f"done, but the user's tokens could not be revoked ({type(exc).__name__}: {exc}): retry"
+            raise typer.Exit(_fail(message)) from None
 
 
 def _fail(message: str) -> int:
@@ -84,9 +108,8 @@ def list_() -> None:
 
 @users.command()
 def disable(username: str) -> None:
-    """Refuse new tokens to a user (tokens already issued last until they expire)."""
-    with _session() as session:
-        crud.set_disabled(session, username, True)
+    """Refuse new tokens to a user, and withdraw the ones they hold."""
+    _change_and_withdraw(username, lambda session: crud.set_disabled(session, username, True))
     typer.echo(f"disabled {username}")
 
 
@@ -100,10 +123,19 @@ def enable(username: str) -> None:
 
 @users.command("reset-password")
 def reset_password(username: str, password: PasswordOption) -> None:
-    """Set a new password."""
-    with _session() as session:
-        crud.set_password(session, username, password)
+    """Set a new password, and withdraw the tokens got with the old one."""
+    _change_and_withdraw(username, lambda session: crud.set_password(session, username, password))
     typer.echo(f"password reset for {username}")
+
+
+@users.command("set-scopes")
+def set_scopes(
+    username: str,
+    scope: Annotated[list[str], typer.Option("--scope", "-s", help=f"Repeatable: {', '.join(SCOPES)}")],
+) -> None:
+    """Replace a user's scopes, and withdraw the tokens they hold (they sign in again)."""
+    _change_and_withdraw(username, lambda session: crud.set_scopes(session, username, scope))
+    typer.echo(f"{username} now has the scopes {' '.join(sorted(set(scope)))}")
 
 
 @users.command()
@@ -113,8 +145,7 @@ def delete(
     """Delete a user."""
     if not yes:
         typer.confirm(f"Delete {username}?", abort=True)
-    with _session() as session:
-        crud.delete_user(session, username)
+    _change_and_withdraw(username, lambda session: crud.delete_user(session, username))
     typer.echo(f"deleted {username}")
 
 

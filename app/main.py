@@ -20,13 +20,17 @@ from app.api.hot_routes import HotRoutes
 from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
+from app.core.revocation import RevocationList
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
+from app.db.refresh_tokens import RefreshTokens
+from app.db.revocations import revocation_store
 from app.db.session import Database
 from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.logging import configure_logging
+from app.observability.metrics import REVOCATION_STORE_UP
 from app.observability.middleware import RequestContextMiddleware
 from app.serving.inference import scoring_limiter
 from app.serving.state import ServingState
@@ -66,6 +70,18 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.session, settings.login_max_failures, settings.login_window_seconds
         )
         app.state.serving = serving
+        revocations = RevocationList(
+            revocation_store(settings.redis_url, database.session, settings.longest_token_seconds),
+            max_staleness=settings.revocation_max_staleness_seconds,
+            fail_closed_scopes=settings.revocation_fail_closed_scopes.split(),
+            on_read=lambda answered: REVOCATION_STORE_UP.set(1 if answered else 0),
+        )
+        revocations.refresh()
+        stop_revocations = revocations.watch(settings.revocation_refresh_seconds)
+        app.state.revocations = revocations
+        app.state.refresh_tokens = RefreshTokens(
+            database.session, 60.0 * settings.refresh_token_expire_minutes
+        )
         app.state.scoring = scoring_limiter()  # the threads that score large or slow requests
         # Jobs are queued here and run by a worker (python -m app.worker), never in this process.
         app.state.jobs = JobQueue(database.session, settings.job_lease_seconds)
@@ -73,6 +89,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             yield
         finally:
             stop_watching()
+            stop_revocations()
             database.dispose()
             gc.unfreeze()  # an app made again in this process (tests) leaves nothing behind
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.lockout import Throttle
+from app.core.revocation import RevocationList
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
 from app.db.jobs import JobQueue
@@ -27,6 +28,7 @@ from app.serving.state import ServingState
 
 _BEARER = {"WWW-Authenticate": "Bearer"}
 PREDICT_SCOPES = SecurityScopes(scopes=["predict"])
+NO_SCOPES = SecurityScopes(scopes=[])
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -109,6 +111,8 @@ def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SC
 
 # The OpenAPI security requirement prediction_claims stands for (what Security(oauth2_scheme) adds).
 PREDICT_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": ["predict"]}]}
+# A bearer token of any scope (POST /logout).
+ANY_SCOPE_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": []}]}
 
 
 def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:
@@ -122,6 +126,14 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None
     request.state.user = claims.sub
+    revocations: RevocationList = request.app.state.revocations
+    if revocations.refused(claims):
+        auth_failed("revoked", request, "a revoked token: logged out, a reused refresh, a withdrawn user")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)
+    unverifiable = revocations.unverifiable(claims)
+    if unverifiable:
+        auth_failed("unverifiable", request, unverifiable)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, unverifiable, headers={"Retry-After": "5"})
     missing = [s for s in security_scopes.scopes if s not in claims.scopes]
     if missing:
         auth_failed("insufficient_scope", request, f"needs {' '.join(missing)}")

@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     app_env: Literal["development", "production"] = "development"
     secret_key: SecretStr = SecretStr(EXAMPLE_SECRET_KEY)
     access_token_expire_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # One-time use, each refresh issues the next (app/db/refresh_tokens.py).
+    refresh_token_expire_minutes: int = Field(default=7 * 24 * 60, ge=1, le=90 * 24 * 60)
+    # Revocations (logout, a reused refresh token, a user disabled, deleted or demoted) are shared
+    # through Redis when set, the database otherwise; each replica reads them this often.
+    redis_url: str | None = None
+    revocation_refresh_seconds: float = Field(default=5.0, gt=0, le=30)
+    # Past this without an answer from that store, the tokens of these scopes (space-separated) are
+    # refused (503): a withdrawn admin token must not work because Redis is down. Others are checked
+    # against what the replica read last.
+    revocation_max_staleness_seconds: float = Field(default=30.0, gt=0)
+    revocation_fail_closed_scopes: str = "admin"
     database_url: str = DEFAULT_DATABASE_URL
     model_dir: Path = Path("models")
     admin_username: str = "admin"
@@ -83,11 +94,16 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
 
-    @field_validator("start_worker", mode="before")
+    @field_validator("start_worker", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # START_WORKER= in .env (as .env.example ships it) means "decide from DATABASE_URL".
         return None if value == "" else value
+
+    @property
+    def longest_token_seconds(self) -> float:
+        """How long any token issued now can stay valid: what a revocation must cover."""
+        return 60.0 * max(self.access_token_expire_minutes, self.refresh_token_expire_minutes)
 
     @property
     def embedded_worker(self) -> bool:

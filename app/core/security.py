@@ -39,6 +39,8 @@ class TokenClaims(BaseModel):
     iat: int
     exp: int
     jti: str
+    # The refresh family the token was issued in (app.core.revocation): logging out revokes it.
+    fam: str | None = None
 
 
 def hash_password(password: str) -> str:
@@ -86,6 +88,7 @@ def create_access_token(
     secret: str,
     expires: timedelta,
     now: datetime | None = None,
+    family: str | None = None,
 ) -> str:
     issued = now or datetime.now(UTC)
     claims = {
@@ -95,6 +98,8 @@ def create_access_token(
         "exp": issued + expires,
         "jti": uuid4().hex,
     }
+    if family is not None:
+        claims["fam"] = family
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 

@@ -78,6 +78,13 @@ def set_disabled(session: Session, username: str, disabled: bool = True) -> User
     return user
 
 
+def set_scopes(session: Session, username: str, scopes: Iterable[str]) -> User:
+    user = _require(session, username)
+    user.scopes = normalise_scopes(scopes)
+    session.commit()
+    return user
+
+
 def set_password(session: Session, username: str, password: str) -> User:
     _check_password(password)
     user = _require(session, username)

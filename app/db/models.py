@@ -86,3 +86,33 @@ class TrainingUpload(Base):
     )
     filename: Mapped[str] = mapped_column(String(255))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RevocationRow(Base):
+    """A withdrawn token, refresh family or user's tokens (app.core.revocation), kept until it expires.
+
+    Replicas read the rows added since their last read (by id) every REVOCATION_REFRESH_SECONDS."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # token (a jti), family, user
+    subject: Mapped[str] = mapped_column(String(255))
+    # Unix times: when it was revoked (a user's tokens issued up to then fail), and when no token it
+    # covers can still be valid, after which the row may go.
+    revoked_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RefreshTokenRow(Base):
+    """One refresh token, by the SHA-256 of its value (never stored itself); usable once."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Every refresh token descended from one login: reusing any of them revokes them all.
+    family: Mapped[str] = mapped_column(String(32), index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)

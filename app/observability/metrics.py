@@ -33,7 +33,17 @@ if TYPE_CHECKING:
 disable_created_metrics()
 
 NAMESPACE = "predictor"
-AUTH_FAILURE_REASONS = ("bad_credentials", "locked", "expired", "invalid_token", "insufficient_scope")
+AUTH_FAILURE_REASONS = (
+    "bad_credentials",
+    "locked",
+    "expired",
+    "invalid_token",
+    "insufficient_scope",
+    "revoked",  # a logged-out, reused-family or withdrawn user's token
+    "unverifiable",  # a fail-closed scope's token while the revocation store does not answer
+    "refresh_invalid",  # an unknown, expired or withdrawn refresh token
+    "refresh_reuse",  # a refresh token presented a second time: its family is revoked
+)
 RELOAD_RESULTS = ("success", "refused")
 
 HTTP_REQUESTS = Counter(
@@ -102,6 +112,20 @@ DATABASE_ERRORS = Counter(
     namespace=NAMESPACE,
 )
 AUTH_FAILURES = Counter("auth_failures", "Refused authentications.", ["reason"], namespace=NAMESPACE)
+REVOCATIONS = Counter(
+    "token_revocations",
+    "Revocations written: a token, a refresh family, a user's tokens.",
+    ["kind"],
+    namespace=NAMESPACE,
+)
+# 0 while this replica cannot read the revocation store (Redis or the database): it checks tokens
+# against what it read last, and refuses the fail-closed scopes' tokens once that is too old.
+REVOCATION_STORE_UP = Gauge(
+    "revocation_store_up",
+    "1 when the revocation store answered this replica's last read, 0 when it did not.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
 
 VALIDATION_ERRORS = Counter("validation_errors", "Rejected inputs, by field.", ["field"], namespace=NAMESPACE)
 FEATURE_PSI = Gauge(
@@ -125,6 +149,9 @@ for _result in RELOAD_RESULTS:
     MODEL_RELOADS.labels(result=_result)
 MODEL_LOADED.set(0)
 MODEL_STORE_UP.set(1)
+REVOCATION_STORE_UP.set(1)
+for _kind in ("token", "family", "user"):
+    REVOCATIONS.labels(kind=_kind)
 
 
 _served: dict[str, str] = {}

@@ -1,18 +1,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
-from app.api.deps import SessionDep, SettingsDep, ThrottleDep
+from app.api.deps import ANY_SCOPE_SECURITY, NO_SCOPES, SessionDep, SettingsDep, ThrottleDep, bearer_claims
 from app.api.errors import ErrorDetail
+from app.core.config import Settings
+from app.core.revocation import RevocationList, StoreUnreadable, revoke_family, revoke_token
 from app.core.security import create_access_token, verify_password_or_dummy
 from app.db import crud
+from app.db.refresh_tokens import RefreshTokens
 from app.observability.audit import auth_failed
-from app.observability.metrics import TOKENS_ISSUED
+from app.observability.metrics import REVOCATIONS, TOKENS_ISSUED
 
 router = APIRouter(tags=["auth"])
 
@@ -22,6 +26,16 @@ class Token(BaseModel):
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int
     scope: str
+    # One-time use at POST /token/refresh, which answers the next one (RFC 6749 section 6).
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class OAuthError(BaseModel):
+    """RFC 6749 section 5.2's error body, with the `detail` every other error of this API has."""
+
+    error: Literal["invalid_request", "invalid_grant", "unsupported_grant_type"]
+    detail: str
 
 
 @router.post(
@@ -69,9 +83,95 @@ def login(
     if not_held:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"invalid_scope: not granted {' '.join(not_held)}")
     granted = sorted(set(form.scopes)) if form.scopes else held
+    return _tokens(request, settings, user.username, granted, family=None)
+
+
+def _tokens(
+    request: Request, settings: Settings, username: str, scopes: list[str], family: str | None
+) -> Token:
+    """An access token and the refresh token that follows it, in `family` (None: a new login)."""
+    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh = refresh_tokens.issue(username, scopes, family)
     expires = timedelta(minutes=settings.access_token_expire_minutes)
     token = create_access_token(
-        user.username, granted, secret=settings.secret_key.get_secret_value(), expires=expires
+        username,
+        scopes,
+        secret=settings.secret_key.get_secret_value(),
+        expires=expires,
+        family=refresh.family,
     )
     TOKENS_ISSUED.inc()
-    return Token(access_token=token, expires_in=int(expires.total_seconds()), scope=" ".join(granted))
+    return Token(
+        access_token=token,
+        expires_in=int(expires.total_seconds()),
+        scope=" ".join(scopes),
+        refresh_token=refresh.token,
+        refresh_expires_in=int(refresh_tokens.lifetime),
+    )
+
+
+def _oauth_error(error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+@router.post(
+    "/token/refresh",
+    response_model=Token,
+    responses={
+        400: {"model": OAuthError, "description": "Unknown, expired, used or withdrawn refresh token"}
+    },
+)
+def refresh(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    grant_type: Annotated[str, Form()],
+    refresh_token: Annotated[str, Form()],
+) -> Token | JSONResponse:
+    """A refresh token for a new access token and the next refresh token (RFC 6749 section 6). Each is
+    usable once: presenting one a second time withdraws every token of its login."""
+    if grant_type != "refresh_token":
+        return _oauth_error("unsupported_grant_type", "grant_type must be refresh_token")
+    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    used = refresh_tokens.use(refresh_token)
+    request.state.user = used.username
+    if used.outcome == "reused" and used.family is not None:
+        # Two parties hold this login's tokens: neither may go on (OAuth 2.0 Security BCP 4.14).
+        _withdraw_family(request, settings, used.family)
+        auth_failed("refresh_reuse", request, "a used refresh token presented again: its family is revoked")
+        return _oauth_error("invalid_grant", "refresh token already used: sign in again")
+    if used.outcome != "ok" or used.family is None or used.username is None:
+        auth_failed("refresh_invalid", request, f"refresh token {used.outcome}")
+        return _oauth_error("invalid_grant", "refresh token unknown or expired: sign in again")
+    user = crud.get_user(session, used.username)
+    held = user.scope_list if user is not None and not user.disabled else []
+    if not held or not set(used.scopes) <= set(held):
+        _withdraw_family(request, settings, used.family)
+        auth_failed("refresh_invalid", request, "refresh token of a removed, disabled or demoted user")
+        return _oauth_error("invalid_grant", "refresh token withdrawn: sign in again")
+    return _tokens(request, settings, used.username, list(used.scopes), family=used.family)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=ANY_SCOPE_SECURITY)
+def logout(request: Request, settings: SettingsDep) -> None:
+    """Withdraws the bearer token and every refresh token of its login; the token gets 401 after."""
+    claims = bearer_claims(request, NO_SCOPES)
+    revocations: RevocationList = request.app.state.revocations
+    try:
+        revocations.revoke(revoke_token(claims))
+        REVOCATIONS.labels(kind="token").inc()
+    except StoreUnreadable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"revocation store: {exc}") from None
+    if claims.fam is not None:
+        _withdraw_family(request, settings, claims.fam)
+
+
+def _withdraw_family(request: Request, settings: Settings, family: str) -> None:
+    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens.withdraw_family(family)  # no refresh from it any more, whatever the store says
+    revocations: RevocationList = request.app.state.revocations
+    try:
+        revocations.revoke(revoke_family(family, settings.longest_token_seconds))
+        REVOCATIONS.labels(kind="family").inc()
+    except StoreUnreadable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"revocation store: {exc}") from None

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
-from app.api.deps import AdminDep, SessionDep
+from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.core.config import Settings
+from app.core.revocation import RevocationList, StoreUnreadable, revoke_user
 from app.db import crud
 from app.db.models import User
+from app.db.refresh_tokens import RefreshTokens
+from app.observability.metrics import REVOCATIONS
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -59,19 +63,61 @@ def create_user(body: UserIn, _: AdminDep, session: SessionDep) -> UserOut:
         raise _bad(exc) from None
 
 
-@router.post("/{username}/disable")
-def disable_user(username: str, _: AdminDep, session: SessionDep) -> UserOut:
+class ScopesIn(BaseModel):
+    scopes: list[str] = Field(min_length=1)
+
+
+def _withdraw_tokens(request: Request, settings: Settings, username: str) -> None:
+    """Every token the user holds fails from now on (within REVOCATION_REFRESH_SECONDS on the other
+    replicas), and none of their refresh tokens works."""
+    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens.withdraw_user(username)
+    revocations: RevocationList = request.app.state.revocations
     try:
-        return UserOut.of(crud.set_disabled(session, username, True))
+        revocations.revoke(revoke_user(username, settings.longest_token_seconds))
+    except StoreUnreadable as exc:
+        # The change itself is made; the client must know the tokens may live on until they expire.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"done, but the user's tokens could not be revoked (revocation store: {exc}): retry",
+        ) from None
+    REVOCATIONS.labels(kind="user").inc()
+
+
+@router.post("/{username}/disable")
+def disable_user(
+    username: str, _: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
+) -> UserOut:
+    """Disable a user: no new token, and the ones they hold fail."""
+    try:
+        user = UserOut.of(crud.set_disabled(session, username, True))
     except crud.UserError as exc:
         raise _bad(exc) from None
+    _withdraw_tokens(request, settings, username)
+    return user
+
+
+@router.put("/{username}/scopes")
+def set_scopes(
+    username: str, body: ScopesIn, _: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
+) -> UserOut:
+    """Replace a user's scopes; the tokens they hold fail (they sign in again for the new scopes)."""
+    try:
+        user = UserOut.of(crud.set_scopes(session, username, body.scopes))
+    except crud.UserError as exc:
+        raise _bad(exc) from None
+    _withdraw_tokens(request, settings, username)
+    return user
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_user(username: str, admin: AdminDep, session: SessionDep) -> None:
+def delete_user(
+    username: str, admin: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
+) -> None:
     if username == admin.username:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "an admin cannot delete their own account")
     try:
         crud.delete_user(session, username)
     except crud.UserError as exc:
         raise _bad(exc) from None
+    _withdraw_tokens(request, settings, username)
