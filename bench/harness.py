@@ -36,6 +36,8 @@ THROUGHPUT_TARGETS = {
 # champion: per rows of the request.
 BASELINE = "baseline"
 BASELINE_TARGETS = {1: 2.0, 100: 3.0}
+# Our p99 at most this many times our p50, one row at c=32: the tail is not ours to add.
+TAIL_TARGET = 4.0
 # Ours over the bare FastAPI app (bench/ceiling.py) at c=32: one-row /predict, and /health.
 CEILING_TARGETS = {"predict": 0.5, "health": 0.8}
 COLD_START_TARGET_S = 1.0
@@ -356,6 +358,19 @@ def target_verdicts(
                 f"({_row_label(case.rows)})",
                 "measured": f"{ratio:.2f}x",
                 "met": ratio >= goal,
+            }
+        )
+    for comparison in comparisons:
+        case = comparison.case
+        if case.concurrency != TARGET_CONCURRENCY or case.rows != 1:
+            continue
+        ours = comparison.ours
+        spread = ours.p99_ms / ours.p50_ms if ours.p50_ms else math.inf
+        verdicts.append(
+            {
+                "target": f"{case.champion}: our p99 <= {TAIL_TARGET:g}x our p50 ({_row_label(case.rows)})",
+                "measured": f"{spread:.1f}x ({ours.p99_ms:.1f} ms vs {ours.p50_ms:.1f} ms)",
+                "met": spread <= TAIL_TARGET,
             }
         )
     for comparison in comparisons:

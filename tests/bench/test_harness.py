@@ -228,6 +228,8 @@ def test_ratios_verdicts_and_table():
         for v in target_verdicts([fast, slow, other], {"random_forest": 3.1}, {"random_forest": 120.0})
     }
     assert verdicts == {
+        "logistic_regression: our p99 <= 4x our p50 (1 row, c=32)": True,
+        "random_forest: our p99 <= 4x our p50 (1 row, c=32)": True,
         "logistic_regression: throughput >= 3x mlflow (1 row, c=32)": True,
         "logistic_regression: p99 below mlflow's (1 row, c=32)": True,
         "random_forest: throughput >= 1.5x mlflow (1 row, c=32)": False,
@@ -255,7 +257,9 @@ def test_bentoml_is_a_third_column_set_with_its_own_targets_on_1_and_100_rows():
     calm = Comparison(Case("random_forest", 100, 1), load(50, 15, 30), peers)  # c=1: no target
     svc = Comparison(Case("svc", 1, 32), load(50, 15, 30), peers)  # no target for svc
     verdicts = {
-        v["target"]: (v["met"], v["measured"]) for v in target_verdicts([one, hundred, calm, svc], {})
+        v["target"]: (v["met"], v["measured"])
+        for v in target_verdicts([one, hundred, calm, svc], {})
+        if "our p50" not in v["target"]
     }
     assert verdicts == {
         "random_forest: throughput >= 1.5x mlflow (1 row, c=32)": (True, "5.33x"),
@@ -274,6 +278,17 @@ def test_bentoml_is_a_third_column_set_with_its_own_targets_on_1_and_100_rows():
     # ... 1,600 ours, then mlflow's 300 and 5.33x, then bentoml's 500 and 3.20x
     assert cells[cells.index("300") + 1] == "5.33"
     assert cells[cells.index("500") + 1] == "3.20"
+
+
+def test_our_tail_at_one_row_and_c32_is_at_most_4x_our_median():
+    calm = Comparison(Case("svc", 1, 32), load(2000, 15, 60), {})
+    spiky = Comparison(Case("random_forest", 1, 32), load(2000, 15, 61), {})
+    batch = Comparison(Case("random_forest", 100, 32), load(900, 30, 400), {})  # no target at 100 rows
+    verdicts = {v["target"]: (v["met"], v["measured"]) for v in target_verdicts([calm, spiky, batch], {})}
+    assert verdicts == {
+        "svc: our p99 <= 4x our p50 (1 row, c=32)": (True, "4.0x (60.0 ms vs 15.0 ms)"),
+        "random_forest: our p99 <= 4x our p50 (1 row, c=32)": (False, "4.1x (61.0 ms vs 15.0 ms)"),
+    }
 
 
 def test_a_table_of_ours_alone_when_no_peer_runs():
