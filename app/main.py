@@ -6,6 +6,7 @@ uvicorn app.main:create_app --factory     (or python -m app.serve, which migrate
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,9 @@ from fastapi.routing import APIRoute
 
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
+from app.api.draining import drain_on_sigterm
 from app.api.hot_routes import HotRoutes
+from app.api.rate_limits import RateLimits
 from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
@@ -79,6 +82,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         revocations.refresh()
         stop_revocations = revocations.watch(settings.revocation_refresh_seconds)
         app.state.revocations = revocations
+        app.state.rate_limits = RateLimits.from_settings(settings)
+        app.state.draining = threading.Event()
+        restore_sigterm = drain_on_sigterm(app.state.draining, settings.shutdown_drain_seconds)
         app.state.refresh_tokens = RefreshTokens(
             database.session, 60.0 * settings.refresh_token_expire_minutes
         )
@@ -88,6 +94,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         try:
             yield
         finally:
+            restore_sigterm()
             stop_watching()
             stop_revocations()
             database.dispose()

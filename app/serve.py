@@ -111,6 +111,12 @@ def main() -> None:
             port=args.port,
             workers=args.workers,
             access_log=False,  # the app logs one JSON line per request itself
+            # After the drain (app/api/draining.py): how long requests in flight get to finish.
+            timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            # The client address is the socket's unless it is a proxy named here (the rate limits
+            # and the security log read it); uvicorn's own default would trust 127.0.0.1.
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
         )
     finally:
         if worker is not None:

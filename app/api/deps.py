@@ -51,6 +51,11 @@ async def get_jobs(request: Request) -> JobQueue:
     return request.app.state.jobs
 
 
+async def limit_client(request: Request) -> None:
+    """/token's limit per client address (RATE_LIMIT_TOKEN), before any password is checked."""
+    await request.app.state.rate_limits.check_client(request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 ServingDep = Annotated[ServingState, Depends(get_serving)]

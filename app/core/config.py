@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     # against what the replica read last.
     revocation_max_staleness_seconds: float = Field(default=30.0, gt=0)
     revocation_fail_closed_scopes: str = "admin"
+    # Limits (app/api/rate_limits.py), as the `limits` library reads them ("20/minute", "200/second");
+    # empty: none. /token per client address across usernames, the prediction routes per user.
+    rate_limit_token: str = "20/minute"  # noqa: S105 - a rate, not a secret
+    rate_limit_predict: str = ""
+    # When Redis (REDIS_URL) does not answer: let requests through (true) or answer 503.
+    rate_limit_fail_open: bool = True
+    # The proxies whose X-Forwarded-For names the client (uvicorn's setting): none by default, so a
+    # client cannot pick its own address; "*" behind a proxy only it can reach.
+    forwarded_allow_ips: str = ""
     database_url: str = DEFAULT_DATABASE_URL
     model_dir: Path = Path("models")
     admin_username: str = "admin"
@@ -90,6 +99,10 @@ class Settings(BaseSettings):
     promotion_tolerance: float = Field(default=0.01, ge=0)
     train_timeout_seconds: int = Field(default=3600, ge=10)
     # The server, for python -m app.serve.
+    # Graceful shutdown (app/api/draining.py): after SIGTERM, /ready answers 503 this long while the
+    # replica still serves (a load balancer takes it out), then requests in flight get this long to finish.
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
@@ -99,6 +112,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # START_WORKER= in .env (as .env.example ships it) means "decide from DATABASE_URL".
         return None if value == "" else value
+
+    @field_validator("rate_limit_token", "rate_limit_predict")
+    @classmethod
+    def _a_limit(cls, value: str) -> str:
+        from limits import parse
+
+        if value.strip():
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate limit: write e.g. 20/minute or 200/second"
+                ) from None
+        return value
 
     @property
     def longest_token_seconds(self) -> float:

@@ -118,6 +118,18 @@ REVOCATIONS = Counter(
     ["kind"],
     namespace=NAMESPACE,
 )
+RATE_LIMITED = Counter(
+    "rate_limited",
+    "Requests refused 429 by a rate limit: per client address (client) or per user (user).",
+    ["route", "reason"],
+    namespace=NAMESPACE,
+)
+RATE_LIMIT_STORE_UP = Gauge(
+    "rate_limit_store_up",
+    "1 when the rate limits' store (Redis) answered this replica's last check, 0 when it did not.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
 # 0 while this replica cannot read the revocation store (Redis or the database): it checks tokens
 # against what it read last, and refuses the fail-closed scopes' tokens once that is too old.
 REVOCATION_STORE_UP = Gauge(
@@ -150,6 +162,7 @@ for _result in RELOAD_RESULTS:
 MODEL_LOADED.set(0)
 MODEL_STORE_UP.set(1)
 REVOCATION_STORE_UP.set(1)
+RATE_LIMIT_STORE_UP.set(1)
 for _kind in ("token", "family", "user"):
     REVOCATIONS.labels(kind=_kind)
 

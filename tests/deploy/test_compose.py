@@ -37,6 +37,7 @@ IMAGE_TOOLS = {
     "mlops-api-predictor": {"python", "sh", "dvc", "mlflow"},
     "postgres": {"pg_isready", "psql", "sh"},
     "minio/minio": {"mc", "sh"},
+    "redis": {"redis-server", "redis-cli", "sh"},
     "minio/mc": {"mc", "sh"},
     "prom/prometheus": {"prometheus", "promtool", "sh", "wget", "sed"},
     "prom/alertmanager": {"alertmanager", "amtool", "sh", "wget", "sed"},

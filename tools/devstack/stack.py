@@ -405,8 +405,10 @@ class Runner:
                 "MODEL_DIR": str(folder / "models"),
                 "MODEL_CACHE_DIR": str(folder / "cache"),
                 "START_WORKER": "false",
-                # Behind nginx, as in compose: a CSV's answer waits for the whole upload.
+                # Behind nginx, as in compose: a CSV's answer waits for the whole upload, and the
+                # client's address is nginx's X-Forwarded-For (the rate limits count by it).
                 "CSV_UPLOAD_FIRST": "true",
+                "FORWARDED_ALLOW_IPS": HOST,
             }
             port = str(self.stack.ports[name])
             command = [sys.executable, "-m", "app.serve", "--host", HOST, "--port", port, "--workers", "1"]

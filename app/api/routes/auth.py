@@ -8,7 +8,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
-from app.api.deps import ANY_SCOPE_SECURITY, NO_SCOPES, SessionDep, SettingsDep, ThrottleDep, bearer_claims
+from app.api.deps import (
+    ANY_SCOPE_SECURITY,
+    NO_SCOPES,
+    SessionDep,
+    SettingsDep,
+    ThrottleDep,
+    bearer_claims,
+    limit_client,
+)
 from app.api.errors import ErrorDetail
 from app.core.config import Settings
 from app.core.revocation import RevocationList, StoreUnreadable, revoke_family, revoke_token
@@ -40,11 +48,13 @@ class OAuthError(BaseModel):
 
 @router.post(
     "/token",
+    dependencies=[Depends(limit_client)],
     responses={
         401: {"model": ErrorDetail, "description": "Wrong username or password, or a disabled user"},
         429: {
             "model": ErrorDetail,
-            "description": "Too many failed logins for this username; see Retry-After",
+            "description": "Too many failed logins for this username, or attempts from this address "
+            "(RATE_LIMIT_TOKEN); see Retry-After",
         },
     },
 )
@@ -117,8 +127,10 @@ def _oauth_error(error: str, detail: str) -> JSONResponse:
 @router.post(
     "/token/refresh",
     response_model=Token,
+    dependencies=[Depends(limit_client)],
     responses={
-        400: {"model": OAuthError, "description": "Unknown, expired, used or withdrawn refresh token"}
+        400: {"model": OAuthError, "description": "Unknown, expired, used or withdrawn refresh token"},
+        429: {"model": ErrorDetail, "description": "Too many attempts from this address; see Retry-After"},
     },
 )
 def refresh(

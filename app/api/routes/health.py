@@ -43,10 +43,14 @@ async def health(request: Request) -> Response:
 @router.get(
     "/ready",
     response_model=Ready,
-    responses={503: {"model": ErrorDetail, "description": "Model not loaded or database down"}},
+    responses={
+        503: {"model": ErrorDetail, "description": "Model not loaded, database down, or shutting down"}
+    },
 )
-def ready(serving: ServingDep, database: DatabaseDep) -> Ready | JSONResponse:
+def ready(serving: ServingDep, database: DatabaseDep, request: Request) -> Ready | JSONResponse:
     """Readiness: a model is loaded and the database answers (and whether the model store does)."""
+    if request.app.state.draining.is_set():
+        return JSONResponse({"detail": "draining: this replica is shutting down"}, status_code=503)
     current = serving.current
     if current is None:
         return JSONResponse({"detail": f"model not loaded: {serving.error}"}, status_code=503)

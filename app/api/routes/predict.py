@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.api.deps import PREDICT_SECURITY, bearer_claims, serving_predictor
+from app.api.rate_limits import RateLimits
 from app.core.config import Settings
 from app.serving import json_answer
 from app.serving.comparison import Served
@@ -106,7 +107,10 @@ def query_flag(request: Request, name: str) -> bool:
     response_model=PredictResponse,
     response_model_exclude_none=True,
     openapi_extra=PREDICT_BODY_DOC | PREDICT_SECURITY | COMPARE_PARAMETER,
-    responses={422: {"description": "Invalid rows: each error names the row and the field"}},
+    responses={
+        422: {"description": "Invalid rows: each error names the row and the field"},
+        429: {"description": "Past RATE_LIMIT_PREDICT for this user; see Retry-After"},
+    },
 )
 async def predict(request: Request) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows, given as `{"instances": [{feature: value, ...}]}`."""
@@ -114,6 +118,9 @@ async def predict(request: Request) -> Response:
     # the order the dependencies would be (401/403, then 503, then 422). Solving them cost this
     # route more than decoding and scoring a row does (python -m bench.inprocess).
     bearer_claims(request)
+    rate_limits: RateLimits = request.app.state.rate_limits
+    if rate_limits.predict is not None:  # RATE_LIMIT_PREDICT, off by default
+        await rate_limits.check_user(request)
     predictor = serving_predictor(request)
     compare = query_flag(request, _COMPARE)
     body = await request.body()

@@ -68,11 +68,13 @@ def answer_format(accept: str, metadata: ModelMetadata, header: CsvHeader) -> An
             "A bad line after the first chunk ends it with an error (see docs/api.md)",
         },
         413: {"description": "The body is past MAX_CSV_BYTES (before any answer was sent)"},
+        429: {"description": "Past RATE_LIMIT_PREDICT for this user; see Retry-After"},
         422: {"description": "Malformed CSV (the error names the line) or invalid values in the first chunk"},
     },
 )
 async def predict_csv(request: Request, predictor: PredictorDep, settings: SettingsDep) -> Response:
     """A CSV with a header naming the feature columns, as a text/csv body or the form field `file`."""
+    await request.app.state.rate_limits.check_user(request)
     pieces = csv_bytes(request)
     chunks = ChunkSource(reader_of(pieces))
     try:

@@ -113,6 +113,7 @@ _WHY = {
     415: "A compressed body (Content-Encoding): send it uncompressed",
     422: "Values the model refuses: non-finite or missing numbers, unknown categories, "
     "an empty or oversized batch, rows without a finite answer",
+    429: "Past RATE_LIMIT_PREDICT for this user; see Retry-After",
     503: "No model loaded (for server readiness: or the database is down)",
 }
 
@@ -180,8 +181,10 @@ async def server_live() -> ServerLiveResponse:
 
 
 @router.get("/health/ready", responses=_errors(503))
-def server_ready(serving: ServingDep, database: DatabaseDep) -> ServerReadyResponse:
+def server_ready(serving: ServingDep, database: DatabaseDep, request: Request) -> ServerReadyResponse:
     """Readiness, as /ready: a model is loaded and the database answers."""
+    if request.app.state.draining.is_set():
+        raise V2Error("draining: this replica is shutting down", 503)
     if serving.current is None:
         raise V2Error(f"model not loaded: {serving.error}", 503)
     try:
@@ -234,7 +237,7 @@ _INFER: dict[str, Any] = {
     "dependencies": _PREDICT,
     "response_model": InferenceResponse,
     "openapi_extra": _INFER_BODY_DOC | PREDICT_SECURITY,
-    "responses": _errors(400, 401, 403, 404, 413, 415, 422, 503),
+    "responses": _errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
 }
 
 
@@ -254,6 +257,7 @@ async def infer_version(
 
 
 async def _infer(predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool) -> Response:
+    await request.app.state.rate_limits.check_user(request)
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
