@@ -72,10 +72,12 @@ class JobQueue:
                     id=job.id, status=job.status, active=1, created_at=created, record=job.model_dump_json()
                 )
             )
-            if upload is not None:
-                session.flush()  # the job row first: the upload refers to it
-                session.add(TrainingUpload(job_id=job.id, filename=filename or UPLOAD_NAME, data=upload))
             try:
+                if upload is not None:
+                    # The job row first: the upload refers to it. The flush is where a second active
+                    # job meets the unique column, as the commit is without an upload.
+                    session.flush()
+                    session.add(TrainingUpload(job_id=job.id, filename=filename or UPLOAD_NAME, data=upload))
                 session.commit()
             except IntegrityError:
                 session.rollback()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.api.errors import ErrorDetail
 from app.core.config import Settings
 from app.core.revocation import RevocationList, StoreUnreadable, revoke_user
 from app.db import crud
@@ -55,7 +57,14 @@ def list_users(_: AdminDep, session: SessionDep) -> list[UserOut]:
     return [UserOut.of(u) for u in crud.list_users(session)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "A duplicate username, an unknown scope or a short password"},
+    404: {"model": ErrorDetail, "description": "No such user"},
+    503: {"model": ErrorDetail, "description": "Done, but the user's tokens could not be revoked: retry"},
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses={400: _REFUSED[400]})
 def create_user(body: UserIn, _: AdminDep, session: SessionDep) -> UserOut:
     try:
         return UserOut.of(crud.create_user(session, body.username, body.password, body.scopes))
@@ -84,7 +93,7 @@ def _withdraw_tokens(request: Request, settings: Settings, username: str) -> Non
     REVOCATIONS.labels(kind="user").inc()
 
 
-@router.post("/{username}/disable")
+@router.post("/{username}/disable", responses=_REFUSED)
 def disable_user(
     username: str, _: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
 ) -> UserOut:
@@ -97,7 +106,7 @@ def disable_user(
     return user
 
 
-@router.put("/{username}/scopes")
+@router.put("/{username}/scopes", responses=_REFUSED)
 def set_scopes(
     username: str, body: ScopesIn, _: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
 ) -> UserOut:
@@ -110,7 +119,7 @@ def set_scopes(
     return user
 
 
-@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_REFUSED)
 def delete_user(
     username: str, admin: AdminDep, session: SessionDep, request: Request, settings: SettingsDep
 ) -> None:
