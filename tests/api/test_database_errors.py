@@ -220,9 +220,13 @@ def test_postgresql_cut_answers_503_quickly_then_recovers(
         with client.app.state.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         headers = bearer(get_token(client, *ADMIN))
+        predicting = bearer(get_token(client, *USER))
         assert client.get("/users", headers=headers).status_code == 200  # the pool holds connections
         before = errors_counted("/token")
         proxy.cut(mode)
+        # /predict asks the database nothing: a valid token goes on predicting.
+        row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+        assert client.post("/predict", json={"instances": [row]}, headers=predicting).status_code == 200
 
         elapsed, response = login(client)
         assert_unavailable(response, elapsed)
