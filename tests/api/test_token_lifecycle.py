@@ -277,9 +277,8 @@ def unused_port() -> Callable[[], int]:
     return pick
 
 
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
 def test_redis_store_trims_what_no_token_can_need(store: dict[str, Any]) -> None:
-    if "redis_url" not in store:
-        pytest.skip("Redis only")
     from app.core.redis_revocations import RedisRevocations, redis_client
     from app.core.revocation import Revocation
 
