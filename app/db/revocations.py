@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.redis_revocations import RedisRevocations, redis_client
 from app.core.revocation import Revocation, RevocationStore
 from app.db.models import RevocationRow
+
+LATE_COMMIT_SECONDS = 60.0
 
 
 class DatabaseRevocations:
@@ -37,7 +39,15 @@ class DatabaseRevocations:
 
     def read_since(self, cursor: str | None) -> tuple[list[Revocation], str | None]:
         after = int(cursor) if cursor else 0
-        query = select(RevocationRow).where(RevocationRow.id > after).order_by(RevocationRow.id)
+        # Ids are handed out at insert but may commit out of order (two replicas revoking at once):
+        # the last minute's rows are read again, so one that committed late is not skipped for good.
+        # Reading a revocation twice changes nothing.
+        recent = time.time() - LATE_COMMIT_SECONDS
+        query = (
+            select(RevocationRow)
+            .where(or_(RevocationRow.id > after, RevocationRow.revoked_at > recent))
+            .order_by(RevocationRow.id)
+        )
         if cursor is None:
             query = query.where(RevocationRow.expires_at > time.time())
         with self._sessions() as session:
@@ -50,7 +60,7 @@ class DatabaseRevocations:
                 # Nothing live: start after the last row there is, so it is not read again.
                 last = session.scalar(select(RevocationRow.id).order_by(RevocationRow.id.desc()).limit(1))
                 return [], str(last or 0)
-        return found, str(rows[-1].id) if rows else cursor
+        return found, str(max(rows[-1].id, after)) if rows else cursor
 
 
 def revocation_store(

@@ -293,3 +293,31 @@ def test_redis_store_trims_what_no_token_can_need(store: dict[str, Any]) -> None
     revocations.add(Revocation("token", "later", time.time(), time.time() + 60))
     assert subject not in [r.subject for r in revocations.read_since(None)[0]]
     assert [r.subject for r in revocations.read_since(cursor)[0]] == ["later"]
+
+
+def test_a_revocation_committed_late_is_still_read(settings_factory: Callable[..., Settings]) -> None:
+    """Ids are handed out at insert, commits may come in another order: a row with an id below the
+    cursor, committed after the read, is read on the next one."""
+    from app.core.revocation import Revocation
+    from app.db.models import RevocationRow
+    from app.db.revocations import DatabaseRevocations
+
+    with TestClient(create_app(settings_factory())) as client:
+        database = client.app.state.database  # type: ignore[attr-defined]
+        store = DatabaseRevocations(database.session)
+        now = time.time()
+        with database.session() as session:
+            session.add(
+                RevocationRow(id=10, kind="token", subject="first", revoked_at=now, expires_at=now + 60)
+            )
+            session.commit()
+        found, cursor = store.read_since(None)
+        assert [r.subject for r in found] == ["first"] and cursor == "10"
+        with database.session() as session:  # id 5: its transaction began first, committed last
+            session.add(
+                RevocationRow(id=5, kind="token", subject="late", revoked_at=now, expires_at=now + 60)
+            )
+            session.commit()
+        found, cursor = store.read_since(cursor)
+        assert "late" in [r.subject for r in found] and cursor == "10"
+        assert isinstance(found[0], Revocation)
