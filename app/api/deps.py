@@ -16,13 +16,14 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.lockout import Throttle
-from app.core.revocation import RevocationList
+from app.core.revocation import Revocation, RevocationList, StoreUnreadable
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
 from app.db.jobs import JobQueue
 from app.db.models import User
 from app.db.session import Database
 from app.observability.audit import auth_failed
+from app.observability.metrics import REVOCATIONS
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
@@ -114,6 +115,19 @@ def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SC
     return _verified_claims(token, security_scopes, request)
 
 
+def revoke(request: Request, revocation: Revocation, not_done: str) -> None:
+    """Write a revocation to the shared store (and this replica's list), counted by kind; a 503 that
+    says `not_done` when the store does not answer."""
+    revocations: RevocationList = request.app.state.revocations
+    try:
+        revocations.revoke(revocation)
+    except StoreUnreadable as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"{not_done} (revocation store: {exc})"
+        ) from None
+    REVOCATIONS.labels(kind=revocation.kind).inc()
+
+
 # The OpenAPI security requirement prediction_claims stands for (what Security(oauth2_scheme) adds).
 PREDICT_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": ["predict"]}]}
 # A bearer token of any scope (POST /logout).
@@ -132,7 +146,7 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
         ) from None
     request.state.user = claims.sub
     revocations: RevocationList = request.app.state.revocations
-    if revocations.refused(claims):
+    if revocations.revoked(claims):
         auth_failed("revoked", request, "a revoked token: logged out, a reused refresh, a withdrawn user")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)
     unverifiable = revocations.unverifiable(claims)

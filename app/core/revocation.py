@@ -72,23 +72,20 @@ class RevocationList:
         self._tokens: dict[str, float] = {}  # jti -> expires_at
         self._families: dict[str, float] = {}
         self._users: dict[str, tuple[float, float]] = {}  # username -> (latest revoked_at, expires_at)
-        self._cursor: str | None = None
-        self._lock = threading.Lock()
+        self._cursor: str | None = None  # read and written by refresh() alone
+        self._lock = threading.Lock()  # between refresh() and revoke(), which both apply
         self._read_at = -math.inf  # when the store last answered (this process's clock)
-        self._unreadable = False
-        self.error: str | None = None
+        self.error: str | None = None  # why the last read failed; None while the store answers
 
-    def refused(self, claims: TokenClaims) -> str | None:
-        """Why this verified token may not be used, or None: three dictionary lookups."""
-        if claims.jti in self._tokens:
-            return "revoked"
-        if claims.fam is not None and claims.fam in self._families:
-            return "revoked"
+    def revoked(self, claims: TokenClaims) -> bool:
+        """Whether this verified token was withdrawn: three dictionary lookups."""
         cutoff = self._users.get(claims.sub)
-        # iat is in whole seconds: a token issued in the revocation's own second fails too.
-        if cutoff is not None and claims.iat <= int(cutoff[0]):
-            return "revoked"
-        return None
+        return (
+            claims.jti in self._tokens
+            or (claims.fam is not None and claims.fam in self._families)
+            # iat is in whole seconds: a token issued in the revocation's own second fails too.
+            or (cutoff is not None and claims.iat <= int(cutoff[0]))
+        )
 
     def unverifiable(self, claims: TokenClaims) -> str | None:
         """Why this token cannot be checked now (a fail-closed scope, a list too old), or None."""
@@ -103,8 +100,6 @@ class RevocationList:
         """Written to the store (StoreUnreadable if it does not answer), and applied here at once."""
         try:
             self.store.add(revocation)
-        except StoreUnreadable:
-            raise
         except Exception as exc:
             raise StoreUnreadable(f"{type(exc).__name__}: {exc}") from None
         self._apply([revocation])
@@ -116,13 +111,12 @@ class RevocationList:
         except Exception as exc:
             self._failed(exc)
             return
-        with self._lock:
-            self._cursor = cursor
+        self._cursor = cursor
         self._apply(found)
         self._read_at = self._clock()
-        if self._unreadable:
+        if self.error is not None:
             log.info("revocation store answers again")
-        self._unreadable, self.error = False, None
+            self.error = None
         self._on_read(True)
 
     def watch(self, interval: float) -> Callable[[], None]:
@@ -137,11 +131,12 @@ class RevocationList:
         return stop.set
 
     def _failed(self, exc: Exception) -> None:
-        self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        error = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        if self.error is None:  # once per outage, not every refresh
+            log.warning("revocation store unreadable, checking against what this replica has: %s", error)
+        self.error = error
         self._on_read(False)
-        if not self._unreadable:  # once per outage, not every refresh
-            log.warning("revocation store unreadable, checking against what this replica has: %s", self.error)
-        self._unreadable = True
 
     def _apply(self, revocations: Iterable[Revocation]) -> None:
         now = self._clock()

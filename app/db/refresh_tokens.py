@@ -31,7 +31,6 @@ def _hash(token: str) -> str:
 class Issued:
     token: str
     family: str
-    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,6 @@ class RefreshTokens:
         token = secrets.token_urlsafe(32)
         family = family or uuid4().hex
         now = time.time()
-        expires_at = now + self.lifetime
         with self._sessions() as session:
             session.execute(delete(RefreshTokenRow).where(RefreshTokenRow.expires_at < now))
             session.add(
@@ -62,11 +60,11 @@ class RefreshTokens:
                     family=family,
                     username=username,
                     scopes=" ".join(scopes),
-                    expires_at=expires_at,
+                    expires_at=now + self.lifetime,
                 )
             )
             session.commit()
-        return Issued(token, family, expires_at)
+        return Issued(token, family)
 
     def use(self, token: str) -> Use:
         key, now = _hash(token), time.time()

@@ -25,6 +25,7 @@ from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
 from tests.support.logs import captured_log
+from tests.support.models import IRIS_ROW
 from tests.support.servers import free_port
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
@@ -225,8 +226,7 @@ def test_postgresql_cut_answers_503_quickly_then_recovers(
         before = errors_counted("/token")
         proxy.cut(mode)
         # /predict asks the database nothing: a valid token goes on predicting.
-        row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-        assert client.post("/predict", json={"instances": [row]}, headers=predicting).status_code == 200
+        assert client.post("/predict", json={"instances": [IRIS_ROW]}, headers=predicting).status_code == 200
 
         elapsed, response = login(client)
         assert_unavailable(response, elapsed)

@@ -7,6 +7,8 @@ A fixed example budget per operation (derandomized: the same cases every run) ke
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import hypothesis
 import pytest
 import schemathesis
@@ -18,6 +20,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.core.config import Settings
+from app.main import create_app
 from tests.support.tokens import ADMIN, bearer, get_token
 
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
@@ -42,10 +46,8 @@ CHANGING = [
 
 
 @pytest.fixture
-def client(settings_factory, _fitted_models) -> TestClient:  # type: ignore[no-untyped-def]
+def client(settings_factory: Callable[..., Settings]) -> Iterator[TestClient]:
     """The suite's client, without the /token limit per address: the fuzzer logs in many times."""
-    from app.main import create_app
-
     with TestClient(create_app(settings_factory(rate_limit_token=""))) as test_client:
         yield test_client
 

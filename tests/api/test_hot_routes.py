@@ -17,9 +17,8 @@ from app.api.hot_routes import HotRoutes
 from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
+from tests.support.models import IRIS_ROW
 from tests.support.tokens import ADMIN, USER, bearer, get_token
-
-ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
 def _without_hot_routes(app: FastAPI) -> FastAPI:
@@ -51,18 +50,18 @@ def test_every_answer_is_the_routers(clients: tuple[TestClient, TestClient]) -> 
     cases: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/health", {}),
         ("HEAD", "/health", {}),
-        ("POST", "/predict", {"json": {"instances": [ROW]}, "headers": user}),
-        ("POST", "/predict", {"json": {"instances": [ROW, ROW]}, "headers": user}),
-        ("POST", "/predict?compare=true", {"json": {"instances": [ROW]}, "headers": user}),
-        ("POST", "/predict?compare=maybe", {"json": {"instances": [ROW]}, "headers": user}),
-        ("POST", "/predict", {"json": {"instances": [ROW]}}),
-        ("POST", "/predict", {"json": {"instances": [ROW]}, "headers": bearer("not-a-token")}),
-        ("POST", "/predict", {"json": {"instances": [ROW]}, "headers": admin_only}),
-        ("POST", "/predict", {"json": {"instances": [ROW | {"sepal_length": "x"}]}, "headers": user}),
-        ("POST", "/predict", {"json": {"instances": [ROW] * 6}, "headers": user}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW]}, "headers": user}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW, IRIS_ROW]}, "headers": user}),
+        ("POST", "/predict?compare=true", {"json": {"instances": [IRIS_ROW]}, "headers": user}),
+        ("POST", "/predict?compare=maybe", {"json": {"instances": [IRIS_ROW]}, "headers": user}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW]}}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW]}, "headers": bearer("not-a-token")}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW]}, "headers": admin_only}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW | {"sepal_length": "x"}]}, "headers": user}),
+        ("POST", "/predict", {"json": {"instances": [IRIS_ROW] * 6}, "headers": user}),
         ("POST", "/predict", {"content": b"{not json", "headers": user}),
         ("GET", "/predict", {"headers": user}),
-        ("POST", "/predict/", {"json": {"instances": [ROW]}, "headers": user}),
+        ("POST", "/predict/", {"json": {"instances": [IRIS_ROW]}, "headers": user}),
     ]
     for method, url, kwargs in cases:
         served = _answer(hot, method, url, **kwargs)
@@ -77,7 +76,7 @@ def test_the_metrics_and_access_log_name_the_route(
 ) -> None:
     hot, _ = clients
     with caplog.at_level("INFO"):
-        hot.post("/predict", json={"instances": [ROW]}, headers=bearer(get_token(hot, *USER)))
+        hot.post("/predict", json={"instances": [IRIS_ROW]}, headers=bearer(get_token(hot, *USER)))
     routes = [getattr(r, "fields", {}).get("route") for r in caplog.records if r.name.endswith(".access")]
     assert routes[-1] == "/predict"
     metrics = hot.get("/metrics").text

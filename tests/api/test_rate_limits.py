@@ -4,7 +4,6 @@ down (or closed, as a setting says)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
-from tests.support.models import write_model
-from tests.support.servers import api_server
+from tests.support.models import IRIS_ROW, write_model
+from tests.support.servers import api_server, free_port
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
-ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 REDIS = "redis://127.0.0.1:6379/9"
 V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
@@ -57,12 +55,6 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_token_attempts_are_limited_per_address_across_usernames(
     settings_factory: Callable[..., Settings],
 ) -> None:
@@ -96,21 +88,21 @@ def test_predictions_are_limited_per_user_on_every_prediction_route(
         routes = ("/predict", "/v2/models/{name}/infer", "/predict/csv")
         before = {route: _limited(client.get("/metrics").text, route, "user") for route in routes}
         alice, bob = bearer(get_token(client, *USER)), bearer(get_token(client, "bob", "bob-password-1"))
-        assert client.post("/predict", json={"instances": [ROW]}, headers=alice).status_code == 200
+        assert client.post("/predict", json={"instances": [IRIS_ROW]}, headers=alice).status_code == 200
         csv = "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n"
         csv_headers = alice | {"Content-Type": "text/csv"}
         assert client.post("/predict/csv", content=csv, headers=csv_headers).status_code == 200
         assert client.post("/v2/models/predictor/infer", json=V2_BODY, headers=alice).status_code == 200
         # The fourth of alice's, whatever the route.
-        refused = client.post("/predict", json={"instances": [ROW]}, headers=alice)
+        refused = client.post("/predict", json={"instances": [IRIS_ROW]}, headers=alice)
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
         assert "at most 3 per 1 minute" in refused.json()["detail"]
         v2 = client.post("/v2/models/predictor/infer", json=V2_BODY, headers=alice)
         assert v2.status_code == 429 and set(v2.json()) == {"error"} and "Retry-After" in v2.headers
         assert client.post("/predict/csv", content=csv, headers=csv_headers).status_code == 429
         # Bob has his own count; an invalid token is a 401 before any count.
-        assert client.post("/predict", json={"instances": [ROW]}, headers=bob).status_code == 200
-        assert client.post("/predict", json={"instances": [ROW]}, headers=bearer("x")).status_code == 401
+        assert client.post("/predict", json={"instances": [IRIS_ROW]}, headers=bob).status_code == 200
+        assert client.post("/predict", json={"instances": [IRIS_ROW]}, headers=bearer("x")).status_code == 401
         metrics = client.get("/metrics").text
         assert {route: _limited(metrics, route, "user") - before[route] for route in routes} == dict.fromkeys(
             routes, 1
@@ -125,7 +117,7 @@ def test_replicas_count_together_through_redis(
         _with_users(first)
         token = bearer(get_token(first, *USER))
         statuses = [
-            replica.post("/predict", json={"instances": [ROW]}, headers=token).status_code
+            replica.post("/predict", json={"instances": [IRIS_ROW]}, headers=token).status_code
             for replica in (first, second, first, second, first, second)
         ]
         assert statuses == [200, 200, 200, 200, 429, 429]
@@ -139,13 +131,14 @@ def test_redis_down_lets_predictions_through_or_refuses_them_as_set(
         rate_limit_predict="1/minute",
         rate_limit_token="",  # fail-closed would refuse the logins too
         rate_limit_fail_open=fail_open,
-        redis_url=f"redis://127.0.0.1:{_closed_port()}/0",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
     )
     with _client(settings) as client, caplog.at_level("WARNING"):
         _with_users(client)
         token = bearer(get_token(client, *USER))
         statuses = {
-            client.post("/predict", json={"instances": [ROW]}, headers=token).status_code for _ in range(3)
+            client.post("/predict", json={"instances": [IRIS_ROW]}, headers=token).status_code
+            for _ in range(3)
         }
         assert statuses == ({200} if fail_open else {503})
         assert "predictor_rate_limit_store_up 0.0" in client.get("/metrics").text

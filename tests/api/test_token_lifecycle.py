@@ -19,9 +19,10 @@ from app.cli import cli
 from app.core.config import Settings, get_settings
 from app.db import crud
 from app.main import create_app
+from tests.support.models import IRIS_ROW
+from tests.support.servers import free_port, wait_until
 from tests.support.tokens import ADMIN, USER, bearer
 
-ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 # The other replica reads the revocations this often in these tests.
 REFRESH = 0.2
 # A database of its own, emptied before each test: a revocation of "alice" must not outlive its test.
@@ -39,7 +40,7 @@ def _refresh(client: TestClient, refresh_token: str, grant_type: str = "refresh_
 
 
 def _predicts(client: TestClient, access_token: str) -> int:
-    return client.post("/predict", json={"instances": [ROW]}, headers=bearer(access_token)).status_code
+    return client.post("/predict", json={"instances": [IRIS_ROW]}, headers=bearer(access_token)).status_code
 
 
 def _refused(metrics: str, reason: str) -> float:
@@ -50,9 +51,7 @@ def _refused(metrics: str, reason: str) -> float:
 def _eventually(check: Callable[[], bool], within: float = 5.0) -> float:
     """Seconds until `check()` held; fails past `within`."""
     started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < within, "not within the time allowed"
-        time.sleep(0.05)
+    wait_until(check, within, "the revocation")
     return time.monotonic() - started
 
 
@@ -242,12 +241,12 @@ def test_predict_asks_the_database_nothing(replicas: tuple[TestClient, TestClien
 
 
 def test_admin_tokens_fail_closed_while_the_store_cannot_be_read(
-    settings_factory: Callable[..., Settings], unused_port: Callable[[], int]
+    settings_factory: Callable[..., Settings],
 ) -> None:
     """Redis named but not there: predict tokens are checked against what the replica has, admin
     tokens are refused (503) once the list is older than REVOCATION_MAX_STALENESS_SECONDS."""
     settings = settings_factory(
-        redis_url=f"redis://127.0.0.1:{unused_port()}/0",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         revocation_refresh_seconds=REFRESH,
         revocation_max_staleness_seconds=0.5,
     )
@@ -263,18 +262,6 @@ def test_admin_tokens_fail_closed_while_the_store_cannot_be_read(
         assert _refused(metrics, "unverifiable") >= 1
         # Logout needs the store: it says so rather than pretending.
         assert client.post("/logout", headers=bearer(user["access_token"])).status_code == 503
-
-
-@pytest.fixture
-def unused_port() -> Callable[[], int]:
-    import socket
-
-    def pick() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    return pick
 
 
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
@@ -298,7 +285,6 @@ def test_redis_store_trims_what_no_token_can_need(store: dict[str, Any]) -> None
 def test_a_revocation_committed_late_is_still_read(settings_factory: Callable[..., Settings]) -> None:
     """Ids are handed out at insert, commits may come in another order: a row with an id below the
     cursor, committed after the read, is read on the next one."""
-    from app.core.revocation import Revocation
     from app.db.models import RevocationRow
     from app.db.revocations import DatabaseRevocations
 
@@ -320,4 +306,3 @@ def test_a_revocation_committed_late_is_still_read(settings_factory: Callable[..
             session.commit()
         found, cursor = store.read_since(cursor)
         assert "late" in [r.subject for r in found] and cursor == "10"
-        assert isinstance(found[0], Revocation)

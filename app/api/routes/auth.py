@@ -16,15 +16,16 @@ from app.api.deps import (
     ThrottleDep,
     bearer_claims,
     limit_client,
+    revoke,
 )
 from app.api.errors import ErrorDetail
 from app.core.config import Settings
-from app.core.revocation import RevocationList, StoreUnreadable, revoke_family, revoke_token
+from app.core.revocation import revoke_family, revoke_token
 from app.core.security import create_access_token, verify_password_or_dummy
 from app.db import crud
 from app.db.refresh_tokens import RefreshTokens
 from app.observability.audit import auth_failed
-from app.observability.metrics import REVOCATIONS, TOKENS_ISSUED
+from app.observability.metrics import TOKENS_ISSUED
 
 router = APIRouter(tags=["auth"])
 
@@ -168,12 +169,7 @@ def refresh(
 def logout(request: Request, settings: SettingsDep) -> None:
     """Withdraws the bearer token and every refresh token of its login; the token gets 401 after."""
     claims = bearer_claims(request, NO_SCOPES)
-    revocations: RevocationList = request.app.state.revocations
-    try:
-        revocations.revoke(revoke_token(claims))
-        REVOCATIONS.labels(kind="token").inc()
-    except StoreUnreadable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"revocation store: {exc}") from None
+    revoke(request, revoke_token(claims), "not logged out")
     if claims.fam is not None:
         _withdraw_family(request, settings, claims.fam)
 
@@ -181,9 +177,4 @@ def logout(request: Request, settings: SettingsDep) -> None:
 def _withdraw_family(request: Request, settings: Settings, family: str) -> None:
     refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
     refresh_tokens.withdraw_family(family)  # no refresh from it any more, whatever the store says
-    revocations: RevocationList = request.app.state.revocations
-    try:
-        revocations.revoke(revoke_family(family, settings.longest_token_seconds))
-        REVOCATIONS.labels(kind="family").inc()
-    except StoreUnreadable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"revocation store: {exc}") from None
+    revoke(request, revoke_family(family, settings.longest_token_seconds), "the login's tokens not revoked")

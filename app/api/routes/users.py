@@ -8,14 +8,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
-from app.api.deps import AdminDep, SessionDep, SettingsDep
+from app.api.deps import AdminDep, SessionDep, SettingsDep, revoke
 from app.api.errors import ErrorDetail
 from app.core.config import Settings
-from app.core.revocation import RevocationList, StoreUnreadable, revoke_user
+from app.core.revocation import revoke_user
 from app.db import crud
 from app.db.models import User
 from app.db.refresh_tokens import RefreshTokens
-from app.observability.metrics import REVOCATIONS
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -81,16 +80,12 @@ def _withdraw_tokens(request: Request, settings: Settings, username: str) -> Non
     replicas), and none of their refresh tokens works."""
     refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
     refresh_tokens.withdraw_user(username)
-    revocations: RevocationList = request.app.state.revocations
-    try:
-        revocations.revoke(revoke_user(username, settings.longest_token_seconds))
-    except StoreUnreadable as exc:
-        # The change itself is made; the client must know the tokens may live on until they expire.
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"done, but the user's tokens could not be revoked (revocation store: {exc}): retry",
-        ) from None
-    REVOCATIONS.labels(kind="user").inc()
+    # The change itself is made; the client must know the tokens may live on until they expire.
+    revoke(
+        request,
+        revoke_user(username, settings.longest_token_seconds),
+        "done, but the user's tokens could not be revoked: retry",
+    )
 
 
 @router.post("/{username}/disable", responses=_REFUSED)
