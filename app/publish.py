@@ -17,7 +17,7 @@ from app.core.artifacts import ModelMetadata
 from app.core.config import Settings
 from app.core.loading import ModelLoadError
 from app.core.messages import GateOutcome
-from app.core.model_store import ModelStore, StoreUnavailable, UnknownVersion, VersionRecord, now
+from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, UnknownVersion, VersionRecord, now
 from app.core.serving_pointer import ServingPointer
 from app.db.bootstrap import bootstrap
 from app.db.pointer import DatabasePointer
@@ -57,7 +57,7 @@ def publish_model_dir(settings: Settings, serve: bool, force: bool) -> Iterator[
     database = Database(settings.database_url)
     try:
         yield from _publish(settings, metadata, store, database, serve, force)
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, CacheFull) as exc:
         raise PublishError(str(exc)) from None
     finally:
         database.dispose()

@@ -9,6 +9,7 @@ On SQLite (the embedded default, or START_WORKER=true) it also runs the retraini
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import multiprocessing
 import os
@@ -88,6 +89,8 @@ def main() -> None:
     setup.start()
     import uvicorn
 
+    from app.api.http_protocol import GuardedHttpProtocol
+
     if args.workers == 1:  # uvicorn serves from this very process: warm it up meanwhile
         import app.main  # noqa: F401
 
@@ -113,6 +116,9 @@ def main() -> None:
             access_log=False,  # the app logs one JSON line per request itself
             # After the drain (app/api/draining.py): how long requests in flight get to finish.
             timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+            http=functools.partial(  # type: ignore[arg-type]  # uvicorn calls it as the class
+                GuardedHttpProtocol, header_timeout=settings.request_header_timeout_seconds
+            ),
             # The client address is the socket's unless it is a proxy named here (the rate limits
             # and the security log read it); uvicorn's own default would trust 127.0.0.1.
             proxy_headers=bool(settings.forwarded_allow_ips),

@@ -17,7 +17,8 @@ so FastAPI's body parsing re-raises it unchanged (it turns other errors into a 4
 handler answers `{"detail": "request body too large (limit N bytes)"}`; this middleware answers the
 same if it reaches it (`{"error": ...}` on the V2 routes, the protocol's shape). uvicorn then
 discards the rest of the body on a connection it keeps open: no memory held, and the client reads
-the 413 rather than a connection reset.
+the 413 rather than a connection reset. A body still coming UNREAD_BODY_LINGER_SECONDS after the
+answer has its connection closed (app/api/http_protocol.py).
 
 A pure ASGI middleware (no BaseHTTPMiddleware). FastAPI's own `max_body_size` answers plain text
 when the app responds without reading the body, and does not say the limit.

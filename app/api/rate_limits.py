@@ -6,7 +6,8 @@ of hits), in Redis when REDIS_URL is set, so every replica counts the same, in t
 otherwise, through its asyncio API: a check never blocks the event loop. Over the limit is a 429 with
 Retry-After, counted in `predictor_rate_limited_total{route,reason}`. When Redis does not answer, the
 check lets the request through (RATE_LIMIT_FAIL_OPEN, the default) or answers 503, logged once per
-outage and visible in `predictor_rate_limit_store_up`.
+outage and visible in `predictor_rate_limit_store_up`. During an outage one check a second asks Redis
+again; the others do not wait out its timeout (a Redis that hangs would add a second to each request).
 
 The client address is the socket's, unless FORWARDED_ALLOW_IPS names the proxy in front (uvicorn then
 reads X-Forwarded-For from it: app/serve.py).
@@ -29,6 +30,12 @@ from app.observability.metrics import RATE_LIMIT_STORE_UP, RATE_LIMITED
 
 log = logging.getLogger("predictor")
 
+# While the store is down, how often a check asks it again (the others answer at once).
+PROBE_SECONDS = 1.0
+# A failure this soon after the store came back is the same outage (a pooled connection the outage
+# broke, failing once): not logged again.
+SETTLE_SECONDS = 10.0
+
 
 def parse_limit(text: str) -> RateLimitItem | None:
     """ "200/second", "20 per minute", ...; None for "" (no limit). ValueError if unreadable."""
@@ -44,6 +51,8 @@ class RateLimits:
     predict: RateLimitItem | None  # per user, at the prediction routes
     fail_open: bool
     _failing: bool = field(default=False, repr=False)
+    _next_probe: float = field(default=0.0, repr=False)  # time.monotonic() of the next look, when failing
+    _back_at: float = field(default=-math.inf, repr=False)  # time.monotonic() the store last came back
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -75,6 +84,11 @@ class RateLimits:
             await self._check(request, self.predict, "user", str(request.state.user))
 
     async def _check(self, request: Request, item: RateLimitItem, reason: str, key: str) -> None:
+        if self._failing:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return self._unchecked()
+            self._next_probe = now + PROBE_SECONDS  # this check is the probe: the others skip
         try:
             if await self.limiter.hit(item, reason, key):
                 self._answered()
@@ -82,11 +96,7 @@ class RateLimits:
             stats = await self.limiter.get_window_stats(item, reason, key)
         except Exception as exc:  # the store (Redis) did not answer
             self._store_failed(exc)
-            if self.fail_open:
-                return
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, "rate limits cannot be checked: try again later"
-            ) from None
+            return self._unchecked()
         self._answered()
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         route = getattr(request.scope.get("route"), "path", None) or request.url.path[:100]
@@ -97,15 +107,26 @@ class RateLimits:
             headers={"Retry-After": str(retry_after)},
         )
 
+    def _unchecked(self) -> None:
+        """A request the store could not count: through, or 503, as RATE_LIMIT_FAIL_OPEN says."""
+        if not self.fail_open:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "rate limits cannot be checked: try again later"
+            )
+
     def _answered(self) -> None:
         if self._failing:
-            log.info("rate limit store answers again")
+            if time.monotonic() - self._back_at > SETTLE_SECONDS:
+                log.info("rate limit store answers again")
+            self._back_at = time.monotonic()
             self._failing = False
             RATE_LIMIT_STORE_UP.set(1)
 
     def _store_failed(self, exc: Exception) -> None:
         if not self._failing:  # once per outage
-            what = "letting requests through" if self.fail_open else "refusing requests (503)"
-            log.warning("rate limit store unreachable, %s: %s: %s", what, type(exc).__name__, exc)
+            if time.monotonic() - self._back_at > SETTLE_SECONDS:
+                what = "letting requests through" if self.fail_open else "refusing requests (503)"
+                log.warning("rate limit store unreachable, %s: %s: %s", what, type(exc).__name__, exc)
             self._failing = True
             RATE_LIMIT_STORE_UP.set(0)
+        self._next_probe = time.monotonic() + PROBE_SECONDS

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # replica still serves (a load balancer takes it out), then requests in flight get this long to finish.
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A request's headers must be in this long after its first byte (or the connection's opening):
+    # a slow client (slowloris) gets a 408 rather than holding a connection (app/api/http_protocol.py).
+    request_header_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)

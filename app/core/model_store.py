@@ -18,6 +18,7 @@ and boto3 is imported only then, so a local store's cold start never pays for it
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -54,6 +55,11 @@ class StoreUnavailable(Exception):
 
 class UnknownVersion(LookupError):
     pass
+
+
+class CacheFull(Exception):
+    """The replica's model cache has no room for a version: the store is fine, this disk is not.
+    Nothing of the version is left behind, and it can be fetched again once room is made."""
 
 
 class VersionRecord(BaseModel):
@@ -274,7 +280,8 @@ class ModelStore(ABC):
 
     def fetch(self, version: str) -> Path:
         """A local folder holding the version, every file's sha256 verified against its manifest.
-        UnknownVersion, StoreUnavailable, or ChecksumMismatch (then nothing is left in the cache)."""
+        UnknownVersion, StoreUnavailable, CacheFull or ChecksumMismatch (then nothing is left in the
+        cache)."""
         return self._local_copy(version, self._manifest(version))
 
     # --- shared by the backends ---
@@ -532,9 +539,10 @@ class S3ModelStore(ModelStore):
                 _discard(target)  # damaged or half removed: downloaded again below
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._check_room(version, manifest)
             staging = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{version}.staging-"))
         except OSError as exc:
-            raise StoreUnavailable(f"model cache {self.cache_dir}: {exc.strerror or exc}") from None
+            raise self._cache_error(version, exc) from None
         try:
             for relative, expected in manifest.files.items():
                 try:
@@ -552,10 +560,26 @@ class S3ModelStore(ModelStore):
                 # Another process of this replica downloaded it first: serve its copy, verified.
                 _verify_folder(target, manifest, where)
         except OSError as exc:
-            raise StoreUnavailable(f"model cache {self.cache_dir}: {exc.strerror or exc}") from None
+            raise self._cache_error(version, exc) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def _check_room(self, version: str, manifest: Manifest) -> None:
+        """Refuse before downloading a byte when the version cannot fit (a partial copy would only
+        fill the disk further); ENOSPC during the download is caught as well, by _cache_error."""
+        needed = sum(entry.size for entry in manifest.files.values())
+        free = shutil.disk_usage(self.cache_dir).free
+        if needed > free:
+            raise CacheFull(
+                f"model cache {self.cache_dir} is full: version {version} needs {needed} bytes, "
+                f"{free} are free"
+            )
+
+    def _cache_error(self, version: str, exc: OSError) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return CacheFull(f"model cache {self.cache_dir} is full: version {version}: {exc.strerror}")
+        return StoreUnavailable(f"model cache {self.cache_dir}: {exc.strerror or exc}")
 
 
 def _one_line(exc: Exception) -> str:

@@ -16,7 +16,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # A database that does not answer fails the request in seconds (a 503), rather than holding it:
 # PostgreSQL's connect timeout, SQLite's wait for another process's lock.
-CONNECT_TIMEOUT_SECONDS = 5
+CONNECT_TIMEOUT_SECONDS = 3
 # The wait for a pooled connection when all are taken, e.g. by requests stuck connecting.
 POOL_TIMEOUT_SECONDS = 10
 

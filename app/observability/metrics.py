@@ -96,6 +96,14 @@ MODEL_STORE_UP = Gauge(
 MODEL_STORE_ERRORS = Counter(
     "model_store_errors", "Failed reads of the model store (list, download, verify).", namespace=NAMESPACE
 )
+# 1 while the version this replica should serve does not fit in its model cache (MODEL_CACHE_DIR):
+# it serves the old one and tries again at every look.
+MODEL_CACHE_FULL = Gauge(
+    "model_cache_full",
+    "1 while this replica's model cache has no room for a version it was asked to serve.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
 MODEL_RELOADS = Counter("model_reloads", "Model reload attempts.", ["result"], namespace=NAMESPACE)
 MODEL_TRAINED = Gauge(
     "model_trained_timestamp_seconds",
@@ -137,6 +145,15 @@ REVOCATION_STORE_UP = Gauge(
     "1 when the revocation store answered this replica's last read, 0 when it did not.",
     namespace=NAMESPACE,
     multiprocess_mode="livemin",
+)
+
+# Slow clients cut off by the server (app/api/http_protocol.py): header_timeout (a 408 for headers
+# past REQUEST_HEADER_TIMEOUT_SECONDS), unread_body (a refused body still coming after the answer).
+CONNECTIONS_CLOSED = Counter(
+    "connections_closed",
+    "Connections the server closed on a slow client, by reason.",
+    ["reason"],
+    namespace=NAMESPACE,
 )
 
 VALIDATION_ERRORS = Counter("validation_errors", "Rejected inputs, by field.", ["field"], namespace=NAMESPACE)

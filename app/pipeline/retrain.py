@@ -34,7 +34,7 @@ from app.core.messages import (
     RetrainRequest,
     RetrainSucceeded,
 )
-from app.core.model_store import ModelStore, StoreUnavailable, VersionRecord, now
+from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, VersionRecord, now
 from app.pipeline import layout
 from app.pipeline.dataset import RawData, read_split
 from app.pipeline.errors import PipelineError
@@ -152,7 +152,7 @@ def main() -> None:
     try:
         request = RetrainRequest.model_validate_json((args.job_dir / REQUEST_FILE).read_text())
         result = run(args.job_dir, request)
-    except (PipelineError, StoreUnavailable) as exc:
+    except (PipelineError, StoreUnavailable, CacheFull) as exc:
         write_json_atomic(result_file, RetrainFailed(error=str(exc)))
         print(f"retrain: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

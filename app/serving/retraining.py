@@ -32,7 +32,7 @@ from app.core.messages import (
     RetrainRequest,
     RetrainResult,
 )
-from app.core.model_store import ModelStore, StoreUnavailable, UnknownVersion, now
+from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, UnknownVersion, now
 from app.core.serving_pointer import PointerStore, ServingPointer
 from app.serving.predictor import Predictor
 
@@ -109,7 +109,7 @@ class Retrainer:
             upload_file.write_bytes(upload[0])
         try:
             champion_dir = self._champion_dir()
-        except (StoreUnavailable, ModelLoadError) as exc:
+        except (StoreUnavailable, CacheFull, ModelLoadError) as exc:
             return _failed(job, f"the serving version could not be fetched for the gate: {exc}")
         request = RetrainRequest(
             model_store_url=self.store.url,
@@ -146,7 +146,7 @@ class Retrainer:
             return job.model_copy(update=update | {"status": "succeeded", "message": message})
         try:
             metadata = self.promote(result.version, f"promoted by retraining job {job.id}")
-        except (ModelLoadError, UnknownVersion, StoreUnavailable) as exc:
+        except (ModelLoadError, UnknownVersion, StoreUnavailable, CacheFull) as exc:
             return job.model_copy(update=update | {"status": "failed", "reason": f"promotion refused: {exc}"})
         mlflow = update_champion_alias(metadata)
         message = f"promoted: now serving {result.version} ({result.gate.reason})"

@@ -30,7 +30,14 @@ from pathlib import Path
 
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
-from app.core.model_store import ModelStore, StoreUnavailable, UnknownVersion, VersionRecord, now
+from app.core.model_store import (
+    CacheFull,
+    ModelStore,
+    StoreUnavailable,
+    UnknownVersion,
+    VersionRecord,
+    now,
+)
 from app.core.serving_pointer import PointerStore, ServingPointer
 from app.observability import metrics
 from app.observability.drift import DriftSettings
@@ -99,7 +106,7 @@ class ServingState:
             try:
                 self.serve_version(pointer.version, candidates=False)
                 return
-            except (ModelLoadError, UnknownVersion, StoreUnavailable) as exc:
+            except (ModelLoadError, UnknownVersion, StoreUnavailable, CacheFull) as exc:
                 self._error = f"version {pointer.version} not served: {exc}"
                 log.warning("serving version %s not loaded: %s", pointer.version, exc)
                 if isinstance(exc, ModelLoadError | UnknownVersion):
@@ -112,7 +119,7 @@ class ServingState:
                 )
             return
         try:
-            self.reload(candidates=False)
+            self.reload(candidates=False, published=False)
         except ModelLoadError as exc:
             self._error = str(exc)
             log.warning("model not loaded: %s", exc)
@@ -156,16 +163,26 @@ class ServingState:
         )
         return served.predictor
 
-    def reload(self, candidates: bool = True) -> Predictor:
+    def reload(self, candidates: bool = True, published: bool = True) -> Predictor:
         """Load and verify MODEL_DIR, publish it to the store, point every replica at it, then swap.
 
-        Raises ModelLoadError and keeps the old model serving."""
+        Raises ModelLoadError, or StoreUnavailable when `published` (an admin's reload: serving a
+        version no other replica can fetch would split them), and keeps the old model serving. At
+        start-up (`published` False) a store that does not answer is logged and the model served."""
         with self._lock:
             new = self._load(self.model_dir, candidates)
             version = new.predictor.version
             try:
                 self.store.publish(self.model_dir, VersionRecord(origin="pipeline", recorded_at=now()))
                 self._store_answered()
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                if published:
+                    raise
+                # Serving goes on here; other replicas cannot have it until it is published.
+                log.warning("version %s not published to %s: %s", version, self.store.url, exc)
+                return self._swap(new)
+            try:
                 self.pointer.set(
                     ServingPointer(
                         version=version,
@@ -174,17 +191,13 @@ class ServingState:
                         model_dir_version=version,
                     )
                 )
-            except StoreUnavailable as exc:
-                # Serving goes on here; other replicas cannot have it until it is published.
-                self._store_failed(exc)
-                log.warning("version %s not published to %s: %s", version, self.store.url, exc)
             except Exception as exc:  # the database: this replica serves it, the others keep theirs
                 log.warning("version %s published but not pointed at: %s", version, exc)
             return self._swap(new)
 
     def serve_version(self, version: str, reason: str | None = None, candidates: bool = True) -> Predictor:
         """Serve a stored version (promotion, rollback). The old one keeps serving on UnknownVersion,
-        StoreUnavailable or ModelLoadError (a checksum that does not match, a broken model).
+        StoreUnavailable, CacheFull or ModelLoadError (a checksum that does not match, a broken model).
 
         `reason` moves the serving pointer too; without it (start-up, following the pointer) it is
         only followed."""
@@ -193,7 +206,11 @@ class ServingState:
         except StoreUnavailable as exc:
             self._store_failed(exc)
             raise
+        except CacheFull:
+            metrics.MODEL_CACHE_FULL.set(1)
+            raise
         self._store_answered()
+        metrics.MODEL_CACHE_FULL.set(0)
         with self._lock:
             new = self._load(folder, candidates)
             if reason is not None:
@@ -236,6 +253,7 @@ class ServingState:
             self._pointer_unread = False
         current = self.current
         if pointer is None or (current is not None and current.version == pointer.version):
+            metrics.MODEL_CACHE_FULL.set(0)  # nothing awaited: a refusal the admin was told of
             self.check_store()
             return
         if pointer.version == self._refused:
@@ -243,7 +261,8 @@ class ServingState:
         try:
             self.serve_version(pointer.version)
             log.info("now serving version %s (%s)", pointer.version, pointer.reason)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, CacheFull) as exc:
+            # Retried every tick: the store may answer again, room may be made in the cache.
             if pointer.version != self._awaited:
                 log.warning("version %s not fetched, still serving what it has: %s", pointer.version, exc)
             self._awaited = pointer.version

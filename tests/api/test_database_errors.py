@@ -6,11 +6,8 @@ that accepts and never answers (the connect timeout bounds that one). SQLite: a 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +23,10 @@ from app.db import crud
 from app.main import create_app
 from tests.support.logs import captured_log
 from tests.support.models import IRIS_ROW
-from tests.support.servers import free_port
+from tests.support.proxy import CuttableProxy
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
-# Far above the connect timeout (5 s), far below a hang.
+# Far above the connect timeout (3 s), far below a hang.
 ANSWER_WITHIN_SECONDS = 10
 
 
@@ -112,91 +109,6 @@ def test_sqlite_locked_answers_503_within_the_busy_timeout(
             locker.close()
         assert_unavailable(response, elapsed)
         assert login(client)[1].status_code == 200
-
-
-class CuttableProxy:
-    """127.0.0.1:port forwarding to upstream, until cut: "refuse" (nothing listens, live connections
-    dropped) or "hang" (live connections dropped, new ones accepted and never answered)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self.mode = "forward"
-        self._lock = threading.Lock()
-        self._live: set[socket.socket] = set()
-        self._held: set[socket.socket] = set()
-        self._listener: tuple[threading.Thread, threading.Event] | None = None
-
-    def listen(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
-        listener.settimeout(0.1)
-        stop = threading.Event()
-        thread = threading.Thread(target=self._accept, args=(listener, stop), daemon=True)
-        thread.start()
-        self._listener = (thread, stop)
-
-    def cut(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "refuse":
-            self._stop_listening()
-        self._close(self._live)
-
-    def restore(self) -> None:
-        self.mode = "forward"
-        self._close(self._held)
-        if self._listener is None:
-            self.listen()
-
-    def stop(self) -> None:
-        self._stop_listening()
-        self._close(self._live)
-        self._close(self._held)
-
-    def _stop_listening(self) -> None:
-        if self._listener:
-            thread, stop = self._listener
-            stop.set()
-            thread.join()
-            self._listener = None
-
-    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
-        with listener:
-            while not stop.is_set():
-                try:
-                    client, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                client.settimeout(None)
-                if self.mode == "hang":
-                    with self._lock:
-                        self._held.add(client)
-                    continue
-                try:
-                    upstream = socket.create_connection(self.upstream, timeout=5)
-                except OSError:
-                    client.close()
-                    continue
-                upstream.settimeout(None)
-                with self._lock:
-                    self._live.update((client, upstream))
-                for source, target in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
-        self._close({source, target})
-
-    def _close(self, sockets: set[socket.socket]) -> None:
-        with self._lock:
-            doomed = list(sockets)
-            self._live.difference_update(doomed)
-            self._held.difference_update(doomed)
-        for sock in doomed:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv(); close() alone does not
-            sock.close()
 
 
 @pytest.fixture

@@ -18,20 +18,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.support.models import IRIS_ROW, write_model
 from tests.support.paths import ROOT
+from tests.support.postgres import scratch_database
 from tests.support.s3 import moto_s3
 from tests.support.servers import free_ports, running, stop, wait_until
 from tests.support.tokens import ADMIN, SECRET, bearer
@@ -39,32 +36,11 @@ from tools.devstack.configs import render_prometheus
 
 pytestmark = pytest.mark.slow
 
-LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 METRICS_TOKEN = "replicas-metrics-token"
 WATCH_SECONDS = 2.0
 REACH_LIMIT = 5.0  # the issue's bound for a new version to reach every replica
 CONCURRENCY = 16
 LOAD_SECONDS = 30.0
-
-
-@contextlib.contextmanager
-def scratch_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database (CI's TEST_DATABASE_URL server), dropped afterwards."""
-    base = make_url(os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES_URL)
-    name = f"replicas_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no PostgreSQL: the proof needs a real one
-        admin.dispose()
-        pytest.fail(f"PostgreSQL not reachable at {base.render_as_string()}: {type(exc).__name__}")
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
@@ -266,7 +242,7 @@ def test_three_replicas_and_a_worker_share_one_deployment(tmp_path: Path) -> Non
 
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(moto_s3("models", set_env=False, log=tmp_path / "moto.log"))
-        database_url = stack.enter_context(scratch_database())
+        database_url = stack.enter_context(scratch_database("replicas"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TEST_"))} | s3.env
         env |= {
             "DATABASE_URL": database_url,

@@ -12,7 +12,7 @@ from app.api.errors import ErrorDetail
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome, GateOutcome
-from app.core.model_store import StoreUnavailable, UnknownVersion
+from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import Predictor
@@ -39,6 +39,10 @@ def model_info(_: ClaimsDep, predictor: PredictorDep) -> ModelInfo:
 
 
 _STORE_DOWN = {"model": ErrorDetail, "description": "The model store does not answer: nothing changed"}
+_CACHE_FULL = {
+    "model": ErrorDetail,
+    "description": "The version does not fit in this replica's model cache: the current one keeps serving",
+}
 
 
 def _store_unavailable(exc: StoreUnavailable) -> HTTPException:
@@ -53,6 +57,10 @@ def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:
         MODEL_RELOADS.labels(result="refused").inc()
         log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
         raise _store_unavailable(exc) from None
+    except CacheFull as exc:
+        MODEL_RELOADS.labels(result="refused").inc()
+        log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, f"{action} refused: {exc}") from None
     except ModelLoadError as exc:
         MODEL_RELOADS.labels(result="refused").inc()
         log.warning("model %s refused: %s", action, exc, extra={"fields": {"user": admin.username}})
@@ -80,7 +88,7 @@ _REFUSED = {
 }
 
 
-@router.post("/model/reload", responses={409: _REFUSED})
+@router.post("/model/reload", responses={409: _REFUSED, 503: _STORE_DOWN})
 def reload_model(admin: AdminDep, serving: ServingDep) -> ReloadResponse:
     """Load this replica's model directory (MODEL_DIR) again, publish it and serve it on every replica;
     the old model serves until the new one is verified."""
@@ -160,6 +168,7 @@ class RollbackRequest(BaseModel):
         404: {"model": ErrorDetail, "description": "No such version in the store"},
         409: _REFUSED,
         503: _STORE_DOWN,
+        507: _CACHE_FULL,
     },
 )
 def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> RollbackResponse:
