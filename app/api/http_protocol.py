@@ -11,7 +11,8 @@
   401) leaves the rest of the body for uvicorn to read and throw away, so that the client, still
   sending, reads the answer rather than a connection reset. A body that never ends would be read
   forever: as nginx's lingering_time does, the discarding stops UNREAD_BODY_LINGER_SECONDS after the
-  answer, and the connection is closed.
+  answer, or after UNREAD_BODY_LINGER_BYTES, and the connection is closed (its sending side first, so
+  the answer is not lost to a reset).
 
 uvicorn takes a protocol class for `http=`; this one extends its httptools protocol (the one "auto"
 picks when httptools is installed, as it is here).
@@ -30,8 +31,11 @@ from app.observability.metrics import CONNECTIONS_CLOSED
 
 log = logging.getLogger("predictor.security")
 
-# Time for a client still sending a refused body to read the answer (nginx's lingering_time is 30 s).
+# Time and bytes for a client still sending a refused body to read the answer (nginx's lingering_time
+# is 30 s); whichever runs out first ends it. The bytes keep a client that sends at full speed from
+# making the server throw away gigabytes.
 UNREAD_BODY_LINGER_SECONDS = 10.0
+UNREAD_BODY_LINGER_BYTES = 8 * 1024 * 1024
 
 
 def _timeout_response(seconds: float) -> bytes:
@@ -56,6 +60,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.linger_seconds = linger_seconds
         self._header_deadline: asyncio.TimerHandle | None = None
         self._linger_deadline: asyncio.TimerHandle | None = None
+        self._discarded = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -72,9 +77,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete and self._linger_deadline is None:
+        if cycle is not None and cycle.response_complete:
             # Answered already: what comes now is thrown away, for a while.
-            self._linger_deadline = self._arm(self.linger_seconds, self._body_never_ends)
+            if self._linger_deadline is None:
+                self._linger_deadline = self._arm(self.linger_seconds, self._body_never_ends)
+                self._discarded = 0
+            self._discarded += len(body)
+            if self._discarded > UNREAD_BODY_LINGER_BYTES:
+                self._linger_deadline = self._cancel(self._linger_deadline)
+                self._body_never_ends()
+            return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -96,16 +108,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             handle.cancel()
         return None
 
-    def _closing(self, reason: str, message: str, seconds: float) -> None:
+    def _closing(self, reason: str, message: str, **fields: object) -> None:
         CONNECTIONS_CLOSED.labels(reason=reason).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else None
-        log.warning(message, extra={"fields": {"client": client, "after_seconds": seconds}})
+        log.warning(message, extra={"fields": {"client": client, **fields}})
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
         if self.transport.is_closing():
             return
-        self._closing("header_timeout", "request headers too slow: connection closed", self.header_timeout)
+        self._closing(
+            "header_timeout",
+            "request headers too slow: connection closed",
+            timeout_seconds=self.header_timeout,
+        )
         self.transport.write(_timeout_response(self.header_timeout))
         self.transport.close()
 
@@ -114,6 +130,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._closing(
-            "unread_body", "refused request body still coming: connection closed", self.linger_seconds
+            "unread_body",
+            "refused request body still coming: connection closed",
+            discarded_bytes=self._discarded,
         )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # a FIN after the answer, ahead of the reset unread bytes cause
         self.transport.close()

@@ -34,6 +34,8 @@ REDIS = ("127.0.0.1", 6379)
 REDIS_DB = 12  # the suite's own: flushed before and after
 CACHE_BYTES = 2 * 1024 * 1024  # the tmpfs: room for the served model and little more
 LEASE_SECONDS = 3
+HEADER_TIMEOUT_SECONDS = 2.0
+CSV_LIMIT = 4 * 1024 * 1024  # MAX_CSV_BYTES
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def _train_params(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("faults")
     model_dir = folder / "models"
@@ -166,8 +168,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "REVOCATION_MAX_STALENESS_SECONDS": "3",
             "RATE_LIMIT_TOKEN": "1000/minute",
             "RATE_LIMIT_PREDICT": "100000/second",  # counted in Redis on every request
-            "REQUEST_HEADER_TIMEOUT_SECONDS": "2",
-            "MAX_CSV_BYTES": str(4 * 1024 * 1024),
+            "REQUEST_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_SECONDS),
+            "MAX_CSV_BYTES": str(CSV_LIMIT),
+            "CSV_UPLOAD_FIRST": "true",  # as compose, make stack and the chart run it
             "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
             "JOBS_DIR": str(folder / "jobs"),
             "TRAIN_PARAMS": str(_train_params(folder / "params.yaml")),

@@ -1,0 +1,267 @@
+"""Slow and oversized clients, all at once, while a predict user's load runs: headers sent a byte at a
+time, connections that send nothing, a 10 GB body declared on every route that reads one, and a
+chunked body that never ends on each of those routes. None holds the server: each is answered (408 or
+413) and its connection closed; the load loses nothing and keeps its latency; the server's memory
+stays bounded.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from app.api.body_limit import MAX_BODY_BYTES, SMALL_BODY_BYTES
+from app.api.http_protocol import UNREAD_BODY_LINGER_SECONDS
+from tests.faults.conftest import CSV_LIMIT, HEADER_TIMEOUT_SECONDS, Stack, record
+from tests.support.load import percentile
+from tests.support.models import IRIS_FEATURES
+from tests.support.tokens import USER
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+TEN_GB = 10 * 1024**3
+SLOW_CLIENTS = 20
+# Bytes a client may have sent past the limit before it reads the answer: loopback socket buffers.
+IN_FLIGHT = 8 * MiB
+BOUNDARY = "abuse"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    content_type: str
+    limit: int
+    prelude: bytes = b""  # what the body starts with
+    fill: bytes = b" "  # what it goes on with, for ever
+
+
+def body_routes(stack: Stack) -> list[Route]:
+    """Every operation of the OpenAPI spec that takes a body, its path filled in, with its limit."""
+    spec = httpx.get(f"{stack.url}/openapi.json", timeout=10).json()
+    info = httpx.get(f"{stack.url}/model-info", headers=stack.admin, timeout=10).json()
+    names = {
+        "{name}": info.get("registered_model") or "predictor",
+        "{version}": info["version"],
+        "{username}": USER[0],
+    }
+    part = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n\r\n'
+    multipart = f"multipart/form-data; boundary={BOUNDARY}"
+    routes = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                continue
+            method = method.upper()
+            concrete = path
+            for placeholder, value in names.items():
+                concrete = concrete.replace(placeholder, value)
+            content = operation["requestBody"]["content"]
+            if path == "/predict/csv":
+                header = (",".join(IRIS_FEATURES) + "\n").encode()
+                rows = b"5.1,3.5,1.4,0.2\n"
+                routes.append(Route(method, concrete, multipart, CSV_LIMIT, part.encode() + header, rows))
+            elif "multipart/form-data" in content:
+                routes.append(Route(method, concrete, multipart, MAX_BODY_BYTES, part.encode(), b"1"))
+            elif "application/x-www-form-urlencoded" in content:
+                form = "application/x-www-form-urlencoded"
+                routes.append(Route(method, concrete, form, SMALL_BODY_BYTES, fill=b"a"))
+            else:
+                large = path in ("/predict", "/train") or path.endswith("/infer")
+                limit = MAX_BODY_BYTES if large else SMALL_BODY_BYTES
+                routes.append(Route(method, concrete, "application/json", limit))
+    return routes
+
+
+def _request_head(stack: Stack, route: Route, framing: str) -> bytes:
+    lines = [
+        f"{route.method} {route.path} HTTP/1.1",
+        "Host: faults",
+        f"Content-Type: {route.content_type}",
+        f"Authorization: {stack.admin['Authorization']}",
+        framing,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _address(stack: Stack) -> tuple[str, int]:
+    host, port = stack.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _status_and_body(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, orjson.loads(body) if body else {}  # the whole answer: the connection has ended
+
+
+@dataclass
+class Endless:
+    route: Route
+    status: int | None = None
+    body: dict | None = None
+    sent_when_answered: int | None = None
+    closed_after: float | None = None  # seconds from the answer to the connection's end
+    error: str | None = None
+
+
+def send_for_ever(stack: Stack, route: Route, cap: int = 512 * MiB) -> Endless:
+    """A chunked body that goes on until the server closes the connection (or `cap` bytes)."""
+    outcome = Endless(route)
+    piece = route.fill * (65536 // len(route.fill))
+    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    pending = _request_head(stack, route, "Transfer-Encoding: chunked")
+    if route.prelude:
+        pending += f"{len(route.prelude):x}\r\n".encode() + route.prelude + b"\r\n"
+    sent, answer, answered = 0, b"", None
+    with socket.create_connection(_address(stack), timeout=10) as sock:
+        sock.setblocking(False)
+        while sent < cap:
+            readable, writable, _ = select.select([sock], [sock], [], 1)
+            try:
+                if readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+                    if answered is None and b"\r\n\r\n" in answer:
+                        answered, outcome.sent_when_answered = time.monotonic(), sent
+                if writable:
+                    count = sock.send(pending or frame)
+                    pending = (pending or frame)[count:]
+                    sent += count
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if answered is not None and time.monotonic() - answered > UNREAD_BODY_LINGER_SECONDS + 10:
+                outcome.error = "still open"
+                break
+        else:
+            outcome.error = f"{cap} bytes sent, no answer"
+    if answered is not None:
+        outcome.closed_after = time.monotonic() - answered
+        outcome.status, outcome.body = _status_and_body(answer)
+    return outcome
+
+
+def declare_ten_gb(stack: Stack, route: Route) -> tuple[int, float]:
+    """The status of a request that declares a 10 GB body and sends none of it, and how soon it came."""
+    with socket.create_connection(_address(stack), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(_request_head(stack, route, f"Content-Length: {TEN_GB}"))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            assert data, f"{route.path}: closed without an answer"
+            answer += data
+        return int(answer.split(b" ", 2)[1]), time.monotonic() - started
+
+
+def trickle_headers(stack: Stack, results: list[tuple[bytes, float]]) -> None:
+    """A request line and headers, a byte every 0.2 s: what comes back, and when."""
+    request = b"POST /predict HTTP/1.1\r\nHost: faults\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(_address(stack), timeout=HEADER_TIMEOUT_SECONDS + 10) as sock:
+        started = time.monotonic()
+        answer = b""
+        try:
+            for byte in request:
+                sock.send(bytes([byte]))
+                if select.select([sock], [], [], 0.2)[0]:
+                    break
+            answer = sock.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        results.append((answer, time.monotonic() - started))
+
+
+def send_nothing(stack: Stack, results: list[tuple[bytes, float]]) -> None:
+    with socket.create_connection(_address(stack), timeout=HEADER_TIMEOUT_SECONDS + 10) as sock:
+        started = time.monotonic()
+        results.append((sock.recv(65536), time.monotonic() - started))
+
+
+def _status_bytes(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _reset_peak_rss(pid: int) -> int:
+    """Start the peak RSS (VmHWM) again from the current RSS, so start-up peaks do not hide the
+    abuse's; returns the new baseline (the peak so far, without the right to reset it)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return _status_bytes(pid, "VmHWM")
+    return _status_bytes(pid, "VmRSS")
+
+
+def test_slow_and_oversized_clients_do_not_hold_the_server(stack: Stack) -> None:
+    routes = body_routes(stack)
+    assert {r.path for r in routes} >= {"/predict", "/predict/csv", "/token", "/train", "/users"}
+    pid = stack.api.process.pid
+    with stack.load() as load:
+        calm = time.monotonic()
+        before = load.wait_for(100, calm)
+        baseline = percentile([o.seconds for o in before], 0.5)
+        memory = _reset_peak_rss(pid)
+
+        abuse = time.monotonic()
+        endless: list[Endless] = []
+        slow: list[tuple[bytes, float]] = []
+        silent: list[tuple[bytes, float]] = []
+        threads = [
+            threading.Thread(target=lambda r=route: endless.append(send_for_ever(stack, r)))
+            for route in routes
+        ]
+        threads += [threading.Thread(target=trickle_headers, args=(stack, slow)) for _ in range(SLOW_CLIENTS)]
+        threads.append(threading.Thread(target=send_nothing, args=(stack, silent)))
+        for thread in threads:
+            thread.start()
+        declared = {route.path: declare_ten_gb(stack, route) for route in routes}
+        for thread in threads:
+            thread.join(timeout=UNREAD_BODY_LINGER_SECONDS + 60)
+        over = time.monotonic()
+        during = [o for o in load.since(abuse) if o.started < over]
+        grown = _status_bytes(pid, "VmHWM") - memory
+
+    # A declared 10 GB body: 413 at once, before a byte of it is read.
+    for path, (status, seconds) in declared.items():
+        assert status == 413 and seconds < 2, (path, status, seconds)
+    # An endless chunked body: 413 once past the route's limit, then the connection closed.
+    assert len(endless) == len(routes)
+    for outcome in endless:
+        route = outcome.route
+        assert outcome.error is None and outcome.status == 413, outcome
+        detail = f"request body too large (limit {route.limit} bytes)"
+        assert outcome.body in ({"detail": detail}, {"error": detail}), outcome.body
+        assert outcome.sent_when_answered is not None
+        assert outcome.sent_when_answered <= route.limit + IN_FLIGHT, outcome
+        assert outcome.closed_after is not None and outcome.closed_after < UNREAD_BODY_LINGER_SECONDS + 5
+    # Headers a byte at a time, or nothing at all: a 408 after REQUEST_HEADER_TIMEOUT_SECONDS.
+    for answer, seconds in [*slow, *silent]:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert HEADER_TIMEOUT_SECONDS - 0.5 < seconds < HEADER_TIMEOUT_SECONDS + 3, seconds
+    assert len(slow) == SLOW_CLIENTS and len(silent) == 1
+    closed = {
+        reason: stack.metric(f'predictor_connections_closed_total{{reason="{reason}"}}')
+        for reason in ("header_timeout", "unread_body")
+    }
+    assert closed["header_timeout"] is not None and closed["header_timeout"] >= SLOW_CLIENTS + 1
+    # Meanwhile the predictions went on, as fast as before (to within the noise of a shared machine).
+    assert during and not [o for o in during if o.lost]
+    typical = percentile([o.seconds for o in during], 0.5)
+    assert typical < max(5 * baseline, baseline + 0.05), (baseline, typical)
+    # A JSON body is held whole until its limit: the bound is those limits, at once, and some room.
+    bound = sum(route.limit for route in routes) + 64 * MiB
+    assert grown < bound, f"peak RSS grew by {grown / MiB:.0f} MiB, over {bound / MiB:.0f} MiB"
+    record("slow and oversized clients", during, None)
