@@ -27,8 +27,6 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.observability.metrics import CONNECTIONS_CLOSED
-
 log = logging.getLogger("predictor.security")
 
 # Time and bytes for a client still sending a refused body to read the answer (nginx's lingering_time
@@ -109,6 +107,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return None
 
     def _closing(self, reason: str, message: str, **fields: object) -> None:
+        # Imported here, in the worker: python -m app.serve imports this module before it starts
+        # them, and the metrics imported there would add the parent's zeros to the workers' gauges.
+        from app.observability.metrics import CONNECTIONS_CLOSED
+
         CONNECTIONS_CLOSED.labels(reason=reason).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else None
         log.warning(message, extra={"fields": {"client": client, **fields}})
