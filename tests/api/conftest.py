@@ -23,6 +23,7 @@ from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
 from tests.support.models import write_model
+from tests.support.postgres import LOCAL_POSTGRES_URL
 from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 
@@ -45,10 +46,6 @@ def colors_model_dir(tmp_path: Path, _fitted_models: dict[str, Path]) -> Path:
     target = tmp_path / "colors-model"
     shutil.copytree(_fitted_models["colors"], target)
     return target
-
-
-# What tests that need PostgreSQL itself use when TEST_DATABASE_URL is not set (trust auth).
-LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def _postgres_schema_url(base: str, schema: str) -> str:

@@ -25,6 +25,7 @@ from app.api.body_limit import (
     BodyLimitMiddleware,
 )
 from app.main import create_app
+from tests.support.memory import reset_peak_rss, status_bytes
 from tests.support.models import IRIS_FEATURES, IRIS_ROW, write_model
 from tests.support.servers import api_server
 from tests.support.tokens import ADMIN, bearer, get_token, login
@@ -184,23 +185,6 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Headers, int]]:
     }
     with api_server(tmp_path, tmp_path / "models", **settings) as api:
         yield api.url, login(api.url, *ADMIN), api.process.pid
-
-
-def status_bytes(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def reset_peak_rss(pid: int) -> int:
-    """Start the process's peak RSS (VmHWM) again from its current RSS, so start-up peaks do not hide
-    the request's; returns the new baseline. Without the right to, the peak so far is the baseline."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return status_bytes(pid, "VmHWM")
-    return status_bytes(pid, "VmRSS")
 
 
 @pytest.mark.slow

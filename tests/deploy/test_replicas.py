@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.support.models import IRIS_ROW, write_model
 from tests.support.paths import ROOT
+from tests.support.pipeline import write_iris_params
 from tests.support.postgres import scratch_database
 from tests.support.s3 import moto_s3
 from tests.support.servers import free_ports, running, stop, wait_until
@@ -216,16 +216,6 @@ def direct_predictions(replica: Replica) -> float:
     )
 
 
-def write_params(path: Path) -> Path:
-    params = {
-        "seed": 42,
-        "data": {"source": "sklearn:iris", "target": "species", "test_size": 0.3},
-        "train": {"cv_folds": 2, "candidates": {"logistic_regression": {"max_iter": 500}}},
-    }
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
 def login(replica: Replica, username: str, password: str) -> httpx.Response:
     return httpx.post(f"{replica.url}/token", data={"username": username, "password": password}, timeout=10)
 
@@ -254,7 +244,7 @@ def test_three_replicas_and_a_worker_share_one_deployment(tmp_path: Path) -> Non
             "WATCH_SECONDS": str(WATCH_SECONDS),
             "HOST": "127.0.0.1",
             "PYTHONPATH": str(ROOT),
-            "TRAIN_PARAMS": str(write_params(tmp_path / "params.yaml")),
+            "TRAIN_PARAMS": str(write_iris_params(tmp_path / "params.yaml")),
             "PROMOTION_TOLERANCE": "1.0",  # the retraining job's model is promoted, to follow it too
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
             "DRIFT_ENABLED": "false",

@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import yaml
 from sqlalchemy.engine import make_url
 
 from tests.support.load import Load, Outcome
 from tests.support.models import write_model
+from tests.support.pipeline import write_iris_params
 from tests.support.postgres import scratch_database
 from tests.support.proxy import CuttableProxy
 from tests.support.s3 import S3Server, moto_s3
@@ -130,17 +130,6 @@ def _proxy(stack: contextlib.ExitStack, upstream: tuple[str, int]) -> CuttablePr
     return proxy
 
 
-def _train_params(path: Path) -> Path:
-    """The smallest retraining there is: iris, one candidate, two folds."""
-    params = {
-        "seed": 1,
-        "data": {"source": "sklearn:iris", "target": "species", "test_size": 0.3},
-        "train": {"cv_folds": 2, "candidates": {"logistic_regression": {"max_iter": 500}}},
-    }
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("faults")
@@ -173,7 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "CSV_UPLOAD_FIRST": "true",  # as compose, make stack and the chart run it
             "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
             "JOBS_DIR": str(folder / "jobs"),
-            "TRAIN_PARAMS": str(_train_params(folder / "params.yaml")),
+            "TRAIN_PARAMS": str(write_iris_params(folder / "params.yaml")),
             "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
             "START_WORKER": "false",  # the worker test starts and kills its own
         }

@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import orjson
@@ -22,6 +21,7 @@ from app.api.body_limit import MAX_BODY_BYTES, SMALL_BODY_BYTES
 from app.api.http_protocol import UNREAD_BODY_LINGER_SECONDS
 from tests.faults.conftest import CSV_LIMIT, HEADER_TIMEOUT_SECONDS, Stack, record
 from tests.support.load import percentile
+from tests.support.memory import reset_peak_rss, status_bytes
 from tests.support.models import IRIS_FEATURES
 from tests.support.tokens import USER
 
@@ -188,23 +188,6 @@ def send_nothing(stack: Stack, results: list[tuple[bytes, float]]) -> None:
         results.append((sock.recv(65536), time.monotonic() - started))
 
 
-def _status_bytes(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def _reset_peak_rss(pid: int) -> int:
-    """Start the peak RSS (VmHWM) again from the current RSS, so start-up peaks do not hide the
-    abuse's; returns the new baseline (the peak so far, without the right to reset it)."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return _status_bytes(pid, "VmHWM")
-    return _status_bytes(pid, "VmRSS")
-
-
 def test_slow_and_oversized_clients_do_not_hold_the_server(stack: Stack) -> None:
     routes = body_routes(stack)
     assert {r.path for r in routes} >= {"/predict", "/predict/csv", "/token", "/train", "/users"}
@@ -213,7 +196,7 @@ def test_slow_and_oversized_clients_do_not_hold_the_server(stack: Stack) -> None
         calm = time.monotonic()
         before = load.wait_for(100, calm)
         baseline = percentile([o.seconds for o in before], 0.5)
-        memory = _reset_peak_rss(pid)
+        memory = reset_peak_rss(pid)
 
         abuse = time.monotonic()
         endless: list[Endless] = []
@@ -232,7 +215,7 @@ def test_slow_and_oversized_clients_do_not_hold_the_server(stack: Stack) -> None
             thread.join(timeout=UNREAD_BODY_LINGER_SECONDS + 60)
         over = time.monotonic()
         during = [o for o in load.since(abuse) if o.started < over]
-        grown = _status_bytes(pid, "VmHWM") - memory
+        grown = status_bytes(pid, "VmHWM") - memory
 
     # A declared 10 GB body: 413 at once, before a byte of it is read.
     for path, (status, seconds) in declared.items():

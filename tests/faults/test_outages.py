@@ -24,7 +24,6 @@ from app.core.serving_pointer import ServingPointer
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from tests.faults.conftest import Stack, record, recovery
-from tests.support.load import percentile
 from tests.support.models import write_model
 from tests.support.paths import ROOT
 from tests.support.servers import wait_until
@@ -292,6 +291,4 @@ def test_a_model_file_corrupted_while_serving(stack: Stack) -> None:
         load.wait_for(len(load.since(start)) + 10, start)
         outcomes = load.since(start)
     _assert_none_lost(outcomes, "the corrupted model file")
-    latencies = [o.seconds for o in outcomes]
-    assert percentile(latencies, 0.5) < 0.5
     record("model file corrupted", outcomes, recovered)

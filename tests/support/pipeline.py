@@ -61,6 +61,17 @@ def write_params(folder: Path, **sections: dict) -> Path:
     return path
 
 
+def write_iris_params(path: Path) -> Path:
+    """The smallest retraining there is (iris, one candidate, two folds), for tests that run a job."""
+    params = {
+        "seed": 42,
+        "data": {"source": "sklearn:iris", "target": "species", "test_size": 0.3},
+        "train": {"cv_folds": 2, "candidates": {"logistic_regression": {"max_iter": 500}}},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def customer_frame(rows: int, task: str, seed: int = 7) -> pd.DataFrame:
     """A data set with numeric and categorical columns and missing values in both."""
     rng = np.random.default_rng(seed)
