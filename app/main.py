@@ -20,23 +20,40 @@ from app.api.body_limit import BodyLimitMiddleware
 from app.api.draining import drain_on_sigterm
 from app.api.hot_routes import HotRoutes
 from app.api.rate_limits import RateLimits
-from app.api.routes import auth, health, metrics, model, predict, predict_csv, train, users, v2
+from app.api.routes import (
+    auth,
+    feedback,
+    health,
+    metrics,
+    model,
+    monitoring,
+    predict,
+    predict_csv,
+    shadow,
+    train,
+    users,
+    v2,
+)
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
 from app.core.revocation import RevocationList
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
+from app.db.prediction_log import PredictionLogStore
 from app.db.refresh_tokens import RefreshTokens
 from app.db.revocations import revocation_store
 from app.db.session import Database
 from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
+from app.observability.live_quality import LiveQuality, publish_thresholds
 from app.observability.logging import configure_logging
 from app.observability.metrics import REVOCATION_STORE_UP
 from app.observability.middleware import RequestContextMiddleware
 from app.serving.inference import scoring_limiter
+from app.serving.prediction_log import PredictionLog
 from app.serving.state import ServingState
+from app.serving.tracing import Tracing
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
@@ -58,6 +75,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             ModelStore.from_url(settings.model_store_url, settings.model_cache_dir),
             DatabasePointer(database.session),
             threads=settings.onnx_intra_op_threads,
+            shadow_queue_batches=settings.shadow_queue_batches,
         )
         serving.load_initial()
         # What start-up built (the app, the model) lives as long as the process: out of the cycle
@@ -91,12 +109,39 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         app.state.scoring = scoring_limiter()  # the threads that score large or slow requests
         # Jobs are queued here and run by a worker (python -m app.worker), never in this process.
         app.state.jobs = JobQueue(database.session, settings.job_lease_seconds)
+        predictions = PredictionLogStore(database.session)
+        app.state.predictions = predictions
+        prediction_log = (
+            PredictionLog(
+                predictions,
+                settings.prediction_log_sample,
+                settings.prediction_log_buffer_rows,
+                settings.prediction_log_days,
+            )
+            if settings.prediction_log_sample > 0
+            else None
+        )
+        stop_log = prediction_log.start() if prediction_log is not None else lambda: None
+        app.state.prediction_log = prediction_log
+        app.state.tracing = Tracing(prediction_log)
+        stop_shadow = serving.trace_with(app.state.tracing)  # the shadow challenger, if any
+        live_quality = LiveQuality(predictions, settings.live_quality_window_hours)
+        app.state.live_quality = live_quality
+        stop_live_quality = lambda: None  # noqa: E731
+        if settings.metrics_enabled:
+            publish_thresholds(
+                settings.live_accuracy_min, settings.live_mae_max, settings.live_quality_min_labels
+            )
+            stop_live_quality = live_quality.watch(settings.live_quality_refresh_seconds)
         try:
             yield
         finally:
             restore_sigterm()
             stop_watching()
+            stop_shadow()
             stop_revocations()
+            stop_live_quality()
+            stop_log()  # what is buffered is written before the database goes
             database.dispose()
             gc.unfreeze()  # an app made again in this process (tests) leaves nothing behind
 
@@ -159,7 +204,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, csv=settings.max_csv_bytes)
     app.add_middleware(RequestContextMiddleware, metrics_enabled=settings.metrics_enabled)
     # In the order requests are matched, each route tried in turn: the ones called all the time first.
-    routers = (predict, health, v2, predict_csv, auth, model, train, users, metrics)
+    routers = (
+        predict,
+        health,
+        v2,
+        predict_csv,
+        auth,
+        feedback,
+        model,
+        shadow,
+        monitoring,
+        train,
+        users,
+        metrics,
+    )
     for router in (module.router for module in routers):
         app.include_router(router)
     app.openapi_url, app.docs_url, app.redoc_url = "/openapi.json", "/docs", "/redoc"

@@ -22,11 +22,12 @@ from types import FrameType
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import Settings, load_settings
-from app.core.messages import Job
-from app.core.model_store import ModelStore
+from app.core.messages import FeedbackRow, Job
+from app.core.model_store import ModelStore, now
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
+from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
 from app.observability.logging import configure_logging
 from app.serving.retraining import Retrainer
@@ -42,6 +43,8 @@ class Worker:
     def __init__(self, settings: Settings, database: Database) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.queue = JobQueue(database.session, settings.job_lease_seconds)
+        self.prediction_log = PredictionLogStore(database.session)
+        self.feedback_max_rows = settings.train_feedback_max_rows
         store = ModelStore.from_url(settings.model_store_url, settings.model_cache_dir)
         self.retrainer = Retrainer(
             store,
@@ -99,7 +102,7 @@ class Worker:
         renewer = threading.Thread(target=keep_lease, name="lease", daemon=True)
         renewer.start()
         try:
-            outcome = self.retrainer.run(job, self.queue.upload(job.id), cancel)
+            outcome = self._outcome(job, cancel)
         finally:
             done.set()
             renewer.join()
@@ -110,6 +113,23 @@ class Worker:
             log.warning(
                 "job %s was failed meanwhile (lease expired): outcome %s dropped", job.id, outcome.status
             )
+
+    def _outcome(self, job: Job, cancel: threading.Event) -> Job:
+        try:
+            feedback = self._feedback(job)
+        except SQLAlchemyError as exc:
+            reason = f"the labelled predictions could not be read: {type(exc).__name__}"
+            log.warning("retraining job %s failed: %s", job.id, reason)
+            return job.model_copy(update={"status": "failed", "reason": reason, "finished_at": now()})
+        return self.retrainer.run(job, self.queue.upload(job.id), cancel, feedback)
+
+    def _feedback(self, job: Job) -> list[FeedbackRow] | None:
+        """The labelled predictions a job with include_feedback adds to its data: the newest, at most
+        TRAIN_FEEDBACK_MAX_ROWS; None when it did not ask."""
+        if not job.include_feedback:
+            return None
+        rows = self.prediction_log.labelled(self.feedback_max_rows)
+        return [FeedbackRow(features=r.features, label=r.label, value=r.value) for r in rows]
 
 
 def main() -> None:

@@ -107,7 +107,7 @@ async def token(app: Any, username: str, password: str) -> str:
     return str(json.loads(answer)["access_token"])
 
 
-def our_app(model_dir: Path, scratch: Path) -> Any:
+def our_app(model_dir: Path, scratch: Path, **overrides: Any) -> Any:
     from app.core.config import Settings
     from app.main import create_app
 
@@ -122,6 +122,7 @@ def our_app(model_dir: Path, scratch: Path) -> Any:
         admin_username="bench",
         admin_password=PASSWORD,
         start_worker="false",
+        **overrides,
     )
     return create_app(settings)
 

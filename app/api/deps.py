@@ -21,6 +21,7 @@ from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, d
 from app.db import crud
 from app.db.jobs import JobQueue
 from app.db.models import User
+from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
 from app.observability.audit import auth_failed
 from app.observability.metrics import REVOCATIONS
@@ -52,6 +53,10 @@ async def get_jobs(request: Request) -> JobQueue:
     return request.app.state.jobs
 
 
+async def get_predictions(request: Request) -> PredictionLogStore:
+    return request.app.state.predictions
+
+
 async def limit_client(request: Request) -> None:
     """/token's limit per client address (RATE_LIMIT_TOKEN), before any password is checked."""
     await request.app.state.rate_limits.check_client(request)
@@ -62,6 +67,7 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 ServingDep = Annotated[ServingState, Depends(get_serving)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
 JobsDep = Annotated[JobQueue, Depends(get_jobs)]
+PredictionsDep = Annotated[PredictionLogStore, Depends(get_predictions)]
 
 
 def get_session(database: DatabaseDep) -> Iterator[Session]:

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError
 
 FILE_FIELD = "file"
+FEEDBACK_FIELD = "include_feedback"
 
 
 @dataclass(frozen=True)
@@ -30,31 +33,76 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").startswith("multipart/form-data")
 
 
-async def _form_file(request: Request) -> Upload | str | None:
-    """The form field `file`: its bytes, a str when it was sent as a plain field, None when absent."""
+def is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
+
+
+class TrainOptions(BaseModel):
+    """POST /train's options: a JSON object, or form fields beside the upload; no body is {}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Add the labelled prediction log (POST /feedback's ground truth) to the data it trains on.
+    include_feedback: StrictBool = False
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    upload: Upload | None  # None: the project's data
+    options: TrainOptions
+
+
+_FORM_FLAG = TypeAdapter(bool)  # "true", "false", "1", "0", ... as FastAPI reads a form's boolean
+
+
+def _refused(error: ValidationError, *loc: str) -> RequestValidationError:
+    return RequestValidationError([{**e, "loc": ("body", *loc, *e["loc"])} for e in error.errors()])
+
+
+async def _training_form(request: Request) -> TrainingRequest:
+    """The multipart field `file` (optional) and the options as plain fields."""
     form = await request.form(max_files=1, max_fields=10)
     try:
-        field = form.get(FILE_FIELD)
-        if field is None or isinstance(field, str):
-            return field
-        return Upload(await field.read(), safe_name(field.filename))
-    finally:  # its spooled files, also when the field is missing
+        if set(form.keys()) - {FILE_FIELD, FEEDBACK_FIELD}:  # a misspelt option must not be ignored
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"unknown form field: the form takes '{FILE_FIELD}' and '{FEEDBACK_FIELD}' only",
+            )
+        field, flag = form.get(FILE_FIELD), form.get(FEEDBACK_FIELD)
+        if isinstance(field, str):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the form field 'file' must be a file")
+        if flag is not None and not isinstance(flag, str):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"the form field '{FEEDBACK_FIELD}' must not be a file"
+            )
+        try:
+            include = _FORM_FLAG.validate_python(flag) if flag is not None else False
+        except ValidationError as exc:
+            raise _refused(exc, FEEDBACK_FIELD) from None
+        upload = Upload(await field.read(), safe_name(field.filename)) if field is not None else None
+        return TrainingRequest(upload, TrainOptions(include_feedback=include))
+    finally:  # its spooled files, also when a field is refused
         await form.close()
 
 
-async def read_training_upload(request: Request) -> Upload | None:
-    """The training CSV of the multipart field `file`, or None when the request carries no file."""
-    if not is_multipart(request):
-        if await read_body(request):
-            raise HTTPException(
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                "send the training CSV as multipart/form-data, field 'file' (or no body at all)",
-            )
-        return None
-    upload = await _form_file(request)
-    if isinstance(upload, str):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the form field 'file' must be a file")
-    return upload
+async def read_training_request(request: Request) -> TrainingRequest:
+    """A multipart form (the training CSV in `file`, options as fields), a JSON object of options, or
+    no body at all: the project's data, default options."""
+    if is_multipart(request):
+        return await _training_form(request)
+    body = await read_body(request)
+    if not body:
+        return TrainingRequest(None, TrainOptions())
+    if not is_json(request):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            "send the training CSV as multipart/form-data, field 'file', the options as a JSON object "
+            "(application/json), or no body at all",
+        )
+    try:
+        return TrainingRequest(None, TrainOptions.model_validate_json(body))
+    except ValidationError as exc:
+        raise _refused(exc) from None
 
 
 def safe_name(name: str | None) -> str | None:
@@ -67,7 +115,7 @@ def safe_name(name: str | None) -> str | None:
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
-TrainingUploadDep = Annotated[Upload | None, Depends(read_training_upload)]
+TrainingRequestDep = Annotated[TrainingRequest, Depends(read_training_request)]
 
 _FILE_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
 
@@ -87,13 +135,18 @@ CSV_BODY_DOC: dict[str, Any] = {
         },
     }
 }
-TRAINING_UPLOAD_DOC: dict[str, Any] = {
+TRAINING_REQUEST_DOC: dict[str, Any] = {
     "requestBody": {
         "required": False,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {FILE_FIELD: _FILE_SCHEMA}},
-            }
+                "schema": {
+                    "type": "object",
+                    "properties": {FILE_FIELD: _FILE_SCHEMA, FEEDBACK_FIELD: {"type": "boolean"}},
+                    "additionalProperties": False,
+                },
+            },
+            "application/json": {"schema": TrainOptions.model_json_schema()},
         },
     }
 }

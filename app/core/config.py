@@ -98,6 +98,27 @@ class Settings(BaseSettings):
     train_params: Path = Path("params.yaml")
     promotion_tolerance: float = Field(default=0.01, ge=0)
     train_timeout_seconds: int = Field(default=3600, ge=10)
+    # POST /train with include_feedback: at most this many labelled predictions (the newest) are added.
+    train_feedback_max_rows: int = Field(default=100_000, ge=1, le=10_000_000)
+    # The prediction log (app/serving/prediction_log.py): the share of answered rows kept (0 to 1;
+    # 1 in development, see docs/operations.md for production), for how many days, and the rows
+    # its buffer holds before new ones are dropped (and counted) rather than wait.
+    prediction_log_sample: float = Field(default=1.0, ge=0, le=1)
+    prediction_log_days: float = Field(default=30, gt=0, le=3650)
+    prediction_log_buffer_rows: int = Field(default=50_000, ge=1, le=10_000_000)
+    # Live quality (POST /feedback's ground truth): over the predictions of the last hours, refreshed
+    # this often; LiveQualityLow fires below LIVE_ACCURACY_MIN (classification) or above LIVE_MAE_MAX
+    # (regression, off when empty) once LIVE_QUALITY_MIN_LABELS predictions are labelled.
+    live_quality_window_hours: float = Field(default=24, gt=0, le=24 * 365)
+    live_quality_refresh_seconds: float = Field(default=30, gt=0, le=3600)
+    live_accuracy_min: float = Field(default=0.8, ge=0, le=1)
+    live_mae_max: float | None = Field(default=None, ge=0)
+    live_quality_min_labels: int = Field(default=50, ge=1)
+    # The shadow challenger (POST /model/shadow): the champion's batches its queue holds before new
+    # ones are dropped (and counted) rather than wait; and POST /model/promote's evidence, the labelled
+    # predictions both models answered that it needs before it compares their live metric.
+    shadow_queue_batches: int = Field(default=256, ge=1, le=10_000)
+    promotion_min_labels: int = Field(default=100, ge=1)
     # The server, for python -m app.serve.
     # Graceful shutdown (app/api/draining.py): after SIGTERM, /ready answers 503 this long while the
     # replica still serves (a load balancer takes it out), then requests in flight get this long to finish.
@@ -110,7 +131,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
 
-    @field_validator("start_worker", "redis_url", mode="before")
+    @field_validator("start_worker", "redis_url", "live_mae_max", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # START_WORKER= in .env (as .env.example ships it) means "decide from DATABASE_URL".

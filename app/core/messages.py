@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 REQUEST_FILE = "request.json"  # the job's arguments, in jobs/<job id>/
 RESULT_FILE = "result.json"  # its answer, beside them
+FEEDBACK_FILE = "feedback.jsonl"  # the labelled predictions it adds, one FeedbackRow a line
 
 
 class _Message(BaseModel):
@@ -37,6 +38,22 @@ class GateOutcome(BaseModel):
     reason: str
 
 
+class FeedbackRow(_Message):
+    """A labelled prediction from the prediction log, as the worker hands it to the retraining job."""
+
+    features: str  # the logged input row, a JSON object {feature name: value or null}, as logged
+    label: str | None = None  # the ground truth of a classification
+    value: float | None = None  # ... or of a regression
+
+
+class FeedbackOutcome(_Message):
+    """What the job did with the labelled predictions it was given."""
+
+    rows: int  # added to the training data
+    refused: int = 0  # left out: their features are not the data's columns (e.g. one renamed since)
+    reason: str | None = None  # why the first one was left out
+
+
 class RetrainRequest(_Message):
     """The retraining job's arguments."""
 
@@ -47,6 +64,7 @@ class RetrainRequest(_Message):
     upload: Path | None = None  # a CSV to train on instead of the project's data.source
     upload_name: str | None = None  # the name the user gave it, for messages
     champion_dir: Path | None = None  # the serving version, which the gate compares against
+    feedback: Path | None = None  # FeedbackRows to add to the data (FEEDBACK_FILE); None: not asked
 
 
 class RetrainSucceeded(_Message):
@@ -60,6 +78,7 @@ class RetrainSucceeded(_Message):
     registered_model: str | None = None
     registered_version: str | None = None
     gate: GateOutcome
+    feedback: FeedbackOutcome | None = None  # when the request had feedback
 
 
 class RetrainFailed(_Message):
@@ -96,6 +115,8 @@ class Job(BaseModel):
     # What it trains on: the uploaded file's name, or the project's data (its data.source once the
     # job has read params.yaml).
     data: str
+    # POST /train's include_feedback: the labelled prediction log is added to that data.
+    include_feedback: bool = False
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -106,6 +127,9 @@ class Job(BaseModel):
     gate: GateOutcome | None = None
     promoted: bool | None = None
     mlflow: AliasOutcome | None = None
+    # With include_feedback: the rows that came from the prediction log, and those left out.
+    feedback_rows: int | None = None
+    feedback_refused: int | None = None
     message: str | None = None
     # On failure: one line saying why.
     reason: str | None = None

@@ -16,6 +16,7 @@ ALGORITHM = "HS256"
 SCOPES: dict[str, str] = {
     "predict": "Ask the model for predictions and read its metadata.",
     "admin": "Reload the model and manage users.",
+    "feedback": "Send the ground truth of earlier predictions (POST /feedback).",
 }
 DEFAULT_SCOPES = ("predict",)
 

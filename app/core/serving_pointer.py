@@ -21,6 +21,9 @@ class ServingPointer(BaseModel):
     # The version MODEL_DIR held when this was decided: once the pipeline writes another one, a
     # replica that has that newer output serves it at its next start rather than this choice.
     model_dir_version: str | None = None
+    # The version scoring the same traffic in the background (POST /model/shadow), if any: moved
+    # only by set_shadow, so a rollback or a promotion by a retraining job keeps it.
+    shadow_version: str | None = None
 
 
 class PointerStore(Protocol):
@@ -28,4 +31,10 @@ class PointerStore(Protocol):
         """The pointer, or None before any version was served. Raises when the store does not answer."""
         ...
 
-    def set(self, pointer: ServingPointer) -> None: ...
+    def set(self, pointer: ServingPointer) -> None:
+        """Move the champion (everything but `shadow_version`, which it leaves as it is)."""
+        ...
+
+    def set_shadow(self, version: str | None) -> bool:
+        """Name the shadow challenger (None: no shadow); False when there is no pointer yet."""
+        ...

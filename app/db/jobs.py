@@ -55,7 +55,9 @@ class JobQueue:
         self.lease_seconds = lease_seconds
         self._clock = clock
 
-    def submit(self, user: str, upload: bytes | None, filename: str | None) -> Job:
+    def submit(
+        self, user: str, upload: bytes | None, filename: str | None, *, include_feedback: bool = False
+    ) -> Job:
         """Queue a job; JobConflict while another one is queued or running anywhere in the deployment."""
         created = self._clock()
         job = Job(
@@ -63,6 +65,7 @@ class JobQueue:
             status="queued",
             user=user,
             data=f"upload {filename or UPLOAD_NAME}" if upload is not None else PROJECT_DATA,
+            include_feedback=include_feedback,
             created_at=_iso(created),
         )
         with self._sessions() as session:

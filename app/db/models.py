@@ -57,6 +57,8 @@ class ServingPointerRow(Base):
     since: Mapped[str] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(String(255))
     model_dir_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The version scoring the same traffic in the background (POST /model/shadow), if any.
+    shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TrainingJobRow(Base):
@@ -116,3 +118,38 @@ class RefreshTokenRow(Base):
     scopes: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
     used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PredictionLogRow(Base):
+    """One predicted row (sampled by PREDICTION_LOG_SAMPLE), and its ground truth once sent.
+
+    Kept PREDICTION_LOG_DAYS; never a token or a password, only the username."""
+
+    __tablename__ = "prediction_log"
+
+    prediction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)  # Unix time
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    features: Mapped[str] = mapped_column(Text)  # the input row, a JSON object
+    answer: Mapped[str] = mapped_column(Text)  # the row's answer as /predict gave it, JSON
+    # The answer again, as columns the live metrics aggregate in SQL.
+    predicted_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    predicted_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)  # the top probability
+    # The ground truth (POST /feedback): a label (classification) or a value (regression).
+    true_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    true_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    labelled_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class ShadowPredictionRow(Base):
+    """A shadow challenger's answer to a logged row: judged against the same ground truth."""
+
+    __tablename__ = "shadow_predictions"
+
+    prediction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    predicted_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    predicted_value: Mapped[float | None] = mapped_column(Float, nullable=True)

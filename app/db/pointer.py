@@ -32,9 +32,21 @@ class DatabasePointer:
                 since=row.since,
                 reason=row.reason[:255],
                 model_dir_version=row.model_dir_version,
+                shadow_version=row.shadow_version,
             )
 
+    def set_shadow(self, version: str | None) -> bool:
+        with self._sessions() as session:
+            changed = session.execute(
+                update(ServingPointerRow)
+                .where(ServingPointerRow.id == _ROW_ID)
+                .values(shadow_version=version)
+            )
+            session.commit()
+            return bool(getattr(changed, "rowcount", 0))
+
     def set(self, pointer: ServingPointer) -> None:
+        # Not shadow_version: a change of champion leaves the shadow running (set_shadow moves it).
         values = {
             "version": pointer.version,
             "since": pointer.since,

@@ -9,6 +9,7 @@ Missing values are left out, as the profile's bins leave them out.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.artifacts import CategoricalProfile, Feature, ReferenceProfile
+from app.core.artifacts import CategoricalProfile, Feature, NumericProfile, ReferenceProfile
 
 # Keeps log(actual / expected) finite when a bin is empty on one side.
 EPSILON = 1e-4
+# The bin of the categories training never saw.
+OTHER_CATEGORIES = "(other)"
 
 
 def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
@@ -89,6 +92,31 @@ class _CategoricalBinner:
         )
 
 
+@dataclass(frozen=True)
+class ReferenceBins:
+    """How the training profile bins one feature: its binner, the training share and a name per bin."""
+
+    binner: Callable[[np.ndarray], np.ndarray]
+    expected: list[float]
+    names: list[str]
+
+
+def reference_bins(reference: NumericProfile | CategoricalProfile) -> ReferenceBins:
+    """The live monitor's bins and the Monitoring page's histograms are the same bins."""
+    if isinstance(reference, CategoricalProfile):
+        categories = sorted(reference.proportions)
+        return ReferenceBins(
+            _CategoricalBinner(categories),
+            [reference.proportions[c] for c in categories] + [0.0],
+            [*categories, OTHER_CATEGORIES],
+        )
+    edges = reference.bin_edges
+    names = [f"<= {edges[0]:g}"] if edges else ["all"]
+    names += [f"{low:g} to {high:g}" for low, high in itertools.pairwise(edges)]
+    names += [f"> {edges[-1]:g}"] if edges else []
+    return ReferenceBins(_NumericBinner(edges), list(reference.bin_proportions), names)
+
+
 class DriftMonitor:
     """PSI per feature and for the predicted labels, over a sliding window of recent rows."""
 
@@ -111,14 +139,8 @@ class DriftMonitor:
             reference = profile.features.get(feature.name)
             if reference is None:
                 continue
-            if isinstance(reference, CategoricalProfile):
-                categories = sorted(reference.proportions)
-                binner: Callable[[np.ndarray], np.ndarray] = _CategoricalBinner(categories)
-                expected = [reference.proportions[c] for c in categories] + [0.0]
-            else:
-                binner = _NumericBinner(reference.bin_edges)
-                expected = reference.bin_proportions
-            self._features.append((position, feature.name, binner, BinnedWindow(expected, window)))
+            bins = reference_bins(reference)
+            self._features.append((position, feature.name, bins.binner, BinnedWindow(bins.expected, window)))
         balance = profile.target.class_balance or {}
         self._labels = (
             BinnedWindow([balance.get(c, 0.0) for c in classes], window) if classes and balance else None

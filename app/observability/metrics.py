@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
+    from app.observability.confidence import ConfidenceWindow
     from app.observability.drift import DriftMonitor
 
 # The `_created` series double what is scraped and no dashboard or alert reads them.
@@ -171,6 +172,108 @@ PREDICTION_PSI = Gauge(
     multiprocess_mode="livemax",
 )
 
+# The prediction log (app/serving/prediction_log.py): rows written, or dropped (buffer_full: the
+# buffer held PREDICTION_LOG_BUFFER_ROWS; write_failed: the database refused the batch).
+PREDICTION_LOG_RESULTS = ("written", "buffer_full", "write_failed")
+PREDICTION_LOG_ROWS = Counter(
+    "prediction_log_rows", "Prediction log rows, by what became of them.", ["result"], namespace=NAMESPACE
+)
+PREDICTION_LOG_BUFFER = Gauge(
+    "prediction_log_buffer_rows",
+    "Rows the prediction log's writer took from its buffer at its last flush.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+FEEDBACK_STATUSES = ("recorded", "relabelled", "unknown", "invalid")
+FEEDBACK_ITEMS = Counter(
+    "feedback_items", "Ground-truth items sent to POST /feedback, by status.", ["status"], namespace=NAMESPACE
+)
+# Live quality (app/observability/live_quality.py), from the labelled predictions of the last
+# LIVE_QUALITY_WINDOW_HOURS; role is served (the answers sent) or shadow (a shadow challenger's).
+# Every replica reads the same database: the gauges merge by max.
+_LIVE = ["model_version", "role"]
+LIVE_LABELLED = Gauge(
+    "live_labelled",
+    "Labelled predictions in the live window.",
+    _LIVE,
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_ACCURACY = Gauge(
+    "live_accuracy",
+    "Accuracy on the labelled predictions in the live window.",
+    _LIVE,
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_MACRO_F1 = Gauge(
+    "live_macro_f1",
+    "Macro-F1 on the labelled predictions in the live window.",
+    _LIVE,
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_MAE = Gauge(
+    "live_mae",
+    "Mean absolute error on the labelled predictions in the live window.",
+    _LIVE,
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_RMSE = Gauge(
+    "live_rmse",
+    "Root mean squared error on the labelled predictions in the live window.",
+    _LIVE,
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+# The settings the LiveQualityLow alert compares with, exported so the rule needs no copy of them.
+LIVE_ACCURACY_MIN = Gauge(
+    "live_accuracy_min",
+    "LIVE_ACCURACY_MIN: the live accuracy below which LiveQualityLow fires.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_MAE_MAX = Gauge(
+    "live_mae_max",
+    "LIVE_MAE_MAX: the live MAE above which LiveQualityLow fires (+Inf: unset).",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+LIVE_MIN_LABELS = Gauge(
+    "live_min_labels",
+    "LIVE_QUALITY_MIN_LABELS: labels needed before LiveQualityLow may fire.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+# The label-free estimate: the mean top probability of the recent answers (app/observability/confidence.py).
+EXPECTED_ACCURACY = Gauge(
+    "expected_accuracy",
+    "Estimated accuracy from the served model's own probabilities over recent answers (no labels).",
+    ["model_version"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+
+# The shadow challenger (app/serving/shadow.py), per shadow version: the rows offered to it, by
+# whether its answer agreed with the champion's, or it had none (dropped: its queue was full; failed:
+# its model call raised, or the champion's rows do not fit it); and its model calls, each of which
+# may score several requests' rows at once. Its live quality is predictor_live_*{role="shadow"}.
+SHADOW_RESULTS = ("agreed", "disagreed", "dropped", "failed")
+SHADOW_ROWS = Counter(
+    "shadow_rows",
+    "Rows offered to the shadow challenger, by outcome.",
+    ["model_version", "result"],
+    namespace=NAMESPACE,
+)
+SHADOW_INFERENCE_SECONDS = Histogram(
+    "shadow_inference_duration_seconds",
+    "Time inside the shadow challenger's model call, per call (one or more requests' rows).",
+    ["model_version"],
+    namespace=NAMESPACE,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+
 # Series that exist from the start, so rate() sees zeros rather than nothing.
 for _reason in AUTH_FAILURE_REASONS:
     AUTH_FAILURES.labels(reason=_reason)
@@ -182,6 +285,17 @@ REVOCATION_STORE_UP.set(1)
 RATE_LIMIT_STORE_UP.set(1)
 for _kind in ("token", "family", "user"):
     REVOCATIONS.labels(kind=_kind)
+for _result in PREDICTION_LOG_RESULTS:
+    PREDICTION_LOG_ROWS.labels(result=_result)
+for _status in FEEDBACK_STATUSES:
+    FEEDBACK_ITEMS.labels(status=_status)
+
+
+def shadow_started(version: str) -> None:
+    """The shadow's series, at zero, before its first row."""
+    for result in SHADOW_RESULTS:
+        SHADOW_ROWS.labels(model_version=version, result=result)
+    SHADOW_INFERENCE_SECONDS.labels(model_version=version)
 
 
 _served: dict[str, str] = {}
@@ -249,6 +363,15 @@ def publish_drift(monitor: DriftMonitor) -> None:
     prediction_psi = monitor.prediction_psi()
     if not math.isnan(prediction_psi):
         PREDICTION_PSI.set(prediction_psi)
+
+
+def publish_expected_accuracy(version: str, confidence: ConfidenceWindow | None) -> None:
+    """Set the label-free estimate of the served version (NaN: no answer yet, left as is)."""
+    if confidence is None:
+        return
+    estimate = confidence.expected_accuracy()
+    if not math.isnan(estimate):
+        EXPECTED_ACCURACY.labels(model_version=version).set(estimate)
 
 
 def multiprocess_dir() -> str | None:

@@ -101,7 +101,7 @@ def data_md5(raw: RawData) -> str:
 
 def parse(raw: RawData, params: DataParams) -> TypedData:
     frame = _read_csv(raw)
-    target = _target_name(raw, params)
+    target = target_name(raw, params)
     _check_columns(raw, frame, target, params)
     frame = frame.drop(columns=params.drop)
 
@@ -150,7 +150,8 @@ def _read_csv(raw: RawData) -> pd.DataFrame:
     return frame
 
 
-def _target_name(raw: RawData, params: DataParams) -> str:
+def target_name(raw: RawData, params: DataParams) -> str:
+    """The target column: data.target, or the one a scikit-learn data set names."""
     if params.target:
         return params.target
     if raw.name == "sklearn:iris":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.messages import GateOutcome
+from app.core.quality import gate_bound, passes_gate
 
 
 def promotion_gate(
@@ -24,8 +25,8 @@ def promotion_gate(
             passed=True,
             reason="no champion was serving",
         )
-    bound = champion - tolerance if greater_is_better else champion + tolerance
-    passed = challenger >= bound if greater_is_better else challenger <= bound
+    bound = gate_bound(champion, tolerance, greater_is_better)
+    passed = passes_gate(challenger, champion, tolerance, greater_is_better)
     relation = ">=" if greater_is_better else "<="
     reason = (
         f"test {metric} {challenger:.4f} {'passes' if passed else 'fails'} the gate {relation} "

@@ -3,7 +3,8 @@
     python -m app.pipeline.retrain JOB_DIR        # reads JOB_DIR/request.json (app/core/messages.py)
 
 The stages are the pipeline's own functions (prepare, train, evaluate), pointed at DIR/work instead
-of data/ and models/. An upload goes through prepare's checks exactly as data.source would.
+of data/ and models/. An upload goes through prepare's checks exactly as data.source would, and
+so do the labelled predictions a job with feedback adds to either (app/pipeline/feedback.py).
 The gate scores the champion on this job's test split, the same held-out rows the new model was
 scored on: the new model passes when its test metric is at least the champion's minus the
 tolerance (plus it, for metrics where lower is better). Either way the new model is published to
@@ -29,6 +30,7 @@ from app.core.loading import ModelLoadError, load_pipeline
 from app.core.messages import (
     REQUEST_FILE,
     RESULT_FILE,
+    FeedbackOutcome,
     GateOutcome,
     RetrainFailed,
     RetrainRequest,
@@ -36,9 +38,10 @@ from app.core.messages import (
 )
 from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, VersionRecord, now
 from app.pipeline import layout
-from app.pipeline.dataset import RawData, read_split
+from app.pipeline.dataset import RawData, load_source, read_split, target_name
 from app.pipeline.errors import PipelineError
 from app.pipeline.evaluate import evaluate
+from app.pipeline.feedback import add_feedback
 from app.pipeline.gate import not_comparable, promotion_gate
 from app.pipeline.params import Params
 from app.pipeline.prepare import prepare
@@ -90,10 +93,18 @@ def gate(
 def run(job_dir: Path, request: RetrainRequest) -> RetrainSucceeded:
     ws = layout.Workspace.under(job_dir / "work")
     params = Params.load(request.params)
-    raw = None
     if request.upload is not None:
-        raw = RawData(name=request.upload_name or request.upload.name, csv_bytes=request.upload.read_bytes())
-    schema = prepare(params, ws, raw)
+        data = RawData(name=request.upload_name or request.upload.name, csv_bytes=request.upload.read_bytes())
+    else:
+        data = load_source(params.data)
+    raw, feedback = data, None
+    if request.feedback is not None:
+        raw, feedback = add_feedback(data, request.feedback, params.data)
+        print(f"retrain: {_feedback_summary(feedback)}")
+        # prepare reads the data under its new name: the target it would have found by the old one.
+        target = target_name(data, params.data)
+        params = params.model_copy(update={"data": params.data.model_copy(update={"target": target})})
+    prepare(params, ws, raw)
     metadata = train(params, ws, set_alias=False)
     evaluate(params, ws)
     outcome = gate(metadata, request.champion_dir, ws, request.tolerance)
@@ -110,14 +121,22 @@ def run(job_dir: Path, request: RetrainRequest) -> RetrainSucceeded:
     return RetrainSucceeded(
         version=metadata.version,
         name=metadata.name,
-        data=schema.source,
+        data=data.name,
         metric=metadata.metric,
         metrics=metadata.metrics,
         mlflow_run_id=metadata.mlflow_run_id,
         registered_model=metadata.registered_model,
         registered_version=metadata.registered_version,
         gate=outcome,
+        feedback=feedback,
     )
+
+
+def _feedback_summary(feedback: FeedbackOutcome) -> str:
+    summary = f"{feedback.rows} labelled predictions added to the data"
+    if feedback.refused:
+        summary += f", {feedback.refused} left out ({feedback.reason})"
+    return summary
 
 
 # Set by the worker that starts this job: a job whose worker died (kill -9) must not train on unseen.

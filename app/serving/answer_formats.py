@@ -126,8 +126,9 @@ class AnswerFormat(ABC):
         return ""
 
     @abstractmethod
-    def rows(self, echo: list[str], answers: Answers, first: bool) -> str:
-        """A chunk's answers; `echo` holds each row's input cells as CSV (the CSV format repeats them)."""
+    def rows(self, echo: list[str], answers: Answers, ids: list[str], first: bool) -> str:
+        """A chunk's answers; `echo` holds each row's input cells as CSV (the CSV format repeats them),
+        `ids` each row's prediction id (URL-safe characters: written as they are)."""
 
     @abstractmethod
     def closing(self, error: StreamError | None) -> str:
@@ -148,17 +149,19 @@ class _JsonItems(AnswerFormat):
             pieces += [("," if i else "") + _json(name) + ":", None]
         self._probabilities = RowTemplate([',"probabilities":{', *pieces, "}}" + self.after])
 
-    def items(self, answers: Answers) -> str:
+    def items(self, answers: Answers, ids: list[str]) -> str:
         rows = len(answers)
+        opening = self.before + '{"prediction_id":"'
         if answers.values is not None:
             values = list(map(repr, answers.values.tolist()))
-            return _interleave([self.before + '{"value":'] * rows, values, ["}" + self.after] * rows)
-        starts = [self.before + '{"label":'] * rows
+            return _interleave(
+                [opening] * rows, ids, ['","value":'] * rows, values, ["}" + self.after] * rows
+            )
         if answers.probabilities is None:
             ends = [',"probabilities":null}' + self.after] * rows
         else:
             ends = self._probabilities.fill(answers.probabilities)
-        return _interleave(starts, self._labels.of(answers), ends)
+        return _interleave([opening] * rows, ids, ['","label":'] * rows, self._labels.of(answers), ends)
 
 
 class JsonAnswer(_JsonItems):
@@ -170,8 +173,8 @@ class JsonAnswer(_JsonItems):
     def opening(self) -> str:
         return '{"model_version":' + _json(self.metadata.version) + ',"predictions":['
 
-    def rows(self, echo: list[str], answers: Answers, first: bool) -> str:
-        text = self.items(answers)
+    def rows(self, echo: list[str], answers: Answers, ids: list[str], first: bool) -> str:
+        text = self.items(answers, ids)
         return text[1:] if first else text  # no comma before the very first object
 
     def closing(self, error: StreamError | None) -> str:
@@ -184,15 +187,16 @@ class NdjsonAnswer(_JsonItems):
     media_type = "application/x-ndjson"
     after = "\n"
 
-    def rows(self, echo: list[str], answers: Answers, first: bool) -> str:
-        return self.items(answers)
+    def rows(self, echo: list[str], answers: Answers, ids: list[str], first: bool) -> str:
+        return self.items(answers, ids)
 
     def closing(self, error: StreamError | None) -> str:
         return "" if error is None else _json({"error": error.as_json()}) + "\n"
 
 
 class CsvAnswer(AnswerFormat):
-    """The input columns as sent, then `prediction` (regression) or `label` and one `proba_<class>` each."""
+    """The input columns as sent, `prediction_id`, then `prediction` (regression) or `label` and one
+    `proba_<class>` each."""
 
     media_type = "text/csv"
 
@@ -204,18 +208,21 @@ class CsvAnswer(AnswerFormat):
 
     def opening(self) -> str:
         if self.metadata.task == "regression":
-            return _csv_line([*self.columns, "prediction"]) + "\n"
+            return _csv_line([*self.columns, "prediction_id", "prediction"]) + "\n"
         probabilities = [f"proba_{c}" for c in self.metadata.classes]
-        return _csv_line([*self.columns, "label", *probabilities]) + "\n"
+        return _csv_line([*self.columns, "prediction_id", "label", *probabilities]) + "\n"
 
-    def rows(self, echo: list[str], answers: Answers, first: bool) -> str:
+    def rows(self, echo: list[str], answers: Answers, ids: list[str], first: bool) -> str:
+        commas = [","] * len(echo)
         if answers.values is not None:
             values = list(map(repr, answers.values.tolist()))
-            return _interleave(echo, [","] * len(echo), values, ["\n"] * len(echo))
+            return _interleave(echo, commas, ids, commas, values, ["\n"] * len(echo))
         if answers.probabilities is None:  # a classifier without probabilities: the columns stay, empty
             empty = "," * len(self.metadata.classes) + "\n"
-            return _interleave(echo, self._labels.of(answers), [empty] * len(echo))
-        return _interleave(echo, self._labels.of(answers), self._probabilities.fill(answers.probabilities))
+            return _interleave(echo, commas, ids, self._labels.of(answers), [empty] * len(echo))
+        return _interleave(
+            echo, commas, ids, self._labels.of(answers), self._probabilities.fill(answers.probabilities)
+        )
 
     def closing(self, error: StreamError | None) -> str:
         return "" if error is None else f"# error: {error.summary()}\n"

@@ -8,14 +8,17 @@ Everything here is CPU work, called from a worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from app.serving.answer_formats import AnswerFormat, StreamError
 from app.serving.csv_chunks import Chunk, CsvError
 from app.serving.csv_rows import CsvHeader, read_chunk, shifted
 from app.serving.inference import score
-from app.serving.predictor import Predictor
+from app.serving.predictor import Answers, Predictor
 from app.serving.schema import RowError
 
 
@@ -26,11 +29,21 @@ class ChunkAnswer:
     error: StreamError | None = None  # the first bad line: the rows before it are in `text`
 
 
+# A chunk's answers to their prediction ids (app.serving.tracing), given the chunk's first row number.
+Trace = Callable[[np.ndarray, Answers, int], list[str]]
+
+
 class CsvScorer:
     def __init__(
-        self, predictor: Predictor, header: CsvHeader, answer_format: AnswerFormat, metrics_enabled: bool
+        self,
+        predictor: Predictor,
+        header: CsvHeader,
+        answer_format: AnswerFormat,
+        metrics_enabled: bool,
+        trace: Trace,
     ) -> None:
         self.predictor = predictor
+        self.trace = trace
         self.header = header
         self.format = answer_format
         self.metrics_enabled = metrics_enabled
@@ -63,7 +76,8 @@ class CsvScorer:
                 answers = score(self.predictor, matrix, self.metrics_enabled) if keep else None
         text = ""
         if answers is not None:
-            text = self.format.rows(echo, answers, first=self.rows_answered == 0)
+            ids = self.trace(matrix, answers, self.rows_answered)
+            text = self.format.rows(echo, answers, ids, first=self.rows_answered == 0)
             self.rows_answered += len(echo)
         return ChunkAnswer(text, len(echo), stream_error(problem) if problem else None)
 

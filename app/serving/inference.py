@@ -58,8 +58,11 @@ def score(predictor: Predictor, matrix: np.ndarray, metrics_enabled: bool = True
     predictor.call_time.add(time.thread_time() - cpu)
     if metrics_enabled:
         metrics.predictions_served(predictor.version, answers.label_counts(), len(answers), seconds)
+        if predictor.confidence is not None and answers.probabilities is not None:
+            predictor.confidence.observe(answers.probabilities)
         if predictor.drift is not None:
             predictor.drift.observe(matrix, answers.label_index)
             if predictor.drift.refresh_due():
                 metrics.publish_drift(predictor.drift)
+                metrics.publish_expected_accuracy(predictor.version, predictor.confidence)
     return answers

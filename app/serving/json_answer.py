@@ -3,8 +3,8 @@
 A row's answer as a dict of dicts, then serialised, cost more than scoring it once a batch has a few
 dozen rows. Here each row is a msgspec Struct made for the model's classes (once per class order),
 built by `map` over the arrays' columns and encoded in C: the same JSON as the dicts would give,
-`{"label": "setosa", "probabilities": {"setosa": 0.98, ...}}`, with the shortest float that reads
-back the same, as orjson writes it too.
+`{"prediction_id": "...", "label": "setosa", "probabilities": {"setosa": 0.98, ...}}`, with the
+shortest float that reads back the same, as orjson writes it too.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Value(msgspec.Struct):
+    prediction_id: str
     value: float
 
 
 class _Label(msgspec.Struct):
     """A classifier without probabilities."""
 
+    prediction_id: str
     label: str
     probabilities: None = None
 
@@ -43,23 +45,25 @@ def _prediction_type(classes: tuple[str, ...]) -> tuple[type, type] | None:
         )
     except ValueError:
         return None
-    prediction = msgspec.defstruct("Prediction", [("label", str), ("probabilities", probabilities)])
+    prediction = msgspec.defstruct(
+        "Prediction", [("prediction_id", str), ("label", str), ("probabilities", probabilities)]
+    )
     return prediction, probabilities
 
 
-def predictions(answers: Answers) -> list[Any]:
-    """The `predictions` member, as Structs msgspec encodes: one per row, in order."""
+def predictions(answers: Answers, ids: list[str]) -> list[Any]:
+    """The `predictions` member, as Structs msgspec encodes: one per row, in order, with its id."""
     if answers.values is not None:
-        return list(map(_Value, answers.values.tolist()))
+        return list(map(_Value, ids, answers.values.tolist()))
     labels = answers.labels.tolist() if answers.labels is not None else []
     if answers.probabilities is None:
-        return list(map(_Label, labels))
+        return list(map(_Label, ids, labels))
     types = _prediction_type(answers.classes)
-    if types is None:
-        return answers.rows()  # dicts: slower, any key
+    if types is None:  # dicts: slower, any key
+        return [{"prediction_id": i, **row} for i, row in zip(ids, answers.rows(), strict=True)]
     prediction, probabilities = types
     columns = answers.probabilities.T.tolist()  # one list per class, so each row is one call
-    return list(map(prediction, labels, map(probabilities, *columns)))
+    return list(map(prediction, ids, labels, map(probabilities, *columns)))
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -31,6 +31,7 @@ from app.core.artifacts import (
 )
 from app.core.loading import ModelLoadError, pipeline_answers, read_inside, unpickle
 from app.core.onnx_model import OnnxError, OnnxModel, finite_rows
+from app.observability.confidence import ConfidenceWindow
 from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema, RowError
 
@@ -72,6 +73,8 @@ class Predictor:
     drift: DriftMonitor | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     call_time: CallTime = field(default_factory=CallTime, compare=False, repr=False)
+    # The label-free estimate of live accuracy (a classifier's top probabilities), kept with drift.
+    confidence: ConfidenceWindow | None = field(default=None, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -96,7 +99,8 @@ class Predictor:
         # After the check, so the made-up sample row is not counted as traffic.
         if drift is not None:
             monitor = _drift_monitor(model_dir, metadata, drift)
-            predictor = dataclasses.replace(predictor, drift=monitor)
+            confidence = ConfidenceWindow(drift.window) if metadata.task == "classification" else None
+            predictor = dataclasses.replace(predictor, drift=monitor, confidence=confidence)
         return predictor
 
     @property

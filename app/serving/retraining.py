@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from pydantic import TypeAdapter, ValidationError
 from app.core.artifacts import ModelMetadata, write_json_atomic
 from app.core.loading import ModelLoadError
 from app.core.messages import (
+    FEEDBACK_FILE,
     PROJECT_DATA,
     REQUEST_FILE,
     RESULT_FILE,
     AliasOutcome,
+    FeedbackRow,
     Job,
     RetrainFailed,
     RetrainRequest,
@@ -66,12 +69,19 @@ class Retrainer:
         self.timeout = timeout
         self.max_rows = max_rows
 
-    def run(self, job: Job, upload: tuple[bytes, str] | None, cancel: threading.Event) -> Job:
-        """The job's outcome (succeeded or failed, with why); `cancel` stops its training process."""
+    def run(
+        self,
+        job: Job,
+        upload: tuple[bytes, str] | None,
+        cancel: threading.Event,
+        feedback: Sequence[FeedbackRow] | None = None,
+    ) -> Job:
+        """The job's outcome (succeeded or failed, with why); `cancel` stops its training process.
+        `feedback`: the labelled predictions to add to the data (None: the job did not ask)."""
         folder = self.jobs_dir / job.id
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            outcome = self._train(job, folder, upload, cancel)
+            outcome = self._train(job, folder, upload, cancel, feedback)
         except Exception as exc:
             log.exception("retraining job %s failed", job.id)
             outcome = job.model_copy(
@@ -86,7 +96,12 @@ class Retrainer:
             job.id,
             outcome.status,
             extra={
-                "fields": {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason}
+                "fields": {
+                    "version": outcome.version,
+                    "promoted": outcome.promoted,
+                    "feedback_rows": outcome.feedback_rows,
+                    "reason": outcome.reason,
+                }
             },
         )
         return outcome
@@ -102,11 +117,20 @@ class Retrainer:
             return None  # the pointer names a version the store lost: nothing to compare against
 
     def _train(
-        self, job: Job, folder: Path, upload: tuple[bytes, str] | None, cancel: threading.Event
+        self,
+        job: Job,
+        folder: Path,
+        upload: tuple[bytes, str] | None,
+        cancel: threading.Event,
+        feedback: Sequence[FeedbackRow] | None,
     ) -> Job:
         upload_file = folder / UPLOAD_FILE
         if upload is not None:
             upload_file.write_bytes(upload[0])
+        feedback_file = folder / FEEDBACK_FILE
+        if feedback is not None:
+            with feedback_file.open("w") as sink:
+                sink.writelines(row.model_dump_json() + "\n" for row in feedback)
         try:
             champion_dir = self._champion_dir()
         except (StoreUnavailable, CacheFull, ModelLoadError) as exc:
@@ -119,6 +143,7 @@ class Retrainer:
             upload=upload_file if upload is not None else None,
             upload_name=upload[1] if upload is not None else None,
             champion_dir=champion_dir,
+            feedback=feedback_file if feedback is not None else None,
         )
         write_json_atomic(folder / REQUEST_FILE, request)
         stopped = self._run_process(folder, cancel)
@@ -141,15 +166,22 @@ class Retrainer:
             "gate": result.gate,
             "promoted": False,
         }
+        left_out = ""
+        if result.feedback is not None:
+            refused = result.feedback.refused
+            update |= {"feedback_rows": result.feedback.rows, "feedback_refused": refused}
+            if refused:
+                plural = "" if refused == 1 else "s"
+                left_out = f"; {refused} labelled prediction{plural} left out: {result.feedback.reason}"
         if not result.gate.passed:
-            message = f"kept as a rejected challenger: {result.gate.reason}"
+            message = f"kept as a rejected challenger: {result.gate.reason}{left_out}"
             return job.model_copy(update=update | {"status": "succeeded", "message": message})
         try:
             metadata = self.promote(result.version, f"promoted by retraining job {job.id}")
         except (ModelLoadError, UnknownVersion, StoreUnavailable, CacheFull) as exc:
             return job.model_copy(update=update | {"status": "failed", "reason": f"promotion refused: {exc}"})
         mlflow = update_champion_alias(metadata)
-        message = f"promoted: now serving {result.version} ({result.gate.reason})"
+        message = f"promoted: now serving {result.version} ({result.gate.reason}){left_out}"
         return job.model_copy(
             update=update | {"status": "succeeded", "promoted": True, "mlflow": mlflow, "message": message}
         )

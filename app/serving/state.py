@@ -18,12 +18,18 @@ replica without one (a pod) serves what the pointer names.
 A promotion or rollback swaps the champion with its candidates (for /predict?compare=true) loaded
 and verified. Only at start-up do the candidates follow the champion, from a background thread:
 they would otherwise add to the cold start.
+
+The pointer also names the shadow challenger, if any (app/serving/shadow.py): every replica loads it
+and hands it the traffic its Tracing sees, or drops it, within WATCH_SECONDS of POST /model/shadow
+or DELETE /model/shadow through any replica. A change of champion leaves it running; a shadow that
+became the champion (promoted, rolled back to) stops scoring.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +49,8 @@ from app.observability import metrics
 from app.observability.drift import DriftSettings
 from app.serving.comparison import Served, load_candidates
 from app.serving.predictor import Predictor
+from app.serving.shadow import ShadowRefused, ShadowRunner, mismatch
+from app.serving.tracing import Tracing
 
 log = logging.getLogger("predictor")
 
@@ -58,6 +66,7 @@ class ServingState:
         store: ModelStore,
         pointer: PointerStore,
         threads: int = 1,
+        shadow_queue_batches: int = 256,
     ) -> None:
         self.model_dir = model_dir
         self.threads = threads  # onnxruntime intra-op threads per model
@@ -76,11 +85,27 @@ class ServingState:
         self._awaited: str | None = None
         # Serialises swaps; readers never take it.
         self._lock = threading.Lock()
+        # The shadow challenger: it gets traffic once trace_with() gave it the requests' Tracing.
+        self.shadow_queue_batches = shadow_queue_batches
+        self.tracing: Tracing | None = None
+        self._shadow: ShadowRunner | None = None
+        self._shadow_lock = threading.Lock()  # serialises shadow swaps, as _lock does the champion's
+        # When this replica last moved the shadow itself: a pointer read before then is stale.
+        self._shadow_moved = 0.0
+        # A shadow version the pointer names that cannot shadow: not retried at every watch tick.
+        self._shadow_refused: str | None = None
+        self._shadow_awaited: str | None = None  # not fetched yet: logged once, retried every tick
 
     @property
     def current(self) -> Predictor | None:
         served = self._served
         return served.predictor if served is not None else None
+
+    @property
+    def folder(self) -> Path | None:
+        """The served model's folder (its reference profile, for GET /monitoring)."""
+        served = self._served
+        return served.folder if served is not None else None
 
     @property
     def error(self) -> str | None:
@@ -157,6 +182,7 @@ class ServingState:
         self._error = None
         self._refused = None
         self._awaited = None
+        self._shadow_refused = None  # one that did not fit the old champion may fit this one
         meta = served.predictor.metadata
         metrics.model_served(
             meta.version, meta.name, meta.mlflow_run_id, _timestamp(meta.trained_at), served.predictor.labels
@@ -241,6 +267,7 @@ class ServingState:
 
     def sync(self) -> None:
         """Follow the serving pointer when another replica, the worker or `models publish` moved it."""
+        read_at = time.monotonic()
         try:
             pointer = self.pointer.get()
         except Exception as exc:  # the database did not answer: keep serving, look again next tick
@@ -251,6 +278,10 @@ class ServingState:
         if self._pointer_unread:
             log.info("serving pointer read again")
             self._pointer_unread = False
+        self._follow_champion(pointer)
+        self._follow_shadow(pointer, read_at)
+
+    def _follow_champion(self, pointer: ServingPointer | None) -> None:
         current = self.current
         if pointer is None or (current is not None and current.version == pointer.version):
             metrics.MODEL_CACHE_FULL.set(0)  # nothing awaited: a refusal the admin was told of
@@ -271,6 +302,123 @@ class ServingState:
             log.warning(
                 "the serving pointer names version %s, which cannot be served: %s", pointer.version, exc
             )
+
+    # --- the shadow challenger ---
+
+    @property
+    def shadow(self) -> ShadowRunner | None:
+        return self._shadow
+
+    def trace_with(self, tracing: Tracing) -> Callable[[], None]:
+        """Give the shadow challenger the traffic `tracing` sees, and load the one the pointer names
+        (from a background thread: it would add to the cold start). Returns the function that stops
+        this replica's shadow thread (the pointer keeps naming it)."""
+        self.tracing = tracing
+
+        def start_up() -> None:
+            read_at = time.monotonic()
+            try:
+                pointer = self.pointer.get()
+            except Exception as exc:  # the database: the watch tries again
+                log.warning("serving pointer not read for the shadow: %s", exc)
+                return
+            self._follow_shadow(pointer, read_at)
+
+        threading.Thread(target=start_up, name="shadow-start-up", daemon=True).start()
+        return self._close_shadow
+
+    def start_shadow(self, version: str) -> ShadowRunner:
+        """Score the champion's traffic with `version` too, on every replica (through the pointer).
+
+        Raises UnknownVersion, StoreUnavailable, CacheFull, ModelLoadError, or ShadowRefused (the
+        champion itself, other features, no pointer yet); the shadow running before keeps running."""
+        with self._shadow_lock:
+            champion = self.current
+            if champion is not None and version == champion.version:
+                raise ShadowRefused(f"version {version} is the champion: a shadow is another version")
+            runner = self._shadow_runner(version)
+            if not self.pointer.set_shadow(version):
+                raise ShadowRefused("no version was served through the serving pointer yet")
+            self._shadow_moved = time.monotonic()
+            self._replace_shadow(runner)
+            return runner
+
+    def stop_shadow(self) -> str | None:
+        """Stop the shadow on every replica; returns the version that was shadowing, if any."""
+        with self._shadow_lock:
+            pointer = self.pointer.get()
+            named = pointer.shadow_version if pointer is not None else None
+            self.pointer.set_shadow(None)
+            self._shadow_moved = time.monotonic()
+            stopped = self._shadow
+            self._replace_shadow(None)
+            return named or (stopped.version if stopped else None)
+
+    def _shadow_runner(self, version: str) -> ShadowRunner:
+        """`version` fetched, verified and loaded, not started yet."""
+        try:
+            folder = self.store.fetch(version)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            raise
+        self._store_answered()
+        # No drift monitor: the champion's traffic is already measured.
+        predictor = Predictor.load(folder, self.max_rows, None, self.threads)
+        champion = self.current
+        why = mismatch(champion.metadata, predictor.metadata) if champion is not None else None
+        if why is not None:
+            raise ShadowRefused(why)
+        return ShadowRunner(predictor, self.tracing.log if self.tracing else None, self.shadow_queue_batches)
+
+    def _replace_shadow(self, runner: ShadowRunner | None) -> None:
+        old = self._shadow
+        if runner is not None:
+            runner.start()
+        self._shadow = runner
+        if self.tracing is not None:
+            self.tracing.shadow = runner
+        if old is not None:
+            old.stop()
+
+    def _follow_shadow(self, pointer: ServingPointer | None, read_at: float) -> None:
+        """Load or drop the shadow as the pointer read at `read_at` names it."""
+        wanted = pointer.shadow_version if pointer is not None else None
+        champion = self.current
+        if champion is not None and wanted == champion.version:
+            wanted = None  # promoted, or the champion rolled back to it: nothing left to compare
+        with self._shadow_lock:
+            if self.tracing is None:
+                return  # nothing would feed it (not given yet, or shut down)
+            if read_at < self._shadow_moved:
+                return  # this replica moved the shadow after that read: the next one will say
+            current = self._shadow.version if self._shadow is not None else None
+            if wanted == current:
+                return
+            if wanted is None:
+                self._replace_shadow(None)
+                log.info("shadow %s stopped", current)
+                return
+            if wanted == self._shadow_refused:
+                return
+            try:
+                runner = self._shadow_runner(wanted)
+            except (StoreUnavailable, CacheFull) as exc:
+                if wanted != self._shadow_awaited:
+                    log.warning("shadow %s not fetched: %s", wanted, exc)
+                self._shadow_awaited = wanted
+                return
+            except (ModelLoadError, UnknownVersion, ShadowRefused) as exc:
+                self._shadow_refused = wanted
+                log.warning("the serving pointer names shadow %s, which cannot shadow: %s", wanted, exc)
+                return
+            self._shadow_refused = self._shadow_awaited = None
+            self._replace_shadow(runner)
+            log.info("shadow %s started", wanted)
+
+    def _close_shadow(self) -> None:
+        with self._shadow_lock:
+            self._replace_shadow(None)
+            self.tracing = None  # shut down: no watch tick or start-up read loads one again
 
     def check_store(self) -> None:
         """Whether the store answers now, for /ready and model_store_up while nothing changes."""

@@ -38,6 +38,8 @@ STRING_DATATYPE = "BYTES"
 JSON_LENGTH_HEADER = "inference-header-content-length"
 BINARY_SIZE_PARAMETER = "binary_data_size"
 LABEL, PROBABILITIES, VALUE = "label", "probabilities", "value"
+# Each row's id, to send back with its ground truth (POST /feedback).
+PREDICTION_ID = "prediction_id"
 # How many rows or names an error message lists before it says how many more.
 _LISTED = 5
 # Names a client sent are quoted in errors (as /predict's errors name unknown fields), up to this long.
@@ -157,9 +159,9 @@ def model_name(metadata: ModelMetadata) -> str:
 
 def output_names(predictor: Predictor) -> tuple[str, ...]:
     if predictor.metadata.task == "regression":
-        return (VALUE,)
+        return (VALUE, PREDICTION_ID)
     # A classifier without predict_proba answers labels alone.
-    return (LABEL,) if predictor.model.labels_only else (LABEL, PROBABILITIES)
+    return (LABEL, PREDICTION_ID) if predictor.model.labels_only else (LABEL, PROBABILITIES, PREDICTION_ID)
 
 
 def all_numeric(predictor: Predictor) -> bool:
@@ -190,7 +192,8 @@ def _output_tensor(name: str, classes: list[str]) -> MetadataTensor:
         # The probability columns' order, as /predict's answers name them.
         shape, parameters = [-1, len(classes)], {"classes": list(classes)}
         return MetadataTensor(name=name, datatype="FP64", shape=shape, parameters=parameters)
-    return MetadataTensor(name=name, datatype=STRING_DATATYPE if name == LABEL else "FP64", shape=[-1])
+    text = name in (LABEL, PREDICTION_ID)
+    return MetadataTensor(name=name, datatype=STRING_DATATYPE if text else "FP64", shape=[-1])
 
 
 def _feature_tensor(feature: Feature) -> MetadataTensor:
@@ -534,11 +537,15 @@ def _refuse(problems: list[tuple[str, str]]) -> None:
         raise V2Error("; ".join(m for _, m in problems), UNPROCESSABLE, tuple(f for f, _ in problems))
 
 
-def to_response(answers: Answers, decoded: Decoded, predictor: Predictor) -> InferenceResponse:
+def to_response(
+    answers: Answers, ids: list[str], decoded: Decoded, predictor: Predictor
+) -> InferenceResponse:
     """The answers as the requested output tensors, row-major."""
     rows = len(answers)
     outputs = []
     for name in decoded.outputs:
+        if name == PREDICTION_ID:
+            outputs.append(ResponseOutput(name=name, shape=[rows], datatype=STRING_DATATYPE, data=ids))
         if name == LABEL and answers.labels is not None:
             outputs.append(
                 ResponseOutput(name=name, shape=[rows], datatype="BYTES", data=answers.labels.tolist())

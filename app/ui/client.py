@@ -109,3 +109,6 @@ class ApiClient:
 
     def rollback(self, version: str) -> dict[str, Any]:
         return self._request("POST", "/model/rollback", json={"version": version}).json()
+
+    def monitoring(self, hours: int = 24, limit: int = 50) -> dict[str, Any]:
+        return self._request("GET", "/monitoring", params={"hours": hours, "limit": limit}).json()

@@ -1,5 +1,5 @@
 """The predictor's web UI: log in, predict with a form built from the model's schema, batch a CSV,
-and (for admins) retrain and roll back. It only talks to the API over HTTP.
+and (for admins) retrain, roll back and monitor. It only talks to the API over HTTP.
 
     make ui          (streamlit run app/ui/streamlit_app.py; API_URL says where the API is)
 """
@@ -13,9 +13,11 @@ import pandas as pd
 import streamlit as st
 
 from app.ui.client import ApiClient, ApiError, SessionExpired
+from app.ui.monitoring import monitoring_page
 from app.ui.settings import get_ui_settings
 
 PAGES = ("Predict", "Batch", "Model")
+ADMIN_PAGES = ("Monitoring",)  # GET /monitoring needs the admin scope
 
 
 def client() -> ApiClient:
@@ -270,7 +272,7 @@ def main() -> None:
     admin = "admin" in st.session_state.get("scopes", [])
     with st.sidebar:
         st.write(f"Logged in as **{st.session_state['username']}**" + (" (admin)" if admin else ""))
-        page = st.radio("Page", PAGES, key="page")
+        page = st.radio("Page", PAGES + ADMIN_PAGES if admin else PAGES, key="page")
         if st.button("Log out"):
             logout("You are logged out.")
             st.rerun()
@@ -280,6 +282,8 @@ def main() -> None:
             predict_page(api)
         elif page == "Batch":
             batch_page(api)
+        elif page == "Monitoring":
+            monitoring_page(api)
         else:
             model_page(api, admin)
     except ApiError as exc:  # anything a page did not handle itself

@@ -34,6 +34,27 @@ class Panel:
     extra: dict = field(default_factory=dict)
 
 
+# The live quality gauges, merged over replicas (they all read the same database), by version and role.
+BY_ROLE = "{{model_version}} ({{role}})"
+
+
+def live(figure: str) -> str:
+    return f"max by (model_version, role) (predictor_live_{figure})"
+
+
+def live_quality_units(unit: str, threshold: str, bounds: tuple[float, float] | None = None) -> dict:
+    """The panel's unit, and the series named `threshold` (an alert's setting) drawn dashed and red."""
+    defaults: dict = {"unit": unit} | ({"min": bounds[0], "max": bounds[1]} if bounds else {})
+    line = {
+        "matcher": {"id": "byName", "options": threshold},
+        "properties": [
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        ],
+    }
+    return {"fieldConfig": {"defaults": defaults, "overrides": [line]}}
+
+
 @dataclass(frozen=True)
 class Dashboard:
     uid: str
@@ -123,7 +144,7 @@ DASHBOARDS = [
     Dashboard(
         uid="predictor-model",
         title="Predictor / Model",
-        description="What the model predicts, how fast, and which version serves.",
+        description="What the model predicts, how fast, how right (live quality), and which version serves.",
         panels=[
             Panel(
                 "Predictions per label",
@@ -175,6 +196,42 @@ DASHBOARDS = [
                 unit="s",
                 kind="stat",
                 width=8,
+            ),
+            Panel(
+                "Live quality: accuracy and macro-F1 by version",
+                [
+                    (live("accuracy"), f"accuracy {BY_ROLE}"),
+                    (live("macro_f1"), f"macro-F1 {BY_ROLE}"),
+                    ("max by (model_version) (predictor_expected_accuracy)", "expected {{model_version}}"),
+                    ("max(predictor_live_accuracy_min)", "LIVE_ACCURACY_MIN"),
+                ],
+                description="On the labelled predictions (POST /feedback) of the last "
+                "LIVE_QUALITY_WINDOW_HOURS, of the served answers and a shadow challenger's. The expected "
+                "accuracy is an estimate that needs no labels: the mean top probability of recent answers. "
+                "The dashed line is LiveQualityLow's threshold.",
+                extra=live_quality_units("percentunit", "LIVE_ACCURACY_MIN", bounds=(0, 1)),
+            ),
+            Panel(
+                "Live quality: MAE / RMSE by version",
+                [
+                    (live("mae"), f"MAE {BY_ROLE}"),
+                    (live("rmse"), f"RMSE {BY_ROLE}"),
+                    # +Inf while LIVE_MAE_MAX is unset: no line then.
+                    ("max(predictor_live_mae_max) < +Inf", "LIVE_MAE_MAX"),
+                ],
+                description="A regression's errors on the labelled predictions of the last "
+                "LIVE_QUALITY_WINDOW_HOURS. The dashed line is LiveQualityLow's (LIVE_MAE_MAX, when set).",
+                extra=live_quality_units("short", "LIVE_MAE_MAX"),
+            ),
+            Panel(
+                "Live quality: labelled predictions",
+                [
+                    (live("labelled"), BY_ROLE),
+                    ("max(predictor_live_min_labels)", "LIVE_QUALITY_MIN_LABELS"),
+                ],
+                description="Ground truth received, per version and role; LiveQualityLow waits for "
+                "LIVE_QUALITY_MIN_LABELS of them.",
+                extra=live_quality_units("short", "LIVE_QUALITY_MIN_LABELS"),
             ),
         ],
     ),

@@ -171,5 +171,5 @@ def test_swagger_ui_has_the_password_flow(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     scheme = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]
     assert scheme["flows"]["password"]["tokenUrl"] == "token"
-    assert set(scheme["flows"]["password"]["scopes"]) == {"predict", "admin"}
+    assert set(scheme["flows"]["password"]["scopes"]) == {"predict", "admin", "feedback"}
     assert client.get("/docs").status_code == 200

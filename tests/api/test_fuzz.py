@@ -28,10 +28,14 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 EXAMPLES = 8
 # Every operation that is not a GET: a new one fails the test until it is listed here.
 CHANGING = [
+    "DELETE /model/shadow",
     "DELETE /users/{username}",
+    "POST /feedback",
     "POST /logout",
+    "POST /model/promote",
     "POST /model/reload",
     "POST /model/rollback",
+    "POST /model/shadow",
     "POST /predict",
     "POST /predict/csv",
     "POST /token",

@@ -29,6 +29,7 @@ READ_ONLY = [
     "/health",
     "/model-info",
     "/models",
+    "/monitoring",
     "/ready",
     "/train/{job_id}",
     "/users",
@@ -56,6 +57,7 @@ def finished_job(client: TestClient) -> Job:
         status="succeeded",
         user="admin",
         data="upload flowers.csv",
+        include_feedback=True,
         created_at=now(),
         started_at=now(),
         finished_at=now(),
@@ -73,6 +75,8 @@ def finished_job(client: TestClient) -> Job:
         ),
         promoted=True,
         mlflow=AliasOutcome(status="skipped", reason="version v2 has no MLflow registry version"),
+        feedback_rows=40,
+        feedback_refused=2,
         message="promoted: now serving v2",
     )
     with client.app.state.database.session() as session:  # type: ignore[attr-defined]

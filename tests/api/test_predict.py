@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from tests.support.answers import ID
 from tests.support.models import COLOR_ROW, IRIS_FEATURES, IRIS_ROW
 from tests.support.tokens import ADMIN, bearer, get_token
 
@@ -193,7 +194,10 @@ def test_csv_upload_answers_csv_when_asked(client: TestClient, user_headers: Hea
     assert [r["label"] for r in rows] == ["setosa", "virginica"]
     assert rows[0]["sepal_length"] == "5.1"
     assert float(rows[0]["proba_setosa"]) > 0.5
-    assert list(rows[0]) == [*IRIS_FEATURES, "label", "proba_setosa", "proba_versicolor", "proba_virginica"]
+    assert list(rows[0]) == [
+        *IRIS_FEATURES, "prediction_id", "label", "proba_setosa", "proba_versicolor", "proba_virginica"
+    ]  # fmt: skip
+    assert all(ID.match(r["prediction_id"]) for r in rows)
 
 
 def test_csv_body_with_columns_in_any_order(client: TestClient, user_headers: Headers) -> None:

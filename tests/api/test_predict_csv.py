@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from app.main import create_app
 from app.serving.csv_chunks import CHUNK_ROWS
+from tests.support.answers import ID, without_ids
 from tests.support.models import IRIS_FEATURES, write_model
 from tests.support.servers import api_server
 from tests.support.tokens import ADMIN, bearer, get_token, login
@@ -60,7 +61,7 @@ def predict_json(client: TestClient, headers: Headers, lines: list[str]) -> list
         response = client.post("/predict", json={"instances": rows}, headers=headers)
         assert response.status_code == 200, response.text
         answers += response.json()["predictions"]
-    return answers
+    return without_ids(answers)
 
 
 def post_csv(client: TestClient, headers: Headers, data: bytes, accept: str | None = None) -> httpx.Response:
@@ -69,21 +70,30 @@ def post_csv(client: TestClient, headers: Headers, data: bytes, accept: str | No
 
 
 def predictions_of(response: httpx.Response, accept: str | None) -> tuple[list[dict], dict | None]:
-    """The answer's predictions, as /predict writes them, and its error (None when it ended well)."""
+    """The answer's predictions, as /predict writes them (each id checked, then masked), and its error
+    (None when it ended well)."""
     if accept == "text/csv":
         lines = response.text.splitlines()
         error = lines.pop() if lines[-1].startswith("# error: ") else None
         rows = list(csv.DictReader(lines))
         found = [
-            {"label": r["label"], "probabilities": {c: float(r[f"proba_{c}"]) for c in CLASSES}} for r in rows
+            {
+                "prediction_id": r["prediction_id"],
+                "label": r["label"],
+                "probabilities": {c: float(r[f"proba_{c}"]) for c in CLASSES},
+            }
+            for r in rows
         ]
-        return found, {"summary": error} if error else None
-    if accept == NDJSON:
-        objects = [json.loads(line) for line in response.text.splitlines()]
-        error = objects.pop()["error"] if "error" in objects[-1] else None
-        return objects, error
-    body = response.json()
-    return body["predictions"], body.get("error")
+        summary = {"summary": error} if error else None
+    elif accept == NDJSON:
+        found = [json.loads(line) for line in response.text.splitlines()]
+        summary = found.pop()["error"] if "error" in found[-1] else None
+    else:
+        body = response.json()
+        found, summary = body["predictions"], body.get("error")
+    ids = [p["prediction_id"] for p in found]
+    assert all(ID.match(i) for i in ids) and len(set(ids)) == len(ids)
+    return without_ids(found), summary
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +252,7 @@ def test_the_file_is_read_as_csv_whatever_its_line_ends_quotes_and_spaces(
     for name, data in variants.items():
         response = post_csv(client, user_headers, data, NDJSON)
         assert response.status_code == 200, (name, response.text[:300])
-        answers = [json.loads(line) for line in response.text.splitlines()]
+        answers = without_ids([json.loads(line) for line in response.text.splitlines()])
         assert len(answers) == len(plain), name
         if name != "underscores":  # 5_0.1 is 50.1, as Python (and /predict's schema) read it
             assert answers[:5] == expected, name

@@ -23,7 +23,7 @@ def test_admin_is_bootstrapped_only_when_no_user_exists(settings_factory: Callab
         database = client.app.state.database  # type: ignore[attr-defined]
         with database.session() as session:
             assert [u.username for u in crud.list_users(session)] == ["admin"]
-            assert crud.get_user(session, "admin").scope_list == ["admin", "predict"]
+            assert sorted(crud.get_user(session, "admin").scope_list) == ["admin", "feedback", "predict"]
 
 
 def test_users_api_for_admins(client: TestClient, admin_headers: dict[str, str]) -> None:

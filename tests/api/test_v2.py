@@ -512,9 +512,9 @@ def test_categories_gaps_and_their_errors(settings_factory, colors_model_dir: Pa
         body = {"inputs": [tensor("color", ["red", "blue"], "BYTES"), tensor("size", [2.0, None])]}
         response = post_infer(client, headers, body)
         assert response.status_code == 200, response.text
-        assert response.json()["outputs"] == [
-            {"name": "value", "shape": [2], "datatype": "FP64", "data": expected}
-        ]
+        value, ids = response.json()["outputs"]
+        assert value == {"name": "value", "shape": [2], "datatype": "FP64", "data": expected}
+        assert ids["name"] == "prediction_id" and ids["shape"] == [2] and ids["datatype"] == "BYTES"
 
         refusals = {
             # `color` had no gaps in training: null is refused, as /predict refuses it.

@@ -27,7 +27,7 @@ EXPECTED_ALERTS = {
     "APIDown", "HighErrorRate", "HighLatencyP95", "AuthFailureSpike", "ModelNotLoaded",
     "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel",
     "ModelStoreUnreachable", "ModelCacheFull", "ReplicasDisagree",
-    "RevocationStoreUnreachable", "RateLimitStoreUnreachable", "RefreshTokenReuse",
+    "RevocationStoreUnreachable", "RateLimitStoreUnreachable", "RefreshTokenReuse", "LiveQualityLow",
 }  # fmt: skip
 
 
@@ -63,7 +63,7 @@ def test_shipped_config_scrapes_the_api_with_a_bearer_token_and_loads_the_rules(
 
 def test_rules_are_valid():
     out = run(tool("promtool"), "check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
-    assert "SUCCESS: 15 rules found" in out
+    assert "SUCCESS: 16 rules found" in out
 
 
 def test_alert_unit_tests_pass():

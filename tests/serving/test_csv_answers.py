@@ -75,22 +75,24 @@ def test_each_format_writes_rows_and_an_error_at_the_end(iris: Predictor) -> Non
     error = StreamError(
         422, [{"loc": ["instances", 7, "x"], "msg": "bad", "row": 7, "field": "x", "line": 9}], 9
     )
+    ids, more = ["k-0", "k-1"], ["k-2", "k-3"]
     as_json = JsonAnswer(iris.metadata)
-    document = as_json.opening() + as_json.rows([], batch, True) + as_json.rows([], batch, False)
+    document = as_json.opening() + as_json.rows([], batch, ids, True) + as_json.rows([], batch, more, False)
     parsed = json.loads(document + as_json.closing(error))
     assert len(parsed["predictions"]) == 4 and parsed["error"]["line"] == 9
     assert parsed["predictions"][1] == {
+        "prediction_id": "k-1",
         "label": "virginica",
         "probabilities": {"setosa": 0.1, "versicolor": 0.2, "virginica": 0.7},
     }
     ndjson = NdjsonAnswer(iris.metadata)
-    lines = (ndjson.rows([], batch, True) + ndjson.closing(error)).splitlines()
+    lines = (ndjson.rows([], batch, ids, True) + ndjson.closing(error)).splitlines()
     assert [json.loads(line).get("label") for line in lines] == ["setosa", "virginica", None]
     as_csv = CsvAnswer(iris.metadata, ["a", "b"])
-    text = as_csv.opening() + as_csv.rows(["1,2", '"x,y",3'], batch, True) + as_csv.closing(error)
+    text = as_csv.opening() + as_csv.rows(["1,2", '"x,y",3'], batch, ids, True) + as_csv.closing(error)
     assert text.splitlines() == [
-        "a,b,label,proba_setosa,proba_versicolor,proba_virginica",
-        "1,2,setosa,0.900000,0.050000,0.050000",
-        '"x,y",3,virginica,0.100000,0.200000,0.700000',
+        "a,b,prediction_id,label,proba_setosa,proba_versicolor,proba_virginica",
+        "1,2,k-0,setosa,0.900000,0.050000,0.050000",
+        '"x,y",3,k-1,virginica,0.100000,0.200000,0.700000',
         "# error: line 9: x: bad",
     ]

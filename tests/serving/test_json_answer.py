@@ -17,28 +17,39 @@ CLASSES = ("0", "setosa", "two words", "back-slash", "café ☕")
 AWKWARD = ("0", 'a "quoted" one', "back\\slash", "tab\there", "café ☕")
 
 
+def _ids(answers: Answers) -> list[str]:
+    return [f"key-{i}" for i in range(len(answers))]
+
+
 def _document(answers: Answers) -> bytes:
-    return json_answer.encode({"model_version": "v1", "predictions": json_answer.predictions(answers)})
+    predictions = json_answer.predictions(answers, _ids(answers))
+    return json_answer.encode({"model_version": "v1", "predictions": predictions})
+
+
+def _rows(answers: Answers) -> list[dict[str, object]]:
+    """The per-row dicts, each with its id first."""
+    return [{"prediction_id": i, **row} for i, row in zip(_ids(answers), answers.rows(), strict=True)]
 
 
 @given(arrays(np.float64, st.tuples(st.integers(0, 40), st.just(len(CLASSES))), elements=st.floats(0, 1)))
 def test_classification_reads_back_as_the_rows(raw: np.ndarray) -> None:
     probabilities = raw.round(6)
     answers = Answers(CLASSES, label_index=probabilities.argmax(axis=1), probabilities=probabilities)
-    assert json.loads(_document(answers)) == {"model_version": "v1", "predictions": answers.rows()}
+    assert json.loads(_document(answers)) == {"model_version": "v1", "predictions": _rows(answers)}
+    assert all(next(iter(p)) == "prediction_id" for p in json.loads(_document(answers))["predictions"])
 
 
 @given(arrays(np.float64, st.integers(0, 40), elements=st.floats(allow_nan=False, allow_infinity=False)))
 def test_regression_reads_back_as_the_rows(values: np.ndarray) -> None:
     answers = Answers((), values=values)
-    assert json.loads(_document(answers))["predictions"] == answers.rows()
+    assert json.loads(_document(answers))["predictions"] == _rows(answers)
 
 
 def test_labels_alone_keep_a_null_probabilities_member() -> None:
     answers = Answers(CLASSES, label_index=np.array([4, 0]))
     assert json.loads(_document(answers))["predictions"] == [
-        {"label": "café ☕", "probabilities": None},
-        {"label": "0", "probabilities": None},
+        {"prediction_id": "key-0", "label": "café ☕", "probabilities": None},
+        {"prediction_id": "key-1", "label": "0", "probabilities": None},
     ]
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.support.models import IRIS_ROW
 from tests.support.paths import STREAMLIT_APP
-from tests.support.tokens import ADMIN, USER
+from tests.support.servers import wait_until
+from tests.support.tokens import ADMIN, USER, login
 
 pytestmark = pytest.mark.usefixtures("ui_env")
 TIMEOUT = 30
@@ -128,3 +131,62 @@ def test_admin_rolls_back_and_sees_a_failed_job_explained() -> None:
 
 def button(app: AppTest, label: str):
     return next(b for b in app.button if b.label == label)
+
+
+def test_monitoring_is_an_admin_page_of_quality_drift_shadow_and_feedback(ui_env: str) -> None:
+    user = logged_in(USER)
+    assert "Monitoring" not in user.sidebar.radio[0].options
+
+    headers = login(ui_env, *ADMIN)
+    rows = [IRIS_ROW, {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}]
+    answer = httpx.post(f"{ui_env}/predict", json={"instances": rows}, headers=headers, timeout=10).json()
+    ids = [p["prediction_id"] for p in answer["predictions"]]
+
+    def logged() -> bool:
+        report = httpx.get(f"{ui_env}/monitoring", headers=headers, timeout=10).json()
+        return set(ids) <= {r["prediction_id"] for r in report["recent"]}
+
+    wait_until(logged, 10, "the predictions in the log")
+    app = logged_in(ADMIN)
+    app.sidebar.radio[0].set_value("Monitoring").run()
+    assert not app.exception and not app.error, texts(app.error)
+    sections = ["Live quality", "Drift", "Shadow challenger", "Recent predictions"]
+    assert [s.value for s in app.subheader] == sections
+    unlabelled = "No labelled predictions in the last 24 h: send ground truth with POST /feedback."
+    assert unlabelled in texts(app.info)
+    assert "No shadow challenger answered in the last 24 h." in texts(app.info)
+
+    truths = {"items": [{"prediction_id": i, "label": "setosa"} for i in ids]}
+    assert httpx.post(f"{ui_env}/feedback", json=truths, headers=headers, timeout=10).json()["recorded"] == 2
+    app.run()
+    assert unlabelled not in texts(app.info)
+    versions, drift, recent = (table.value for table in app.dataframe)
+    serving = versions.set_index("version").loc[SERVING]
+    # Only these two are labelled: the first is setosa, the second virginica, so one of two is right.
+    assert serving["labelled"] == 2 and serving["accuracy"] == 0.5
+    assert sorted(drift["feature"]) == ["petal_length", "petal_width", "sepal_length", "sepal_width"]
+    newest = recent.set_index("prediction id").loc[ids]
+    assert list(newest["prediction"]) == ["setosa", "virginica"]
+    assert list(newest["truth"]) == ["setosa", "setosa"]
+    assert app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")
+    # The drift bars follow the chosen feature.
+    app.selectbox(key="mon-feature").set_value("sepal_width").run()
+    assert not app.exception
+
+    # The older version shadows the champion: it answers both rows as the champion does.
+    shadow = httpx.post(f"{ui_env}/model/shadow", json={"version": OLDER}, headers=headers, timeout=30)
+    assert shadow.status_code == 200, shadow.text
+    try:
+        httpx.post(f"{ui_env}/predict", json={"instances": rows}, headers=headers, timeout=10)
+
+        def shadowed() -> bool:
+            report = httpx.get(f"{ui_env}/monitoring", headers=headers, timeout=10).json()
+            return any(v["compared"] >= 2 for v in report["shadow"]["versions"])
+
+        wait_until(shadowed, 15, "the shadow's answers in the log")
+        app.run()
+        metrics = {m.label: m.value for m in app.metric}
+        assert metrics["Shadow version"] == OLDER
+        assert metrics["Agrees with the champion"].endswith("%")
+    finally:
+        httpx.delete(f"{ui_env}/model/shadow", headers=headers, timeout=30)

@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's headless Chromium, driven by Playwright (no browser download),
-logs in to the Streamlit app served by `streamlit run`, predicts, and keeps a screenshot of the result."""
+logs in to the Streamlit app served by `streamlit run`, predicts, keeps a screenshot of the result, and
+opens an admin's Monitoring page."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.support.paths import ROOT, STREAMLIT_APP
 from tests.support.servers import free_port, running
-from tests.support.tokens import USER
+from tests.support.tokens import ADMIN, USER
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,15 @@ def test_log_in_predict_and_keep_a_screenshot(ui_url: str) -> None:
             page.wait_for_timeout(1000)  # the chart and table finish drawing
             shot = SCREENSHOTS / "predict.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # An admin's Monitoring page draws (what it shows is tests/ui/test_app.py's to check).
+            page.get_by_role("button", name="Log out").click()
+            page.get_by_label("Username").fill(ADMIN[0])
+            page.get_by_label("Password", exact=True).fill(ADMIN[1])
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Monitoring", exact=True).click()
+            expect(page.get_by_role("heading", name="Recent predictions")).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(SCREENSHOTS / "monitoring.png"), full_page=True)
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

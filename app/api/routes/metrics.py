@@ -28,5 +28,7 @@ def prometheus_metrics(request: Request, settings: SettingsDep, serving: Serving
     predictor = serving.current
     if predictor is not None and predictor.drift is not None:
         metrics.publish_drift(predictor.drift)  # as of now, whatever the refresh period
+    if predictor is not None:
+        metrics.publish_expected_accuracy(predictor.version, predictor.confidence)
     body, content_type = exposition()
     return Response(body, media_type=content_type)

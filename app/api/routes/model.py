@@ -105,6 +105,7 @@ class ModelVersion(BaseModel):
     metrics: dict[str, float]
     trained_at: str
     serving: bool
+    shadow: bool = False  # scoring the same traffic in the background (POST /model/shadow)
     # accepted, or rejected: a challenger that failed the promotion gate
     status: str
     origin: str | None = None
@@ -118,6 +119,7 @@ class ModelVersion(BaseModel):
 
 class VersionsResponse(BaseModel):
     serving: str | None
+    shadow: str | None = None  # the shadow challenger this replica runs, if any
     versions: list[ModelVersion]
 
 
@@ -126,6 +128,8 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
     """Every stored model version, newest first, with its metrics and which one is serving."""
     current = serving.current
     serving_version = current.version if current else None
+    runner = serving.shadow
+    shadow_version = runner.version if runner else None
     store = serving.store
     try:
         # A version being published or damaged is left out by versions(): listed once it reads.
@@ -143,6 +147,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 metrics=meta.metrics,
                 trained_at=meta.trained_at,
                 serving=meta.version == serving_version,
+                shadow=meta.version == shadow_version,
                 status=record.status if record else "accepted",
                 origin=record.origin if record else None,
                 job_id=record.job_id if record else None,
@@ -153,7 +158,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 candidates=[c.name for c in meta.candidates],
             )
         )
-    return VersionsResponse(serving=serving_version, versions=versions)
+    return VersionsResponse(serving=serving_version, shadow=shadow_version, versions=versions)
 
 
 class RollbackRequest(BaseModel):

@@ -24,11 +24,14 @@ from app.serving.comparison import Served
 from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
+from app.serving.tracing import Traced
 
 router = APIRouter(tags=["predict"])
 
 
 class Prediction(BaseModel):
+    # The row's id: send it back with the ground truth (POST /feedback). Unique and unguessable.
+    prediction_id: str | None = None
     label: str | None = None
     probabilities: dict[str, float] | None = None
     value: float | None = None
@@ -58,9 +61,10 @@ PREDICT_BODY_DOC: dict[str, Any] = {
 }
 
 
-def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings) -> list[Any]:
-    """One model call, counted in the metrics, as the JSON answer's rows."""
-    return json_answer.predictions(score(predictor, matrix, settings.metrics_enabled))
+def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings, traced: Traced) -> list[Any]:
+    """One model call, counted in the metrics, as the JSON answer's rows with their ids."""
+    answers = score(predictor, matrix, settings.metrics_enabled)
+    return json_answer.predictions(answers, traced.tracing.trace(predictor, traced.user, matrix, answers))
 
 
 def _response(predictor: Predictor, predictions: list[Any]) -> Response:
@@ -70,9 +74,9 @@ def _response(predictor: Predictor, predictions: list[Any]) -> Response:
     )
 
 
-def _answer(predictor: Predictor, body: bytes, settings: Settings) -> Response:
+def _answer(predictor: Predictor, body: bytes, settings: Settings, traced: Traced) -> Response:
     matrix = predictor.schema.parse_json(body)
-    return _response(predictor, _predict(predictor, matrix, settings))
+    return _response(predictor, _predict(predictor, matrix, settings, traced))
 
 
 _COMPARE = "compare"
@@ -117,7 +121,7 @@ async def predict(request: Request) -> Response:
     # Nothing for FastAPI to solve: the token, the model, the query and the body are read here, in
     # the order the dependencies would be (401/403, then 503, then 422). Solving them cost this
     # route more than decoding and scoring a row does (python -m bench.inprocess).
-    bearer_claims(request)
+    claims = bearer_claims(request)
     rate_limits: RateLimits = request.app.state.rate_limits
     if rate_limits.predict is not None:  # RATE_LIMIT_PREDICT, off by default
         await rate_limits.check_user(request)
@@ -127,14 +131,15 @@ async def predict(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     serving: ServingState = request.app.state.serving
     limiter = request.app.state.scoring
+    traced = Traced(request.app.state.tracing, claims.sub)
     if compare:
-        return await off_loop(limiter, _compare, body, serving, settings)
+        return await off_loop(limiter, _compare, body, serving, settings, traced)
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        return await off_loop(limiter, _answer, predictor, body, settings)
-    return _answer(predictor, body, settings)
+        return await off_loop(limiter, _answer, predictor, body, settings, traced)
+    return _answer(predictor, body, settings, traced)
 
 
-def _compare(body: bytes, serving: ServingState, settings: Settings) -> Response:
+def _compare(body: bytes, serving: ServingState, settings: Settings, traced: Traced) -> Response:
     # One read: the champion and its candidates come from the same swap.
     served: Served | None = serving.with_candidates()
     if served is None:
@@ -145,7 +150,7 @@ def _compare(body: bytes, serving: ServingState, settings: Settings) -> Response
         )
     predictor = served.predictor
     matrix = predictor.schema.parse_json(body)
-    predictions = _predict(predictor, matrix, settings)
+    predictions = _predict(predictor, matrix, settings, traced)
     candidates = [
         {
             "name": c.name,

@@ -10,7 +10,7 @@ response starts, so a problem in it (or a header that does not fit the model) is
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, Security, status
 from fastapi.responses import Response
@@ -23,11 +23,15 @@ from app.api.routes.predict import Prediction
 from app.api.upload_spool import UploadSpool
 from app.api.uploads import CSV_BODY_DOC
 from app.core.artifacts import ModelMetadata
+from app.core.security import TokenClaims
 from app.serving.answer_formats import AnswerFormat, CsvAnswer, JsonAnswer, NdjsonAnswer
 from app.serving.csv_chunks import CsvError
 from app.serving.csv_rows import NO_ROWS, CsvHeader
-from app.serving.csv_scoring import CsvScorer
+from app.serving.csv_scoring import CsvScorer, Trace
 from app.serving.inference import off_loop
+from app.serving.prediction_log import request_key
+from app.serving.predictor import Predictor
+from app.serving.tracing import Tracing
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
 
@@ -56,6 +60,12 @@ def answer_format(accept: str, metadata: ModelMetadata, header: CsvHeader) -> An
     return NdjsonAnswer(metadata) if chosen == NDJSON else JsonAnswer(metadata)
 
 
+def _tracer(tracing: Tracing, predictor: Predictor, user: str) -> Trace:
+    """Ids for the request's rows, numbered across its chunks under one key."""
+    key = request_key()
+    return lambda matrix, answers, first: tracing.trace(predictor, user, matrix, answers, first, key)
+
+
 @router.post(
     "/predict/csv",
     openapi_extra=CSV_BODY_DOC,
@@ -72,7 +82,13 @@ def answer_format(accept: str, metadata: ModelMetadata, header: CsvHeader) -> An
         422: {"description": "Malformed CSV (the error names the line) or invalid values in the first chunk"},
     },
 )
-async def predict_csv(request: Request, predictor: PredictorDep, settings: SettingsDep) -> Response:
+async def predict_csv(
+    request: Request,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    # The router's own check, solved once per request: FastAPI caches it.
+    claims: Annotated[TokenClaims, Security(current_claims, scopes=["predict"])],
+) -> Response:
     """A CSV with a header naming the feature columns, as a text/csv body or the form field `file`."""
     await request.app.state.rate_limits.check_user(request)
     pieces = csv_bytes(request)
@@ -84,6 +100,7 @@ async def predict_csv(request: Request, predictor: PredictorDep, settings: Setti
             header,
             answer_format(request.headers.get("accept", ""), predictor.metadata, header),
             settings.metrics_enabled,
+            _tracer(request.app.state.tracing, predictor, claims.sub),
         )
         # Until rows are answered, any problem refuses the request (a chunk may hold blank lines only).
         while True:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AdminDep, JobsDep
 from app.api.errors import ErrorDetail
-from app.api.uploads import TRAINING_UPLOAD_DOC, TrainingUploadDep
+from app.api.uploads import TRAINING_REQUEST_DOC, TrainingRequestDep
 from app.core.messages import Job
 from app.db.jobs import JobConflict, UnknownJob
 
@@ -22,25 +22,34 @@ router = APIRouter(tags=["train"])
     "/train",
     status_code=status.HTTP_202_ACCEPTED,
     response_model_exclude_none=True,
-    openapi_extra=TRAINING_UPLOAD_DOC,
-    responses={409: {"model": ErrorDetail, "description": "A retraining job is already queued or running"}},
+    openapi_extra=TRAINING_REQUEST_DOC,
+    responses={
+        409: {"model": ErrorDetail, "description": "A retraining job is already queued or running"},
+        415: {"model": ErrorDetail, "description": "A body neither multipart/form-data nor JSON"},
+        422: {"description": "An unknown option, one of the wrong type, or a form field 'file' not a file"},
+    },
 )
 async def start_training(
     admin: AdminDep,
     jobs: JobsDep,
     # After the admin check (dependencies resolve in this order): no token, a 401, whatever the body.
-    upload: TrainingUploadDep,
+    body: TrainingRequestDep,
     response: Response,
 ) -> Job:
     """Retrain on an uploaded CSV (feature columns and the target), or on the project's data without one.
 
-    Answers 202 at once with the job; the model replaces the champion only if it passes the gate.
+    `include_feedback` (a JSON body, or a form field beside the upload) adds the labelled predictions
+    of the log to that data. Answers 202 at once with the job; the model replaces the champion only
+    if it passes the gate.
     """
+    upload = body.upload
     data = upload.data if upload is not None else None
     name = upload.filename if upload is not None else None
     try:
         # Writes the upload to the database: off the event loop.
-        job = await run_in_threadpool(jobs.submit, admin.username, data, name)
+        job = await run_in_threadpool(
+            jobs.submit, admin.username, data, name, include_feedback=body.options.include_feedback
+        )
     except JobConflict:
         raise HTTPException(
             status.HTTP_409_CONFLICT, "a retraining job is already running: wait for it to finish"

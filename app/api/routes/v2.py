@@ -33,11 +33,13 @@ from app.api.deps import (
     prediction_claims,
 )
 from app.api.uploads import BodyDep
+from app.core.security import TokenClaims
 from app.observability import metrics
 from app.serving import v2
 from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Predictor
 from app.serving.schema import RowError
+from app.serving.tracing import Traced
 from app.serving.v2 import (
     ErrorResponse,
     InferenceRequest,
@@ -103,6 +105,8 @@ router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
 _ANY_TOKEN = [Security(current_claims)]
 # The prediction routes' one-dependency token check (app.api.deps.prediction_claims), as /predict's.
 _PREDICT = [Security(prediction_claims, scopes=["predict"])]
+# The same check, as a parameter (solved once: FastAPI caches it), for the prediction's user.
+PredictClaimsDep = Annotated[TokenClaims, Security(prediction_claims, scopes=["predict"])]
 
 _WHY = {
     400: "Not an inference request for this model's inputs (names, datatypes, shapes, data)",
@@ -242,37 +246,45 @@ _INFER: dict[str, Any] = {
 
 
 @router.post("/models/{name}/infer", **_INFER)
-async def infer(model: ModelDep, body: BodyDep, request: Request, settings: SettingsDep) -> Response:
+async def infer(
+    model: ModelDep, body: BodyDep, request: Request, settings: SettingsDep, claims: PredictClaimsDep
+) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows given as V2 tensors: one per feature, or one [rows, features]
     tensor `input-0` for an all-numeric model."""
-    return await _infer(model, body, request, settings.metrics_enabled)
+    return await _infer(model, body, request, settings.metrics_enabled, claims)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
 async def infer_version(
-    model: ModelVersionDep, body: BodyDep, request: Request, settings: SettingsDep
+    model: ModelVersionDep, body: BodyDep, request: Request, settings: SettingsDep, claims: PredictClaimsDep
 ) -> Response:
     """The same, for the serving version only."""
-    return await _infer(model, body, request, settings.metrics_enabled)
+    return await _infer(model, body, request, settings.metrics_enabled, claims)
 
 
-async def _infer(predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool) -> Response:
+async def _infer(
+    predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool, claims: TokenClaims
+) -> Response:
     await request.app.state.rate_limits.check_user(request)
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
     json_length = request.headers.get(v2.JSON_LENGTH_HEADER)
+    traced = Traced(request.app.state.tracing, claims.sub)
     # Where /predict scores: a small body of a fast model on the event loop, the rest in the pool.
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
         limiter = request.app.state.scoring
-        answer = await off_loop(limiter, _answer, predictor, body, json_length, metrics_enabled)
+        answer = await off_loop(limiter, _answer, predictor, body, json_length, metrics_enabled, traced)
     else:
-        answer = _answer(predictor, body, json_length, metrics_enabled)
+        answer = _answer(predictor, body, json_length, metrics_enabled, traced)
     return Response(answer, media_type="application/json")
 
 
-def _answer(predictor: Predictor, body: bytes, json_length: str | None, metrics_enabled: bool) -> bytes:
+def _answer(
+    predictor: Predictor, body: bytes, json_length: str | None, metrics_enabled: bool, traced: Traced
+) -> bytes:
     """The tensors decoded, scored in one model call counted in the metrics, and answered as JSON."""
     decoded = v2.decode(body, json_length, predictor)
     answers = score(predictor, decoded.matrix, metrics_enabled)
-    return v2.to_response(answers, decoded, predictor).model_dump_json(exclude_none=True).encode()
+    ids = traced.tracing.trace(predictor, traced.user, decoded.matrix, answers)
+    return v2.to_response(answers, ids, decoded, predictor).model_dump_json(exclude_none=True).encode()
