@@ -111,11 +111,11 @@ PROMOTION_METRIC: Mapping[str, tuple[str, bool]] = {
 }
 
 
-def confusions(rows: Iterable[tuple[str, str | None, str | None, int]]) -> dict[str, Confusion]:
+def confusions(rows: Iterable[tuple[str | None, str | None, str | None, int]]) -> dict[str, Confusion]:
     """Per model version, from (version, predicted label, true label, count) rows."""
     found: dict[str, Confusion] = {}
     for version, predicted, true, count in rows:
-        if predicted is None or true is None:
+        if version is None or predicted is None or true is None:
             continue
         found.setdefault(version, Confusion()).add(predicted, true, count)
     return found

@@ -141,15 +141,7 @@ class PredictionLogRow(Base):
     true_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     true_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     labelled_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
-
-
-class ShadowPredictionRow(Base):
-    """A shadow challenger's answer to a logged row: judged against the same ground truth."""
-
-    __tablename__ = "shadow_predictions"
-
-    prediction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    created_at: Mapped[float] = mapped_column(Float, index=True)
-    predicted_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    predicted_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A shadow challenger's answer to the same row (POST /model/shadow), judged against the same truth.
+    shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shadow_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    shadow_value: Mapped[float | None] = mapped_column(Float, nullable=True)

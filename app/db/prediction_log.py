@@ -9,28 +9,41 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core.quality import Confusion, Errors, confusions
 from app.db.hour_bucket import hour_of
-from app.db.models import PredictionLogRow, ShadowPredictionRow
+from app.db.models import PredictionLogRow
 
 # Each id's status in POST /feedback's answer.
 FeedbackStatus = Literal["recorded", "relabelled", "unknown"]
-_LOG, _SHADOW = PredictionLogRow, ShadowPredictionRow
+_LOG = PredictionLogRow
 
 # The columns of the writer's tuples (app.serving.prediction_log), in order.
 LOG_COLUMNS = (
-    "prediction_id", "created_at", "model_version", "username", "features",
-    "answer", "predicted_label", "predicted_value", "confidence",
+    "prediction_id", "created_at", "model_version", "username", "features", "answer",
+    "predicted_label", "predicted_value", "confidence", "shadow_version", "shadow_label", "shadow_value",
 )  # fmt: skip
-SHADOW_COLUMNS = ("prediction_id", "version", "created_at", "predicted_label", "predicted_value")
+# A shadow's answer to a row written before it came: (version, label, value, prediction_id).
+SHADOW_COLUMNS = ("shadow_version", "shadow_label", "shadow_value")
 
 
-def _insert_sql(table: str, columns: tuple[str, ...], paramstyle: str) -> str:
-    marks = ", ".join("?" if paramstyle == "qmark" else "%s" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constants only
+def _mark(paramstyle: str) -> str:
+    if paramstyle not in ("qmark", "format", "pyformat"):
+        raise ValueError(f"unsupported DB-API paramstyle {paramstyle!r}")
+    return "?" if paramstyle == "qmark" else "%s"
+
+
+def _insert_sql(paramstyle: str) -> str:
+    marks = ", ".join(_mark(paramstyle) for _ in LOG_COLUMNS)
+    return f"INSERT INTO {_LOG.__tablename__} ({', '.join(LOG_COLUMNS)}) VALUES ({marks})"  # noqa: S608
+
+
+def _shadow_sql(paramstyle: str) -> str:
+    mark = _mark(paramstyle)
+    columns = ", ".join(f"{c} = {mark}" for c in SHADOW_COLUMNS)
+    return f"UPDATE {_LOG.__tablename__} SET {columns} WHERE prediction_id = {mark}"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ class ShadowCounts:
     compared: int  # logged rows it answered too
     agreed: int  # of those, the champion's answer: the same label, or a value within `rtol` of it
     mean_absolute_difference: float | None  # between the two values (regression)
-    last_at: float  # Unix time of its newest answer
+    last_at: float  # Unix time of the newest logged row it answered
 
 
 class PredictionLogStore:
@@ -79,37 +92,42 @@ class PredictionLogStore:
         self._sessions = sessions
 
     def insert(self, rows: Sequence[dict[str, Any]], shadow_rows: Sequence[dict[str, Any]] = ()) -> None:
-        """One transaction for a batch of rows (PredictionLogRow's and ShadowPredictionRow's columns)."""
+        """One transaction: rows (PredictionLogRow's columns), then shadow answers to logged rows
+        (`prediction_id`, `version`, `predicted_label`, `predicted_value`)."""
         with self._sessions() as session:
             if rows:
                 session.execute(insert(_LOG), list(rows))
-            if shadow_rows:
-                session.execute(insert(_SHADOW), list(shadow_rows))
+            for shadow in shadow_rows:
+                session.execute(
+                    update(_LOG)
+                    .where(_LOG.prediction_id == shadow["prediction_id"])
+                    .values(
+                        shadow_version=shadow["version"],
+                        shadow_label=shadow.get("predicted_label"),
+                        shadow_value=shadow.get("predicted_value"),
+                    )
+                )
             session.commit()
 
-    def insert_rows(self, rows: Sequence[tuple[Any, ...]], shadow_rows: Sequence[tuple[Any, ...]]) -> None:
-        """The writer's batch: tuples in LOG_COLUMNS' and SHADOW_COLUMNS' order, in one transaction.
+    def insert_rows(self, rows: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
+        """The writer's batch, in one transaction: rows as tuples in LOG_COLUMNS' order, then the
+        shadow's answers to rows written in an earlier batch, as (version, label, value, prediction_id).
 
         Straight to the driver's executemany: building SQLAlchemy's parameters cost more per row than
         the insert itself (python -m bench.prediction_log)."""
         with self._sessions() as session:
             connection = session.connection()
             style = connection.dialect.paramstyle
-            if style not in ("qmark", "format", "pyformat"):
-                raise ValueError(f"unsupported DB-API paramstyle {style!r}")
-            for table, columns, found in (
-                (_LOG.__tablename__, LOG_COLUMNS, rows),
-                (_SHADOW.__tablename__, SHADOW_COLUMNS, shadow_rows),
-            ):
-                if found:
-                    connection.exec_driver_sql(_insert_sql(table, columns, style), list(found))
+            if rows:
+                connection.exec_driver_sql(_insert_sql(style), [tuple(row) for row in rows])
+            if shadow_answers:
+                connection.exec_driver_sql(_shadow_sql(style), [tuple(a) for a in shadow_answers])
             session.commit()
 
     def sweep(self, before: float) -> int:
         """Delete what was logged before `before` (Unix time); returns the log rows deleted."""
         with self._sessions() as session:
             deleted = session.execute(delete(_LOG).where(_LOG.created_at < before))
-            session.execute(delete(_SHADOW).where(_SHADOW.created_at < before))
             session.commit()
             return int(getattr(deleted, "rowcount", 0) or 0)
 
@@ -169,23 +187,24 @@ class PredictionLogStore:
     def shadow_confusions(self, since: float) -> dict[str, Confusion]:
         """Per shadow version: its answers to labelled logged rows since `since`."""
         query = (
-            select(_SHADOW.version, _SHADOW.predicted_label, _LOG.true_label, func.count())
-            .join(_LOG, _LOG.prediction_id == _SHADOW.prediction_id)
-            .where(_LOG.created_at >= since, _LOG.true_label.is_not(None))
-            .group_by(_SHADOW.version, _SHADOW.predicted_label, _LOG.true_label)
+            select(_LOG.shadow_version, _LOG.shadow_label, _LOG.true_label, func.count())
+            .where(_LOG.created_at >= since, _LOG.shadow_version.is_not(None), _LOG.true_label.is_not(None))
+            .group_by(_LOG.shadow_version, _LOG.shadow_label, _LOG.true_label)
         )
         with self._sessions() as session:
             return confusions((v, p, t, int(n)) for v, p, t, n in session.execute(query))
 
     def shadow_errors(self, since: float) -> dict[str, Errors]:
-        error = _SHADOW.predicted_value - _LOG.true_value
+        error = _LOG.shadow_value - _LOG.true_value
         query = (
-            select(_SHADOW.version, func.count(), func.sum(func.abs(error)), func.sum(error * error))
-            .join(_LOG, _LOG.prediction_id == _SHADOW.prediction_id)
+            select(_LOG.shadow_version, func.count(), func.sum(func.abs(error)), func.sum(error * error))
             .where(
-                _LOG.created_at >= since, _LOG.true_value.is_not(None), _SHADOW.predicted_value.is_not(None)
+                _LOG.created_at >= since,
+                _LOG.shadow_version.is_not(None),
+                _LOG.true_value.is_not(None),
+                _LOG.shadow_value.is_not(None),
             )
-            .group_by(_SHADOW.version)
+            .group_by(_LOG.shadow_version)
         )
         with self._sessions() as session:
             return {
@@ -198,19 +217,18 @@ class PredictionLogStore:
     ) -> tuple[Confusion | Errors, Confusion | Errors] | None:
         """The champion's and the shadow's counts on the same labelled predictions (those the champion
         answered and the shadow scored too) since `since`; None when there are none."""
-        same = and_(_SHADOW.prediction_id == _LOG.prediction_id, _SHADOW.version == shadow)
-        where = (_LOG.created_at >= since, _LOG.model_version == champion, _LOG.labelled_at.is_not(None))
-        query = (
-            select(
-                _LOG.predicted_label,
-                _SHADOW.predicted_label,
-                _LOG.true_label,
-                _LOG.predicted_value,
-                _SHADOW.predicted_value,
-                _LOG.true_value,
-            )
-            .join(_SHADOW, same)
-            .where(*where)
+        query = select(
+            _LOG.predicted_label,
+            _LOG.shadow_label,
+            _LOG.true_label,
+            _LOG.predicted_value,
+            _LOG.shadow_value,
+            _LOG.true_value,
+        ).where(
+            _LOG.created_at >= since,
+            _LOG.model_version == champion,
+            _LOG.shadow_version == shadow,
+            _LOG.labelled_at.is_not(None),
         )
         with self._sessions() as session:
             rows = session.execute(query).all()
@@ -298,24 +316,23 @@ class PredictionLogStore:
     def shadow_agreement(self, since: float, rtol: float) -> list[ShadowCounts]:
         """Per shadow version: the rows logged since `since` it answered too, and how often its answer
         was the champion's: the same label, or (regression) a value within `rtol` of the champion's."""
-        difference = func.abs(_SHADOW.predicted_value - _LOG.predicted_value)
+        difference = func.abs(_LOG.shadow_value - _LOG.predicted_value)
         same = case(
-            (_SHADOW.predicted_label == _LOG.predicted_label, 1),
+            (_LOG.shadow_label == _LOG.predicted_label, 1),
             # numpy.isclose's rule, as the shadow counts agreement live (atol keeps 0 == 0).
             (difference <= 1e-9 + rtol * func.abs(_LOG.predicted_value), 1),
             else_=0,
         )
         query = (
             select(
-                _SHADOW.version,
+                _LOG.shadow_version,
                 func.count(),
                 func.sum(same),
                 func.avg(difference),
-                func.max(_SHADOW.created_at),
+                func.max(_LOG.created_at),
             )
-            .join(_LOG, _LOG.prediction_id == _SHADOW.prediction_id)
-            .where(_LOG.created_at >= since)
-            .group_by(_SHADOW.version)
+            .where(_LOG.created_at >= since, _LOG.shadow_version.is_not(None))
+            .group_by(_LOG.shadow_version)
         )
         with self._sessions() as session:
             return [

@@ -49,8 +49,9 @@ def request_key() -> str:
 class PredictionSink(Protocol):
     """Where the log's rows go (app.db.prediction_log.PredictionLogStore)."""
 
-    def insert_rows(self, rows: Sequence[tuple[Any, ...]], shadow_rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows as tuples in LOG_COLUMNS' order, shadow rows in SHADOW_COLUMNS' (app.db.prediction_log)."""
+    def insert_rows(self, rows: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
+        """Rows in LOG_COLUMNS' order, then shadow answers to rows written before, as (version, label,
+        value, prediction_id) (app.db.prediction_log)."""
         ...
 
     def sweep(self, before: float) -> int: ...
@@ -65,7 +66,7 @@ class _Batch:
     matrix: np.ndarray
     answers: Answers
     ids: list[str]
-    shadow: bool = False  # a shadow challenger's answers (ShadowPredictionRow), not the champion's
+    shadow: bool = False  # a shadow challenger's answers to logged rows, not the champion's
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -217,7 +218,11 @@ class PredictionLog:
                 stopped = self._stopped
             metrics.PREDICTION_LOG_BUFFER.set(self._writing)
             if batches:
-                self.write(batches)
+                try:
+                    self.write(batches)
+                except Exception:  # a bug, not the database (write() counts that): the thread goes on
+                    log.exception("prediction log: %d rows not written", self._writing)
+                    metrics.PREDICTION_LOG_ROWS.labels(result="write_failed").inc(self._writing)
             with self._lock:
                 self._writing = 0
                 self._wake.notify_all()
@@ -228,22 +233,27 @@ class PredictionLog:
                 return
 
     def write(self, batches: list[_Batch]) -> None:
-        rows: list[tuple[Any, ...]] = []  # LOG_COLUMNS' order
-        shadow_rows: list[tuple[Any, ...]] = []  # SHADOW_COLUMNS'
+        rows: list[list[Any]] = []  # LOG_COLUMNS' order
+        by_id: dict[str, list[Any]] = {}
+        later: list[tuple[Any, ...]] = []  # shadow answers to rows an earlier flush wrote
         for batch in batches:
-            answers = _answer_columns(batch.answers)
             if batch.shadow:
-                shadow_rows += [
-                    (pid, batch.version, batch.at, label, value)
-                    for pid, (_, label, value, _) in zip(batch.ids, answers, strict=True)
-                ]
+                # Its champion rows are usually in this same flush (the shadow answers within tens of
+                # milliseconds): its answer goes in their columns, not in rows of its own.
+                for pid, label, value in zip(batch.ids, *_label_and_value(batch.answers), strict=True):
+                    row = by_id.get(pid)
+                    if row is not None:
+                        row[-3:] = (batch.version, label, value)
+                    else:
+                        later.append((batch.version, label, value, pid))
                 continue
             names, user = batch.features, batch.user[:64]
             features = [_json(dict(zip(names, values, strict=True))) for values in batch.matrix.tolist()]
-            rows += [
-                (pid, batch.at, batch.version, user, inputs, *answer)
-                for pid, inputs, answer in zip(batch.ids, features, answers, strict=True)
-            ]
+            for pid, inputs, answer in zip(batch.ids, features, _answer_columns(batch.answers), strict=True):
+                row = [pid, batch.at, batch.version, user, inputs, *answer, None, None, None]
+                rows.append(row)
+                by_id[pid] = row
+        shadow_rows = later
         try:
             self.sink.insert_rows(rows, shadow_rows)
         except Exception as exc:  # the database: these rows are lost, the next batch tries again
@@ -265,6 +275,14 @@ class PredictionLog:
             return
         if deleted:
             log.info("prediction log: %d rows past PREDICTION_LOG_DAYS deleted", deleted)
+
+
+def _label_and_value(answers: Answers) -> tuple[list[Any], list[Any]]:
+    """Per row: the label (None for a regression) and the value (None for a classifier)."""
+    if answers.values is not None:
+        return [None] * len(answers), answers.values.tolist()
+    labels = answers.labels.tolist() if answers.labels is not None else []
+    return labels, [None] * len(labels)
 
 
 def _take(answers: Answers, mask: np.ndarray) -> Answers:

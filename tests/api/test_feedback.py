@@ -318,3 +318,30 @@ def test_a_failing_database_drops_the_batch_and_counts_it(serving_predictor: Any
 @pytest.fixture
 def serving_predictor(client: TestClient) -> Any:
     return client.app.state.serving.current  # type: ignore[attr-defined]
+
+
+def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
+    client: TestClient, serving_predictor: Any
+) -> None:
+    import numpy as np
+
+    store: PredictionLogStore = client.app.state.predictions  # type: ignore[attr-defined]
+    prediction_log = PredictionLog(store, sample=1, buffer_rows=100, retention_days=30, flush_seconds=60)
+    stop = prediction_log.start()
+    try:
+        answers = _answers(2)
+        prediction_log.record(serving_predictor, "u", np.zeros((2, 4)), answers, ["a-0", "a-1"])
+        prediction_log.record_shadow("v9", _answers(1), ["a-0"])  # the same flush: one row, both answers
+        assert prediction_log.flush()
+        prediction_log.record(serving_predictor, "u", np.zeros((1, 4)), _answers(1), ["b-0"])
+        assert prediction_log.flush()
+        prediction_log.record_shadow("v9", _answers(1), ["b-0"])  # after its row was written
+        assert prediction_log.flush()
+    finally:
+        stop()
+    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        found = {
+            r.prediction_id: (r.shadow_version, r.shadow_label)
+            for r in session.scalars(select(PredictionLogRow))
+        }
+    assert found == {"a-0": ("v9", "a"), "a-1": (None, None), "b-0": ("v9", "a")}

@@ -171,13 +171,14 @@ def test_the_shadows_agreement_with_the_champion(
 ) -> None:
     shadow = monitoring(client, admin_headers)["shadow"]
     assert shadow["current"] is None  # none running now: these answered earlier
-    assert [v["version"] for v in shadow["versions"]] == ["s-new", "s-old"]
-    new, old = shadow["versions"]
+    # Newest first, by the newest logged row each answered: s-old's r4 came after s-new's r1 to r3.
+    assert [v["version"] for v in shadow["versions"]] == ["s-old", "s-new"]
+    old, new = shadow["versions"]
     # r1 and r3 as the champion answered, r2 not; the old row is outside the window.
     assert (new["compared"], new["agreed"]) == (3, 2)
     assert new["agreement"] == pytest.approx(2 / 3)
     assert new["mean_absolute_difference"] is None  # a classifier's
-    assert new["last_seen"] == iso(SECOND + 32)
+    assert new["last_seen"] == iso(FIRST + 30)  # r3, the newest logged row it answered
     # Its own answers to the labelled rows: r1 right, r2 wrong.
     assert new["quality"]["labelled"] == 2 and new["quality"]["accuracy"] == pytest.approx(0.5)
     assert (old["compared"], old["agreed"], old["agreement"]) == (1, 1, 1.0)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from app.core.config import Settings
 from app.core.model_store import ModelStore, VersionRecord, now
-from app.db.models import ShadowPredictionRow
+from app.db.models import PredictionLogRow
 from app.db.prediction_log import Truth
 from app.main import create_app
 from tests.support.answers import masked
@@ -99,8 +99,8 @@ def test_a_shadow_scores_the_traffic_and_never_changes_an_answer(
     with client.app.state.database.session() as session:  # type: ignore[attr-defined]
         logged = dict(
             session.execute(
-                select(ShadowPredictionRow.prediction_id, ShadowPredictionRow.predicted_label).where(
-                    ShadowPredictionRow.version == "v2"
+                select(PredictionLogRow.prediction_id, PredictionLogRow.shadow_label).where(
+                    PredictionLogRow.shadow_version == "v2"
                 )
             ).all()
         )

@@ -325,7 +325,7 @@ def test_a_csv_past_the_json_limit_goes_through_nginx_in_full(stack):
     status, _, body = bytes(received).partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), status
     answer = unchunked(body).decode().splitlines()
-    assert answer[0].startswith("sepal_length,sepal_width,petal_length,petal_width,label,")
+    assert answer[0].startswith("sepal_length,sepal_width,petal_length,petal_width,prediction_id,label,")
     assert len(answer) - 1 == pieces * 65536 and pieces * len(piece) > MAX_BODY_BYTES
     assert answer[-1].startswith("5.1,3.5,1.4,0.2,setosa,")
 

@@ -101,7 +101,7 @@ class ShadowVersion(BaseModel):
     agreed: int
     agreement: float
     mean_absolute_difference: float | None  # from the champion's value (regression)
-    last_seen: AwareDatetime
+    last_seen: AwareDatetime  # the newest logged row it answered
     quality: Figures  # its own answers to the labelled rows
 
 

@@ -1,4 +1,4 @@
-"""The prediction log with its ground truth, the shadow challenger's answers, the feedback scope.
+"""The prediction log with its ground truth and a shadow challenger's answers, the feedback scope.
 
 Revision ID: 0005
 Revises: 0004
@@ -31,19 +31,13 @@ def upgrade() -> None:
         sa.Column("true_label", sa.String(255), nullable=True),
         sa.Column("true_value", sa.Float(), nullable=True),
         sa.Column("labelled_at", sa.Float(), nullable=True),
+        sa.Column("shadow_version", sa.String(64), nullable=True),
+        sa.Column("shadow_label", sa.String(255), nullable=True),
+        sa.Column("shadow_value", sa.Float(), nullable=True),
     )
     op.create_index("ix_prediction_log_created_at", "prediction_log", ["created_at"])
     op.create_index("ix_prediction_log_model_version", "prediction_log", ["model_version"])
     op.create_index("ix_prediction_log_labelled_at", "prediction_log", ["labelled_at"])
-    op.create_table(
-        "shadow_predictions",
-        sa.Column("prediction_id", sa.String(40), primary_key=True),
-        sa.Column("version", sa.String(64), primary_key=True),
-        sa.Column("created_at", sa.Float(), nullable=False),
-        sa.Column("predicted_label", sa.String(255), nullable=True),
-        sa.Column("predicted_value", sa.Float(), nullable=True),
-    )
-    op.create_index("ix_shadow_predictions_created_at", "shadow_predictions", ["created_at"])
     with op.batch_alter_table("serving_pointer") as table:
         table.add_column(sa.Column("shadow_version", sa.String(64), nullable=True))
     # Admins send ground truth too: the scope is new, the admins are not.
@@ -66,5 +60,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("serving_pointer") as table:
         table.drop_column("shadow_version")
-    op.drop_table("shadow_predictions")
     op.drop_table("prediction_log")
