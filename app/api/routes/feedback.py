@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request, Security
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import PredictorDep, current_claims
+from app.api.deps import PredictionsDep, PredictorDep, current_claims
 from app.core.artifacts import ModelMetadata
 from app.core.security import TokenClaims
-from app.db.prediction_log import PredictionLogStore, Truth
+from app.db.prediction_log import Truth
 from app.observability.metrics import FEEDBACK_ITEMS
 from app.serving.prediction_log import PredictionLog
 
@@ -82,7 +82,11 @@ def _problem(item: FeedbackItem, metadata: ModelMetadata) -> str | None:
 
 @router.post("/feedback", responses={422: {"description": "Not a batch of 1 to 1000 items"}})
 def feedback(
-    body: FeedbackRequest, claims: FeedbackClaims, predictor: PredictorDep, request: Request
+    body: FeedbackRequest,
+    claims: FeedbackClaims,
+    predictor: PredictorDep,
+    store: PredictionsDep,
+    request: Request,
 ) -> FeedbackResponse:
     """Send the ground truth of predictions by id: `{"items": [{"prediction_id": ..., "label": ...}]}`
     (`value` instead of `label` for a regression). Each item is answered with its status."""
@@ -91,7 +95,6 @@ def feedback(
     prediction_log: PredictionLog | None = request.app.state.prediction_log
     if prediction_log is not None and valid:
         prediction_log.flush(FLUSH_WAIT_SECONDS)
-    store: PredictionLogStore = request.app.state.predictions
     truths = [Truth(i.prediction_id, label=i.label, value=i.value) for i in valid]
     found = iter(store.label(truths, time.time()) if truths else [])
     items: list[ItemStatus] = []

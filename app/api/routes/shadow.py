@@ -14,7 +14,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import AdminDep, PredictorDep, ServingDep
+from app.api.deps import AdminDep, PredictionsDep, PredictorDep, ServingDep
 from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
 from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _store_unavailable, _swap
 from app.core.config import Settings
@@ -22,14 +22,12 @@ from app.core.live_evidence import LiveEvidence
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome
 from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
-from app.db.prediction_log import PredictionLogStore
+from app.db.hour_bucket import HOUR_SECONDS
 from app.serving.retraining import update_champion_alias
 from app.serving.shadow import ShadowRefused
 
 router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
-
-HOUR_SECONDS = 3600.0
 
 
 class ShadowRequest(BaseModel):
@@ -122,7 +120,7 @@ def stop_shadow(admin: AdminDep, serving: ServingDep) -> ShadowStopped:
     responses={409: _PROMOTION_REFUSED, 503: _STORE_DOWN, 507: _CACHE_FULL},
 )
 def promote(
-    admin: AdminDep, serving: ServingDep, champion: PredictorDep, request: Request
+    admin: AdminDep, serving: ServingDep, champion: PredictorDep, store: PredictionsDep, request: Request
 ) -> PromoteResponse:
     """Serve the shadow as champion on every replica, if its live metric over at least
     PROMOTION_MIN_LABELS labelled predictions is at least the champion's on the same predictions
@@ -132,7 +130,6 @@ def promote(
     shadow = pointer.shadow_version if pointer is not None else None
     if pointer is None or shadow is None or shadow == pointer.version:
         raise HTTPException(status.HTTP_409_CONFLICT, "no shadow to promote: POST /model/shadow first")
-    store: PredictionLogStore = request.app.state.predictions
     since = time.time() - settings.live_quality_window_hours * HOUR_SECONDS
     evidence = LiveEvidence.weigh(
         champion.metadata.task,
