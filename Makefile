@@ -16,7 +16,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # One line per target, in the order of docs/development.md's table (tests/deploy/test_docs.py keeps them in step).
 help:
 	@echo "make run                       install, train if models/model.joblib is missing, start the service"
-	@echo "make test                      install the dev dependencies and run the whole suite"
+	@echo "make test                      install the dev dependencies and tools, lint, run the whole suite"
+	@echo "                               over the cores (TEST_WORKERS=auto); any skipped test fails it"
 	@echo "make lint                      ruff check, format check and mypy over app/"
 	@echo "make format                    ruff fix and format"
 	@echo "make ui                        the web UI (Streamlit) on http://127.0.0.1:8501, talking to the API at API_URL"
@@ -102,8 +103,14 @@ $(CHART_TOOLS): deploy/helm/checkov.lock
 .PHONY: chart-tools
 chart-tools: $(CHART_TOOLS)
 
+# Lint first, so a ruff or mypy error fails CI before the suite runs. Then the whole suite over
+# TEST_WORKERS processes (tests/support/scheduling.py: a module per unit, the longest first), with
+# every tool installed: --fail-on-skip turns any skipped test into a failure.
+TEST_WORKERS ?= auto
 test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --fail-on-skip \
+		--durations=10 $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

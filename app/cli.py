@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings, settings_error
 from app.core.revocation import revoke_user
-from app.core.security import SCOPES
+from app.core.security import SCOPES, use_password_cost
 from app.db import crud
 from app.db.refresh_tokens import RefreshTokens
 from app.db.revocations import revocation_store
@@ -48,6 +48,7 @@ def _database() -> Iterator[tuple[Database, Settings]]:
         settings = get_settings()
     except ValidationError as exc:
         raise typer.Exit(_fail(settings_error(exc))) from None
+    use_password_cost(settings.password_cost)
     database = Database(settings.database_url)
     try:
         database.migrate()

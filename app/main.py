@@ -37,6 +37,7 @@ from app.api.routes import (
 from app.core.config import Settings, load_settings
 from app.core.model_store import ModelStore
 from app.core.revocation import RevocationList
+from app.core.security import use_password_cost
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
@@ -181,6 +182,7 @@ def _route(router: APIRouter, path: str) -> APIRoute:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    use_password_cost(settings.password_cost)
 
     app = FastAPI(
         title="MLOps API Predictor",

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.security import PRODUCTION_COST, PasswordCost
+
 # The values .env.example ships with: fine on a laptop, refused in production.
 EXAMPLE_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105
 EXAMPLE_ADMIN_PASSWORD = "admin-change-me"  # noqa: S105
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     # onnxruntime's intra-op threads per loaded model: 1 per worker process, so workers do not
     # fight over the cores (raise it for one worker serving large batches).
     onnx_intra_op_threads: int = Field(default=1, ge=1, le=64)
+    # argon2id's cost for new password hashes. Production refuses less than the defaults; a test
+    # suite or a laptop may go down to the minimum (1, 8, 1), which hashes in microseconds.
+    password_hash_time_cost: int = Field(default=PRODUCTION_COST.time_cost, ge=1, le=100)
+    password_hash_memory_kib: int = Field(default=PRODUCTION_COST.memory_kib, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=PRODUCTION_COST.parallelism, ge=1, le=64)
     # Login throttling: this many failures for one username within the window lock it out.
     login_max_failures: int = Field(default=5, ge=1)
     login_window_seconds: int = Field(default=15 * 60, ge=1)
@@ -163,6 +170,20 @@ class Settings(BaseSettings):
             return self.start_worker
         return self.database_url.startswith("sqlite")
 
+    @property
+    def password_cost(self) -> PasswordCost:
+        return PasswordCost(
+            self.password_hash_time_cost, self.password_hash_memory_kib, self.password_hash_parallelism
+        )
+
+    @model_validator(mode="after")
+    def _argon2_memory_fits_its_lanes(self) -> Settings:
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise ValueError(
+                "PASSWORD_HASH_MEMORY_KIB must be at least 8 KiB per lane (8 x PASSWORD_HASH_PARALLELISM)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
         if self.app_env != "production":
@@ -174,6 +195,14 @@ class Settings(BaseSettings):
             raise ValueError("SECRET_KEY is the example value: set a long random value for production")
         if self.admin_password.get_secret_value() == EXAMPLE_ADMIN_PASSWORD:
             raise ValueError("ADMIN_PASSWORD is the example value: set a real one for production")
+        if (
+            self.password_hash_time_cost < PRODUCTION_COST.time_cost
+            or self.password_hash_memory_kib < PRODUCTION_COST.memory_kib
+        ):
+            raise ValueError(
+                "PASSWORD_HASH_TIME_COST and PASSWORD_HASH_MEMORY_KIB may not be below "
+                f"{PRODUCTION_COST.time_cost} and {PRODUCTION_COST.memory_kib} in production"
+            )
         return self
 
 

@@ -5,6 +5,8 @@ No FastAPI here: the API maps InvalidToken to 401, the CLI uses the hashing dire
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -20,8 +22,58 @@ SCOPES: dict[str, str] = {
 }
 DEFAULT_SCOPES = ("predict",)
 
-# argon2 only: passlib's bcrypt handler breaks with bcrypt >= 4.1.
-_passwords = CryptContext(schemes=["argon2"], deprecated="auto")
+
+@dataclass(frozen=True)
+class PasswordCost:
+    """argon2id's parameters for new hashes (PASSWORD_HASH_*). A hash carries its own, so a hash
+    made at another cost still verifies; only new ones change."""
+
+    time_cost: int = 3
+    memory_kib: int = 64 * 1024
+    parallelism: int = 4
+
+
+# What production may not go below (app.core.config refuses it): OWASP's argon2id floor is lower,
+# but these are what every existing hash was made with.
+PRODUCTION_COST = PasswordCost()
+
+
+def _context(cost: PasswordCost) -> CryptContext:
+    # argon2 only: passlib's bcrypt handler breaks with bcrypt >= 4.1.
+    return CryptContext(
+        schemes=["argon2"],
+        deprecated="auto",
+        argon2__time_cost=cost.time_cost,
+        argon2__memory_cost=cost.memory_kib,
+        argon2__parallelism=cost.parallelism,
+    )
+
+
+# What an unknown username's password is checked against, so that check costs what a real one
+# does. Its password is a random string nobody kept, and a match would not log anyone in anyway:
+# a constant at the production cost, so start-up computes no hash there (one argon2 hash, ~0.13 s
+# of the cold start). Another cost gets a dummy of its own, made once when it is chosen.
+_PRODUCTION_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$/V+LcW5tDQFAiLFW6h0jZA$6yOE8vMQIPzbAsbNB08JAS2EJnDG+mwdo0DPhOZjfTE"
+)
+_passwords = _context(PRODUCTION_COST)
+_cost = PRODUCTION_COST
+DUMMY_HASH = _PRODUCTION_DUMMY_HASH
+
+
+def password_cost() -> PasswordCost:
+    """The cost new hashes get in this process."""
+    return _cost
+
+
+def use_password_cost(cost: PasswordCost) -> None:
+    """Hash new passwords at `cost` in this process (its settings' PASSWORD_HASH_*)."""
+    global _passwords, _cost, DUMMY_HASH
+    if cost == _cost:
+        return
+    context = _context(cost)
+    dummy = _PRODUCTION_DUMMY_HASH if cost == PRODUCTION_COST else context.hash(secrets.token_urlsafe(16))
+    _passwords, _cost, DUMMY_HASH = context, cost, dummy
 
 
 class InvalidToken(Exception):
@@ -54,15 +106,6 @@ def verify_password(password: str, hashed: str) -> bool:
     except (ValueError, TypeError):
         # A corrupt or unknown hash in the database: a failed login, not a crash.
         return False
-
-
-# What an unknown username's password is checked against, so that check costs what a real one
-# does. Its password is a random string nobody kept, and a match would not log anyone in anyway:
-# a constant, so start-up computes no hash (one argon2 hash, ~0.13 s of the cold start). It must
-# carry the context's parameters, or the timing would differ: a test checks needs_update() is False.
-DUMMY_HASH = (
-    "$argon2id$v=19$m=65536,t=3,p=4$/V+LcW5tDQFAiLFW6h0jZA$6yOE8vMQIPzbAsbNB08JAS2EJnDG+mwdo0DPhOZjfTE"
-)
 
 
 def verify_password_or_dummy(password: str, hashed: str | None) -> bool:

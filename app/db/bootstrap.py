@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import Settings
-from app.core.security import hash_password
+from app.core.security import hash_password, use_password_cost
 from app.db import crud
 from app.db.session import Database
 
@@ -22,6 +22,7 @@ log = logging.getLogger("predictor")
 
 
 def bootstrap(database: Database, settings: Settings) -> None:
+    use_password_cost(settings.password_cost)
     password = settings.admin_password.get_secret_value()
     # A first start needs the admin's argon2 hash (~0.13 s): computed while the schema migrates, as
     # argon2 releases the GIL. Later starts have users and skip it.

@@ -1,29 +1,25 @@
 """API fixtures: a tiny real model in tmp_path, an isolated database, an authenticated client.
 
-Every test that uses `client` runs against SQLite, and again against PostgreSQL when
-TEST_DATABASE_URL is set (each PostgreSQL test gets its own schema, dropped afterwards).
+Every test that uses `client` runs against SQLite, and again against PostgreSQL (marked `postgres`:
+TEST_DATABASE_URL's server, or the local one). Each test's database is a copy of a migrated template:
+a file copy for SQLite, CREATE DATABASE ... TEMPLATE for PostgreSQL, dropped afterwards.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from app.core.config import Settings
 from app.db import crud
+from app.db.session import Database
 from app.main import create_app
 from tests.support.models import write_model
-from tests.support.postgres import LOCAL_POSTGRES_URL
+from tests.support.postgres import migrated_template, scratch_database
 from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 
@@ -48,58 +44,52 @@ def colors_model_dir(tmp_path: Path, _fitted_models: dict[str, Path]) -> Path:
     return target
 
 
-def _postgres_schema_url(base: str, schema: str) -> str:
-    url = make_url(base)
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def scratch_schema(base: str) -> Iterator[str]:
-    """A URL on `base` whose tables go to a new schema, dropped afterwards."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin_engine = create_engine(base)
-    with admin_engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at the latest migration: each test starts from a copy, not the migrations."""
+    path = tmp_path_factory.mktemp("template") / "users.db"
+    database = Database(f"sqlite:///{path}")
     try:
-        yield _postgres_schema_url(base, schema)
+        database.migrate()
     finally:
-        with admin_engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin_engine.dispose()
+        database.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    """This worker's migrated PostgreSQL database, the template of each test's own."""
+    with migrated_template() as name:
+        yield name
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A scratch schema on TEST_DATABASE_URL, or on a local PostgreSQL; skips only when none answers."""
-    base = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES_URL
-    engine = create_engine(base, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {make_url(base).render_as_string()}: {type(exc).__name__}")
-    finally:
-        engine.dispose()
-    with scratch_schema(base) as url:
+def postgres_url(_postgres_template: str) -> Iterator[str]:
+    """A scratch database of this test's own on TEST_DATABASE_URL's server (or the local one)."""
+    with scratch_database("api", template=_postgres_template) as url:
         yield url
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                not os.environ.get("TEST_DATABASE_URL"), reason="TEST_DATABASE_URL is not set"
-            ),
-        ),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Path) -> Iterator[str]:
+    """A database of this test's own at the latest migration, on each backend."""
     if request.param == "sqlite":
+        shutil.copyfile(_sqlite_template, tmp_path / "users.db")
         yield f"sqlite:///{tmp_path}/users.db"
         return
-    with scratch_schema(os.environ["TEST_DATABASE_URL"]) as url:
+    yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no table yet, on each backend: for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    with scratch_database("empty") as url:
         yield url
 
 

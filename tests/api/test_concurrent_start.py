@@ -24,10 +24,10 @@ bootstrap(database, settings)
 """
 
 
-def test_six_processes_bootstrap_one_fresh_database_once(database_url: str) -> None:
+def test_six_processes_bootstrap_one_fresh_database_once(empty_database_url: str) -> None:
     starts = [
         subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, database_url, *ADMIN],
+            [sys.executable, "-c", BOOTSTRAP, empty_database_url, *ADMIN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -42,7 +42,7 @@ def test_six_processes_bootstrap_one_fresh_database_once(database_url: str) -> N
         process.stdin.flush()
     outputs = [process.communicate(timeout=120)[0] for process in starts]
     assert [process.returncode for process in starts] == [0] * 6, "\n".join(outputs)
-    engine = create_engine(database_url)
+    engine = create_engine(empty_database_url)
     try:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM users")).scalar() == 1

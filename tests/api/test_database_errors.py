@@ -122,6 +122,7 @@ def proxy(postgres_url: str) -> Iterator[CuttableProxy]:
         cuttable.stop()
 
 
+@pytest.mark.postgres
 @pytest.mark.slow  # waits out the connect timeout
 @pytest.mark.parametrize("mode", ["refuse", "hang"])
 def test_postgresql_cut_answers_503_quickly_then_recovers(

@@ -16,10 +16,10 @@ from app.core.config import Settings
 from app.db import crud
 from app.main import create_app
 from tests.support.models import IRIS_ROW, write_model
+from tests.support.redis_db import scratch_redis
 from tests.support.servers import api_server, free_port
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
-REDIS = "redis://127.0.0.1:6379/9"
 V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
 
@@ -44,15 +44,8 @@ def _with_users(client: TestClient) -> TestClient:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=1)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS}: {exc}")
-    yield REDIS
-    client.close()
+    with scratch_redis() as url:
+        yield url
 
 
 def test_token_attempts_are_limited_per_address_across_usernames(
@@ -109,6 +102,7 @@ def test_predictions_are_limited_per_user_on_every_prediction_route(
         )
 
 
+@pytest.mark.redis
 def test_replicas_count_together_through_redis(
     settings_factory: Callable[..., Settings], redis_url: str
 ) -> None:

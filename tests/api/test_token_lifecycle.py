@@ -21,13 +21,13 @@ from app.core.config import Settings, get_settings
 from app.db import crud
 from app.main import create_app
 from tests.support.models import IRIS_ROW
+from tests.support.redis_db import scratch_redis
 from tests.support.servers import free_port, wait_until
 from tests.support.tokens import ADMIN, USER, bearer
 
 # The other replica reads the revocations this often in these tests.
 REFRESH = 0.2
 # A database of its own, emptied before each test: a revocation of "alice" must not outlive its test.
-REDIS = "redis://127.0.0.1:6379/9"
 
 
 def _login(client: TestClient, username: str, password: str) -> dict[str, Any]:
@@ -63,22 +63,14 @@ def _with_user(client: TestClient) -> TestClient:
     return client
 
 
-@pytest.fixture(params=["database", "redis"])
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """The settings of each revocation store: the SQL database, or Redis (127.0.0.1:6379)."""
+    """The settings of each revocation store: the SQL database, or this worker's Redis database."""
     if request.param == "database":
         yield {}
         return
-    import redis
-
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS}: {exc}")
-    client.flushdb()
-    yield {"redis_url": REDIS}
-    client.close()
+    with scratch_redis() as url:
+        yield {"redis_url": url}
 
 
 @pytest.fixture
@@ -271,6 +263,7 @@ def test_admin_tokens_fail_closed_while_the_store_cannot_be_read(
         assert client.post("/logout", headers=bearer(user["access_token"])).status_code == 503
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
 def test_redis_store_trims_what_no_token_can_need(store: dict[str, Any]) -> None:
     from app.core.redis_revocations import RedisRevocations, redis_client

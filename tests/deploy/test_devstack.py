@@ -42,7 +42,7 @@ from tools.devstack.stack import (
     alive,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.nginx, pytest.mark.prometheus]
 
 ADMIN = ("admin", "devstack-admin-password")
 # Two quick candidates: the stack, not the models, is under test.

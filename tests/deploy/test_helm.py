@@ -288,6 +288,7 @@ def findings(checks: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return {(check["file_path"].strip("/"), check["resource"], check["check_id"]) for check in checks}
 
 
+@pytest.mark.checkov
 def test_checkov_fails_nothing_and_every_skip_is_justified_and_needed(tmp_path: Path):
     # The same renders without the chart's skip annotations too: they must fail exactly what it skips.
     chart, bare_chart = write_renders(tmp_path / "chart"), write_renders(tmp_path / "bare", without_skips)

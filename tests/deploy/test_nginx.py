@@ -123,6 +123,7 @@ def test_metrics_are_not_served_through_the_balancer():
     assert re.search(r"location = /metrics \{[^}]*return 404 ", CONFIG)
 
 
+@pytest.mark.nginx
 def test_rendered_for_make_stack_debians_nginx_accepts_it(tmp_path: Path):
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if nginx is None:

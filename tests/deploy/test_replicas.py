@@ -220,6 +220,8 @@ def login(replica: Replica, username: str, password: str) -> httpx.Response:
     return httpx.post(f"{replica.url}/token", data={"username": username, "password": password}, timeout=10)
 
 
+@pytest.mark.postgres
+@pytest.mark.prometheus
 def test_three_replicas_and_a_worker_share_one_deployment(tmp_path: Path) -> None:
     prometheus_bin = shutil.which("prometheus")
     if prometheus_bin is None:

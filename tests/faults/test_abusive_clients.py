@@ -25,7 +25,7 @@ from tests.support.memory import reset_peak_rss, status_bytes
 from tests.support.models import IRIS_FEATURES
 from tests.support.tokens import USER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 MiB = 1024 * 1024
 TEN_GB = 10 * 1024**3

@@ -29,7 +29,7 @@ from tests.support.paths import ROOT
 from tests.support.servers import wait_until
 from tests.support.tokens import ADMIN
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 TOKEN_ANSWER_WITHIN = 5.0  # the issue's bound for /token's 503 while the database is away
 BACK_WITHIN = 10.0  # the issue's bound for normal service once a part is back
@@ -191,6 +191,7 @@ def _fill(folder: Path, leave: int = 0) -> Path:
     return ballast
 
 
+@pytest.mark.root
 def test_a_full_model_cache(stack: Stack) -> None:
     """A version that does not fit in the cache is refused (507, saying so), the old one serves on,
     nothing half-written is left; once room is made, the version the pointer names is served."""

@@ -18,7 +18,7 @@ from tests.faults.conftest import LEASE_SECONDS, Stack, record
 from tests.support.paths import ROOT
 from tests.support.servers import stop, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
 def _worker(stack: Stack, name: str) -> subprocess.Popen[bytes]:

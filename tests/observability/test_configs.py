@@ -47,6 +47,7 @@ def run(*command: str, cwd: Path | None = None) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.prometheus
 def test_prometheus_config_is_valid(tmp_path: Path):
     out = run(tool("promtool"), "check", "config", str(render_prometheus(tmp_path)))
     assert "SUCCESS" in out
@@ -61,11 +62,13 @@ def test_shipped_config_scrapes_the_api_with_a_bearer_token_and_loads_the_rules(
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
+@pytest.mark.prometheus
 def test_rules_are_valid():
     out = run(tool("promtool"), "check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
     assert "SUCCESS: 16 rules found" in out
 
 
+@pytest.mark.prometheus
 def test_alert_unit_tests_pass():
     out = run(tool("promtool"), "test", "rules", "tests/alerts_test.yml", cwd=PROMETHEUS_DIR)
     assert "SUCCESS" in out
@@ -95,6 +98,7 @@ def test_every_alert_links_its_runbook_section():
         assert rule["annotations"].get("runbook_url") == f"docs/operations.md#{name.lower()}", name
 
 
+@pytest.mark.prometheus
 def test_alertmanager_config_is_valid(tmp_path: Path):
     assert "${ALERT_WEBHOOK_URL}" in ALERTMANAGER_FILE.read_text()
     out = run(tool("amtool"), "check-config", str(render_alertmanager(tmp_path, "http://127.0.0.1:9/hook")))
@@ -143,6 +147,7 @@ def test_dashboard_panels_are_well_formed():
         assert "${DS_" not in json.dumps(dashboard)
 
 
+@pytest.mark.prometheus
 def test_dashboard_queries_parse(tmp_path: Path):
     """Every panel expression is valid PromQL: promtool parses each as a recording rule."""
     rules = [

@@ -26,7 +26,7 @@ from tests.support.servers import api_server, free_ports, running, wait_until
 from tests.support.tokens import ADMIN, login
 from tools.devstack.configs import render_alertmanager, render_prometheus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 METRICS_TOKEN = "e2e-metrics-token"
 GRAFANA = ROOT / "dashboards" / "grafana" / "dashboards"

@@ -7,6 +7,12 @@ import httpx
 SECRET = "test-secret-key-for-the-api-suite"
 ADMIN = ("admin", "admin-password-1")
 USER = ("alice", "alice-password-1")
+# argon2's minimum cost (PASSWORD_HASH_*), which tests/conftest.py sets for the whole suite.
+CHEAP_PASSWORD_HASHING = {
+    "PASSWORD_HASH_TIME_COST": "1",
+    "PASSWORD_HASH_MEMORY_KIB": "8",
+    "PASSWORD_HASH_PARALLELISM": "1",
+}
 
 
 def get_token(client: httpx.Client, username: str, password: str, scope: str | None = None) -> str:

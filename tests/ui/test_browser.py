@@ -15,7 +15,7 @@ from tests.support.paths import ROOT, STREAMLIT_APP
 from tests.support.servers import free_port, running
 from tests.support.tokens import ADMIN, USER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.chromium]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -60,7 +60,6 @@ def ui_url(api_url: str, tmp_path: Path):
         yield base
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium missing: make test installs it")
 def test_log_in_predict_and_keep_a_screenshot(ui_url: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 

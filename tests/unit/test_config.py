@@ -13,9 +13,18 @@ from app.core.config import (
     get_settings,
     settings_error,
 )
+from app.core.security import PRODUCTION_COST, PasswordCost
+from tests.support.tokens import CHEAP_PASSWORD_HASHING
 
 STRONG = "a-real-secret-that-is-long-and-random-0123456789"
 ADMIN_PW = "s3cure-admin-pw"
+
+
+@pytest.fixture(autouse=True)
+def _as_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings as a deployment reads them: without the suite's cheap password hashing."""
+    for name in CHEAP_PASSWORD_HASHING:
+        monkeypatch.delenv(name)
 
 
 def _settings(**values: object) -> Settings:
@@ -89,3 +98,27 @@ def test_start_worker_follows_the_database_unless_set() -> None:
     assert Settings(_env_file=None, start_worker="", database_url=postgres).embedded_worker is False
     assert Settings(_env_file=None, start_worker="true", database_url=postgres).embedded_worker is True
     assert Settings(_env_file=None, start_worker="false").embedded_worker is False
+
+
+def test_password_hashing_costs_the_production_floor_by_default() -> None:
+    settings = _settings()
+    assert settings.password_cost == PRODUCTION_COST == PasswordCost(3, 64 * 1024, 4)
+
+
+@pytest.mark.parametrize("weaker", [{"password_hash_time_cost": 1}, {"password_hash_memory_kib": 1024}])
+def test_production_refuses_weaker_password_hashing(weaker: dict) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(app_env="production", secret_key=STRONG, admin_password=ADMIN_PW, **weaker)
+    assert "may not be below 3 and 65536 in production" in settings_error(caught.value)
+    # Stronger is always allowed, and development may go down to argon2's minimum.
+    _settings(app_env="production", secret_key=STRONG, admin_password=ADMIN_PW, password_hash_time_cost=4)
+    minimum = _settings(
+        **{"password_hash_time_cost": 1, "password_hash_memory_kib": 8, "password_hash_parallelism": 1}
+    )
+    assert minimum.password_cost == PasswordCost(1, 8, 1)
+
+
+def test_argon2_memory_must_cover_its_lanes() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(password_hash_memory_kib=16, password_hash_parallelism=4)
+    assert "at least 8 KiB per lane" in settings_error(caught.value)

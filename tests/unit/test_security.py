@@ -47,6 +47,23 @@ def test_the_dummy_hash_costs_what_a_real_one_does() -> None:
     assert security.DUMMY_HASH.split("$")[:4] == security.hash_password("x").split("$")[:4]
 
 
+def test_a_chosen_cost_hashes_new_passwords_and_the_dummy_alike() -> None:
+    before = security.password_cost()
+    production_hash = security.hash_password("kept") if before == security.PRODUCTION_COST else None
+    try:
+        security.use_password_cost(security.PasswordCost(1, 8, 1))
+        assert "$m=8,t=1,p=1$" in hash_password("x")
+        # The unknown-user path still costs what a real check does, at the new cost.
+        assert "$m=8,t=1,p=1$" in security.DUMMY_HASH and security.dummy_hash_is_current()
+        # A hash carries its own cost: those made before still verify.
+        if production_hash:
+            assert verify_password("kept", production_hash)
+        security.use_password_cost(security.PRODUCTION_COST)
+        assert security.DUMMY_HASH.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    finally:
+        security.use_password_cost(before)
+
+
 def test_token_round_trip_carries_the_claims() -> None:
     token = create_access_token("alice", ["predict"], secret=SECRET, expires=timedelta(minutes=5))
     claims = decode_access_token(token, secret=SECRET)

@@ -1,0 +1,34 @@
+"""The whole suite's set-up: what tests need besides Python (tests/support/needs.py), passwords
+hashed at the cheapest cost, and the long suites spread over pytest-xdist's workers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import needs, scheduling
+from tests.support.tokens import CHEAP_PASSWORD_HASHING
+
+# Every app, CLI and server the suite starts (they inherit the environment) hashes passwords at
+# argon2's minimum: a login costs microseconds instead of ~0.2 s. tests/unit/test_config.py and
+# test_security.py check the production cost.
+os.environ.update(CHEAP_PASSWORD_HASHING)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        help="fail the run when any test was skipped (make test: every tool is installed)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    needs.register(config)
+
+
+# Before xdist's own hook, which reads the groups.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    scheduling.order(config, items)
