@@ -104,12 +104,12 @@ $(CHART_TOOLS): deploy/helm/checkov.lock
 chart-tools: $(CHART_TOOLS)
 
 # Lint first, so a ruff or mypy error fails CI before the suite runs. Then the whole suite over
-# TEST_WORKERS processes (tests/support/scheduling.py: a module per unit, the longest first), with
+# TEST_WORKERS processes (tests/support/scheduling.py: a file per unit, the longest first), with
 # every tool installed: --fail-on-skip turns any skipped test into a failure.
 TEST_WORKERS ?= auto
 test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --fail-on-skip \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --fail-on-skip \
 		--durations=10 $(PYTEST_ARGS)
 
 lint: $(INSTALLED)

@@ -28,7 +28,5 @@ def pytest_configure(config: pytest.Config) -> None:
     needs.register(config)
 
 
-# Before xdist's own hook, which reads the groups.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     scheduling.order(config, items)

@@ -70,8 +70,9 @@ def load_pipeline(model_dir: Path, metadata: ModelMetadata | None = None) -> tup
 def pipeline_answers(pipeline: Any, task: Task) -> Callable[[np.ndarray], np.ndarray]:
     """A fitted pipeline's answers as serving gives them: predict_proba, or predict for a regression,
     as float64, with NaN for a row scikit-learn refuses. It refuses a whole batch for one row whose
-    standardised value overflows: that batch is then asked row by row. The ONNX export checks its
-    file against this very function, and serving falls back to it."""
+    standardised value overflows: that batch is then asked again in halves, down to the rows refused
+    (a few calls per refused row, not one per row: a forest pays a thread pool's start per call). The
+    ONNX export checks its file against this very function, and serving falls back to it."""
     call = pipeline.predict if task == "regression" else pipeline.predict_proba
     refused = np.full((1,) if task == "regression" else (1, len(pipeline.classes_)), np.nan)
 
@@ -84,6 +85,7 @@ def pipeline_answers(pipeline: Any, task: Task) -> Callable[[np.ndarray], np.nda
             except ValueError:
                 if len(rows) == 1:
                     return refused.copy()
-                return np.concatenate([answer(rows[i : i + 1]) for i in range(len(rows))])
+                middle = len(rows) // 2
+                return np.concatenate([answer(rows[:middle]), answer(rows[middle:])])
 
     return answer

@@ -282,6 +282,11 @@ def test_a_model_file_corrupted_while_serving(stack: Stack) -> None:
 
         if stack.cache is not None:
             cached = stack.cache / served / "model.onnx"
+            if not cached.exists():  # run on its own: no earlier test had the replica fetch it
+                fetched = httpx.post(
+                    f"{stack.url}/model/rollback", json={"version": served}, headers=stack.admin, timeout=60
+                )
+                assert fetched.status_code == 200, fetched.text
             intact = cached.read_bytes()
             cached.write_bytes(intact[:-64] + b"\0" * 64)
             again = httpx.post(
