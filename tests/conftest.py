@@ -7,25 +7,14 @@ import os
 
 import pytest
 
-from tests.support import needs, scheduling
+from tests.support import scheduling
+from tests.support.needs import pytest_addoption, pytest_configure  # noqa: F401 - the hooks, as this suite's
 from tests.support.tokens import CHEAP_PASSWORD_HASHING
 
 # Every app, CLI and server the suite starts (they inherit the environment) hashes passwords at
 # argon2's minimum: a login costs microseconds instead of ~0.2 s. tests/unit/test_config.py and
 # test_security.py check the production cost.
 os.environ.update(CHEAP_PASSWORD_HASHING)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--fail-on-skip",
-        action="store_true",
-        help="fail the run when any test was skipped (make test: every tool is installed)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    needs.register(config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

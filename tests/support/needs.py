@@ -110,7 +110,16 @@ class NeedsPlugin:
                 terminalreporter.write_line(nodeid)
 
 
-def register(config: pytest.Config) -> None:
+# Hooks: tests/conftest.py takes them from here; a suite elsewhere can load this as `-p tests.support.needs`.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        help="fail the run when any test was skipped (make test: every tool is installed)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
     for name, need in NEEDS.items():
         config.addinivalue_line("markers", f"{name}: needs {need.what} ({need.how})")
-    config.pluginmanager.register(NeedsPlugin(config), "needs")
+    config.pluginmanager.register(NeedsPlugin(config), "needs-plugin")
