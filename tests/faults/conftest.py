@@ -26,12 +26,11 @@ from tests.support.models import write_model
 from tests.support.pipeline import write_iris_params
 from tests.support.postgres import scratch_database
 from tests.support.proxy import CuttableProxy
+from tests.support.redis_db import FAULTS_DB, REDIS_ADDRESS
 from tests.support.s3 import S3Server, moto_s3
 from tests.support.servers import Served, api_server
 from tests.support.tokens import ADMIN, USER, login
 
-REDIS = ("127.0.0.1", 6379)
-REDIS_DB = 12  # the suite's own: flushed before and after
 CACHE_BYTES = 2 * 1024 * 1024  # the tmpfs: room for the served model and little more
 LEASE_SECONDS = 3
 HEADER_TIMEOUT_SECONDS = 2.0
@@ -116,7 +115,7 @@ def tmpfs(folder: Path, size: int) -> Iterator[Path | None]:
 
 
 def _flush_redis() -> None:
-    client = redis.Redis(*REDIS, db=REDIS_DB, socket_timeout=3)
+    client = redis.Redis(*REDIS_ADDRESS, db=FAULTS_DB, socket_timeout=3)
     try:
         client.flushdb()
     finally:
@@ -140,7 +139,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         direct = make_url(stack.enter_context(scratch_database("faults")))
         s3 = stack.enter_context(moto_s3("faults", log=folder / "moto.log"))
         database = _proxy(stack, (direct.host or "127.0.0.1", direct.port or 5432))
-        redis_proxy = _proxy(stack, REDIS)
+        redis_proxy = _proxy(stack, REDIS_ADDRESS)
         store = _proxy(stack, ("127.0.0.1", int(s3.endpoint.rsplit(":", 1)[1])))
         cache = stack.enter_context(tmpfs(folder / "cache", CACHE_BYTES))
         store_url = s3.url("versions")
@@ -149,7 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DATABASE_URL": direct.set(host="127.0.0.1", port=database.port).render_as_string(
                 hide_password=False
             ),
-            "REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/{REDIS_DB}",
+            "REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/{FAULTS_DB}",
             "MODEL_STORE_URL": store_url,
             "MODEL_CACHE_DIR": str(cache or folder / "cache"),
             "WATCH_SECONDS": "1",

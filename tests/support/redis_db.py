@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 REDIS_ADDRESS = ("127.0.0.1", 6379)
-# Databases 1..11 go to workers gw0..gw10; 12 is the fault suite's deployment (tests/faults).
+# Databases 1..11 go to workers gw0..gw10; the fault suite's deployment (tests/faults) has its own.
 FIRST_DB, LAST_DB = 1, 11
+FAULTS_DB = 12
 
 
 def worker_db() -> int:
