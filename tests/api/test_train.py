@@ -22,6 +22,7 @@ from app.db.models import TrainingJobRow
 from app.main import create_app
 from app.worker import Worker
 from tests.support.models import IRIS_ROW
+from tests.support.pipeline import mlflow_store
 from tests.support.tokens import ADMIN, USER, bearer, get_token
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -49,7 +50,7 @@ def write_params(folder: Path, candidates: dict) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     # Shared by the tests: creating an MLflow store costs seconds.
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return mlflow_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from app.worker import Worker
 from tests.api.test_train import iris_csv, wait_for
 from tests.support.logs import captured_log
 from tests.support.models import IRIS_FEATURES
-from tests.support.pipeline import write_iris_params
+from tests.support.pipeline import mlflow_store, write_iris_params
 from tests.support.tokens import ADMIN, bearer, get_token
 
 TEST_SIZE = 0.3  # write_iris_params'
@@ -35,7 +35,7 @@ def trainer(
     settings_factory: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[TestClient, Settings]]:
     """An API and a worker whose jobs train the smallest iris model there is."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     settings = settings_factory(train_params=write_iris_params(tmp_path / "params.yaml"))
     with TestClient(create_app(settings)) as client:
         worker = Worker(settings, client.app.state.database)  # type: ignore[attr-defined]

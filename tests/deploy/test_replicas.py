@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.models import IRIS_ROW, write_model
 from tests.support.paths import ROOT
-from tests.support.pipeline import write_iris_params
+from tests.support.pipeline import mlflow_store, write_iris_params
 from tests.support.postgres import scratch_database
 from tests.support.s3 import moto_s3
 from tests.support.servers import free_ports, running, stop, wait_until
@@ -248,7 +248,7 @@ def test_three_replicas_and_a_worker_share_one_deployment(tmp_path: Path) -> Non
             "PYTHONPATH": str(ROOT),
             "TRAIN_PARAMS": str(write_iris_params(tmp_path / "params.yaml")),
             "PROMOTION_TOLERANCE": "1.0",  # the retraining job's model is promoted, to follow it too
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": mlflow_store(tmp_path),
             "DRIFT_ENABLED": "false",
         }
         cluster = Cluster(tmp_path / "cluster", env)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support.load import Load, Outcome
 from tests.support.models import write_model
-from tests.support.pipeline import write_iris_params
+from tests.support.pipeline import mlflow_store, write_iris_params
 from tests.support.postgres import scratch_database
 from tests.support.proxy import CuttableProxy
 from tests.support.redis_db import FAULTS_DB, REDIS_ADDRESS
@@ -162,7 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
             "JOBS_DIR": str(folder / "jobs"),
             "TRAIN_PARAMS": str(write_iris_params(folder / "params.yaml")),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+            "MLFLOW_TRACKING_URI": mlflow_store(folder),
             "START_WORKER": "false",  # the worker test starts and kills its own
         }
         api = stack.enter_context(api_server(folder, model_dir, **env))

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.support.paths import ROOT
-from tests.support.pipeline import stage_env
+from tests.support.pipeline import stage_env, write_params
 from tests.support.servers import free_port, running
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,8 @@ def digests(folder: Path, *parts: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A clone of the project's pipeline files in a fresh git repo, reproduced once."""
+    """A clone of the project's pipeline files in a fresh git repo, reproduced once (with the project's
+    params but smaller candidates: DVC's wiring, not the models, is under test)."""
     folder = tmp_path_factory.mktemp("repo")
     for name in ("app", "data/input", ".dvc"):
         shutil.copytree(
@@ -45,8 +46,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
             folder / name,
             ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "config.local"),
         )
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, folder / name)
+    write_params(folder)
     env = stage_env(folder)
     sh(["git", "init", "-q"], folder, env)
     out = sh([str(Path(sys.executable).parent / "dvc"), "repro"], folder, env)
