@@ -6,7 +6,6 @@ uvicorn app.main:create_app --factory     (or python -m app.serve, which migrate
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,9 +16,7 @@ from fastapi.routing import APIRoute
 
 from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.draining import drain_on_sigterm
 from app.api.hot_routes import HotRoutes
-from app.api.rate_limits import RateLimits
 from app.api.routes import (
     auth,
     feedback,
@@ -34,117 +31,29 @@ from app.api.routes import (
     users,
     v2,
 )
+from app.api.services import Services, start_services
 from app.core.config import Settings, load_settings
-from app.core.model_store import ModelStore
-from app.core.revocation import RevocationList
 from app.core.security import use_password_cost
-from app.db.bootstrap import bootstrap
-from app.db.jobs import JobQueue
-from app.db.pointer import DatabasePointer
-from app.db.prediction_log import PredictionLogStore
-from app.db.refresh_tokens import RefreshTokens
-from app.db.revocations import revocation_store
-from app.db.session import Database
-from app.db.throttle import DatabaseLoginThrottle
-from app.observability.drift import DriftSettings
-from app.observability.live_quality import LiveQuality, publish_thresholds
 from app.observability.logging import configure_logging
-from app.observability.metrics import REVOCATION_STORE_UP
 from app.observability.middleware import RequestContextMiddleware
-from app.serving.inference import scoring_limiter
-from app.serving.prediction_log import PredictionLog
-from app.serving.state import ServingState
-from app.serving.tracing import Tracing
 
 
 def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(settings.database_url)
-        if settings.migrate_on_startup:
-            bootstrap(database, settings)
-        drift = (
-            DriftSettings(settings.drift_window, settings.drift_min_rows, settings.drift_refresh_seconds)
-            # Drift is measured for the metrics: without them, nothing would read it.
-            if settings.drift_enabled and settings.metrics_enabled
-            else None
-        )
-        serving = ServingState(
-            settings.model_dir,
-            settings.max_batch_rows,
-            drift,
-            ModelStore.from_url(settings.model_store_url, settings.model_cache_dir),
-            DatabasePointer(database.session),
-            threads=settings.onnx_intra_op_threads,
-            shadow_queue_batches=settings.shadow_queue_batches,
-        )
-        serving.load_initial()
-        # What start-up built (the app, the model) lives as long as the process: out of the cycle
-        # collector's sight, so that a full collection does not walk it between two requests (50-90 ms
-        # here: it was the p99 at c=32). A model swapped in later stays collectable; the first one's
-        # cyclic garbage, if any, is kept until shutdown. python -m app.serve turned the collector
-        # off for the start-up (the Python docs' pattern for gc.freeze): on from here.
-        gc.freeze()
-        gc.enable()
-        stop_watching = serving.watch(settings.watch_seconds)
-        app.state.database = database
-        app.state.throttle = DatabaseLoginThrottle(
-            database.session, settings.login_max_failures, settings.login_window_seconds
-        )
-        app.state.serving = serving
-        revocations = RevocationList(
-            revocation_store(settings.redis_url, database.session, settings.longest_token_seconds),
-            max_staleness=settings.revocation_max_staleness_seconds,
-            fail_closed_scopes=settings.revocation_fail_closed_scopes.split(),
-            on_read=lambda answered: REVOCATION_STORE_UP.set(1 if answered else 0),
-        )
-        revocations.refresh()
-        stop_revocations = revocations.watch(settings.revocation_refresh_seconds)
-        app.state.revocations = revocations
-        app.state.rate_limits = RateLimits.from_settings(settings)
-        app.state.draining = threading.Event()
-        restore_sigterm = drain_on_sigterm(app.state.draining, settings.shutdown_drain_seconds)
-        app.state.refresh_tokens = RefreshTokens(
-            database.session, 60.0 * settings.refresh_token_expire_minutes
-        )
-        app.state.scoring = scoring_limiter()  # the threads that score large or slow requests
-        # Jobs are queued here and run by a worker (python -m app.worker), never in this process.
-        app.state.jobs = JobQueue(database.session, settings.job_lease_seconds)
-        predictions = PredictionLogStore(database.session)
-        app.state.predictions = predictions
-        prediction_log = (
-            PredictionLog(
-                predictions,
-                settings.prediction_log_sample,
-                settings.prediction_log_buffer_rows,
-                settings.prediction_log_days,
-            )
-            if settings.prediction_log_sample > 0
-            else None
-        )
-        stop_log = prediction_log.start() if prediction_log is not None else lambda: None
-        app.state.prediction_log = prediction_log
-        app.state.tracing = Tracing(prediction_log)
-        stop_shadow = serving.trace_with(app.state.tracing)  # the shadow challenger, if any
-        live_quality = LiveQuality(predictions, settings.live_quality_window_hours)
-        app.state.live_quality = live_quality
-        stop_live_quality = lambda: None  # noqa: E731
-        if settings.metrics_enabled:
-            publish_thresholds(
-                settings.live_accuracy_min, settings.live_mae_max, settings.live_quality_min_labels
-            )
-            stop_live_quality = live_quality.watch(settings.live_quality_refresh_seconds)
-        try:
-            yield
-        finally:
-            restore_sigterm()
-            stop_watching()
-            stop_shadow()
-            stop_revocations()
-            stop_live_quality()
-            stop_log()  # what is buffered is written before the database goes
-            database.dispose()
-            gc.unfreeze()  # an app made again in this process (tests) leaves nothing behind
+        async with start_services(settings) as services:
+            app.state.services = services
+            # What start-up built (the app, the model) lives as long as the process: out of the cycle
+            # collector's sight, so that a full collection does not walk it between two requests
+            # (50-90 ms here: it was the p99 at c=32). A model swapped in later stays collectable; the
+            # first one's cyclic garbage, if any, is kept until shutdown. python -m app.serve turned
+            # the collector off for the start-up (the Python docs' pattern for gc.freeze): on from here.
+            gc.freeze()
+            gc.enable()
+            try:
+                yield
+            finally:
+                gc.unfreeze()  # an app made again in this process (tests) leaves nothing behind
 
     return lifespan
 
@@ -154,8 +63,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     cache: dict[str | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        serving: ServingState | None = getattr(app.state, "serving", None)
-        current = serving.current if serving else None
+        services: Services | None = getattr(app.state, "services", None)
+        current = services.serving.current if services else None
         version = current.version if current else None
         if version not in cache:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -196,7 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's own OpenTelemetry, checked on every request; the service exports Prometheus metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.state.settings = settings
 
     errors.install(app)
     # The last added runs first: the request context wraps the body limit, so a 413 is logged and

@@ -22,6 +22,7 @@ from app.core.serving_pointer import ServingPointer
 from app.db.bootstrap import bootstrap
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
+from app.serving.champion_alias import record_alias
 from app.serving.predictor import Predictor
 from app.serving.retraining import update_champion_alias
 
@@ -112,4 +113,5 @@ def _publish(
     )
     yield f"serving {version} on every replica within WATCH_SECONDS ({how})"
     alias = update_champion_alias(metadata)
+    record_alias(pointer, version, alias)
     yield f"MLflow champion alias: {alias.status}{f' ({alias.reason})' if alias.reason else ''}"

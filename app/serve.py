@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.core.config import Settings, get_settings, load_settings
+from app.core.config import Settings, get_settings, load_settings, missing_project
 
 
 def _metrics_dir(workers: int) -> None:
@@ -104,7 +104,7 @@ def main() -> None:
     # Done once here, so several workers do not race to migrate the same database.
     os.environ["MIGRATE_ON_STARTUP"] = "false"
     get_settings.cache_clear()
-    worker = _start_worker() if settings.embedded_worker else None
+    worker = _start_worker(settings) if settings.embedded_worker else None
     print(f"serve: http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s)", flush=True)
     try:
         uvicorn.run(
@@ -129,8 +129,13 @@ def main() -> None:
             _stop(worker)
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
-    """The retraining worker beside the API; it exits by itself if this process dies first."""
+def _start_worker(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """The retraining worker beside the API; it exits by itself if this process dies first. None,
+    saying why, when it could not run a job from here (no params file): the API serves all the same."""
+    problem = missing_project(settings)
+    if problem is not None:
+        print(f"serve: no retraining worker ({problem}); POST /train queues jobs for one", flush=True)
+        return None
     env = os.environ | {"PREDICTOR_PARENT_PID": str(os.getpid())}
     print("serve: retraining worker started (python -m app.worker)", flush=True)
     return subprocess.Popen([sys.executable, "-m", "app.worker"], env=env)

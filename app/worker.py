@@ -15,13 +15,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import uuid
 from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.core.config import Settings, load_settings
+from app.core.config import Settings, load_settings, missing_project
 from app.core.messages import FeedbackRow, Job
 from app.core.model_store import ModelStore, now
 from app.db.bootstrap import bootstrap
@@ -135,6 +136,10 @@ class Worker:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    problem = missing_project(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     database = Database(settings.database_url)
     if settings.migrate_on_startup:
         bootstrap(database, settings)

@@ -59,7 +59,7 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             for name, app in (("off", off), ("on", on)):
                 auth = {"authorization": f"Bearer {await token(app, 'bench', PASSWORD)}"}
                 headers = auth | {"content-type": "application/json"}
-                flush = app.state.prediction_log.flush if app.state.prediction_log else None
+                flush = app.state.services.prediction_log.flush if app.state.services.prediction_log else None
                 for case, body in bodies.items():
                     calls.setdefault(case, {})[name] = (
                         request(app, "POST", "/predict", body, headers),

@@ -1,4 +1,5 @@
-"""What routes depend on, as Annotated aliases. State lives on app.state, set by the lifespan.
+"""What routes depend on, as Annotated aliases. Everything comes from the Services the lifespan
+built (app.api.services), read here and nowhere else.
 
 The cheap, non-blocking dependencies are `async def`: FastAPI runs a plain `def` dependency in the
 thread pool, and four such round trips per request cost /predict ~15% of its throughput (bench/).
@@ -14,9 +15,10 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.orm import Session
 
+from app.api.services import Services
 from app.core.config import Settings
 from app.core.lockout import Throttle
-from app.core.revocation import Revocation, RevocationList, StoreUnreadable
+from app.core.revocation import Revocation, StoreUnreadable
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
 from app.db.jobs import JobQueue
@@ -25,6 +27,7 @@ from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
 from app.observability.audit import auth_failed
 from app.observability.metrics import REVOCATIONS
+from app.serving.champion_alias import ChampionAlias
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
 
@@ -33,41 +36,65 @@ PREDICT_SCOPES = SecurityScopes(scopes=["predict"])
 NO_SCOPES = SecurityScopes(scopes=[])
 
 
+def services(request: Request) -> Services:
+    """The app's collaborators; the routes that solve no dependency (the hot ones) call this."""
+    found: Services = request.app.state.services
+    return found
+
+
+def known_features(request: Request) -> set[str]:
+    """The served model's feature names (none before start-up or without a model): an error
+    handler's view, which may run before the lifespan did."""
+    found: Services | None = getattr(request.app.state, "services", None)
+    current = found.serving.current if found is not None else None
+    return set(current.metadata.feature_names) if current is not None else set()
+
+
+async def get_services(request: Request) -> Services:
+    return services(request)
+
+
 async def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    return services(request).settings
 
 
 async def get_database(request: Request) -> Database:
-    return request.app.state.database
+    return services(request).database
 
 
 async def get_serving(request: Request) -> ServingState:
-    return request.app.state.serving
+    return services(request).serving
 
 
 async def get_throttle(request: Request) -> Throttle:
-    return request.app.state.throttle
+    return services(request).throttle
 
 
 async def get_jobs(request: Request) -> JobQueue:
-    return request.app.state.jobs
+    return services(request).jobs
 
 
 async def get_predictions(request: Request) -> PredictionLogStore:
-    return request.app.state.predictions
+    return services(request).predictions
+
+
+async def get_champion_alias(request: Request) -> ChampionAlias:
+    return services(request).champion_alias
 
 
 async def limit_client(request: Request) -> None:
     """/token's limit per client address (RATE_LIMIT_TOKEN), before any password is checked."""
-    await request.app.state.rate_limits.check_client(request)
+    await services(request).rate_limits.check_client(request)
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 ServingDep = Annotated[ServingState, Depends(get_serving)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
 JobsDep = Annotated[JobQueue, Depends(get_jobs)]
 PredictionsDep = Annotated[PredictionLogStore, Depends(get_predictions)]
+ChampionAliasDep = Annotated[ChampionAlias, Depends(get_champion_alias)]
 
 
 def get_session(database: DatabaseDep) -> Iterator[Session]:
@@ -81,7 +108,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def serving_predictor(request: Request) -> Predictor:
     """The model serving now, or a 503 saying why there is none."""
     # One read of the reference: this request uses this model even if a reload swaps it meanwhile.
-    serving: ServingState = request.app.state.serving
+    serving = services(request).serving
     predictor = serving.current
     if predictor is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {serving.error}")
@@ -89,7 +116,7 @@ def serving_predictor(request: Request) -> Predictor:
 
 
 async def get_predictor(request: Request) -> Predictor:
-    # app.state directly, not ServingDep: each dependency FastAPI solves costs the hot path.
+    # Not ServingDep: each dependency FastAPI solves costs the hot path.
     return serving_predictor(request)
 
 
@@ -124,7 +151,7 @@ def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SC
 def revoke(request: Request, revocation: Revocation, not_done: str) -> None:
     """Write a revocation to the shared store (and this replica's list), counted by kind; a 503 that
     says `not_done` when the store does not answer."""
-    revocations: RevocationList = request.app.state.revocations
+    revocations = services(request).revocations
     try:
         revocations.revoke(revocation)
     except StoreUnreadable as exc:
@@ -141,7 +168,8 @@ ANY_SCOPE_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": []}]
 
 
 def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:
-    settings: Settings = request.app.state.settings  # not SettingsDep: one dependency less per request
+    found = services(request)  # not SettingsDep: one dependency less per request
+    settings = found.settings
     try:
         claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
     except InvalidToken as exc:
@@ -151,7 +179,7 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None
     request.state.user = claims.sub
-    revocations: RevocationList = request.app.state.revocations
+    revocations = found.revocations
     if revocations.revoked(claims):
         auth_failed("revoked", request, "a revoked token: logged out, a reused refresh, a withdrawn user")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)

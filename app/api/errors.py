@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from app.api.deps import known_features
 from app.observability.logging import LOGGER_NAME
 from app.observability.metrics import DATABASE_ERRORS, validation_failed
 from app.serving.schema import RowError
@@ -30,9 +31,7 @@ class ErrorDetail(BaseModel):
 
 async def _row_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RowError)
-    serving = getattr(request.app.state, "serving", None)
-    known = set(serving.current.metadata.feature_names) if serving and serving.current else set()
-    validation_failed([e.get("field") for e in exc.errors], known)
+    validation_failed([e.get("field") for e in exc.errors], known_features(request))
     return JSONResponse({"detail": exc.errors}, status_code=422)
 
 

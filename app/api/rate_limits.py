@@ -26,6 +26,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from app.core.config import Settings
+from app.core.outage import Outage
 from app.observability.metrics import RATE_LIMIT_STORE_UP, RATE_LIMITED
 
 log = logging.getLogger("predictor")
@@ -50,9 +51,17 @@ class RateLimits:
     token: RateLimitItem | None  # per client address, at /token and /token/refresh
     predict: RateLimitItem | None  # per user, at the prediction routes
     fail_open: bool
-    _failing: bool = field(default=False, repr=False)
+    health: Outage = field(init=False, repr=False)
     _next_probe: float = field(default=0.0, repr=False)  # time.monotonic() of the next look, when failing
-    _back_at: float = field(default=-math.inf, repr=False)  # time.monotonic() the store last came back
+
+    def __post_init__(self) -> None:
+        what = "letting requests through" if self.fail_open else "refusing requests (503)"
+        self.health = Outage(
+            f"rate limit store unreachable, {what}",
+            "rate limit store answers again",
+            lambda up: RATE_LIMIT_STORE_UP.set(1 if up else 0),
+            settle_seconds=SETTLE_SECONDS,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -84,7 +93,7 @@ class RateLimits:
             await self._check(request, self.predict, "user", str(request.state.user))
 
     async def _check(self, request: Request, item: RateLimitItem, reason: str, key: str) -> None:
-        if self._failing:
+        if self.health.failing:
             now = time.monotonic()
             if now < self._next_probe:
                 return self._unchecked()
@@ -115,18 +124,8 @@ class RateLimits:
             )
 
     def _answered(self) -> None:
-        if self._failing:
-            if time.monotonic() - self._back_at > SETTLE_SECONDS:
-                log.info("rate limit store answers again")
-            self._back_at = time.monotonic()
-            self._failing = False
-            RATE_LIMIT_STORE_UP.set(1)
+        self.health.answered()
 
     def _store_failed(self, exc: Exception) -> None:
-        if not self._failing:  # once per outage
-            if time.monotonic() - self._back_at > SETTLE_SECONDS:
-                what = "letting requests through" if self.fail_open else "refusing requests (503)"
-                log.warning("rate limit store unreachable, %s: %s: %s", what, type(exc).__name__, exc)
-            self._failing = True
-            RATE_LIMIT_STORE_UP.set(0)
+        self.health.failed(exc)
         self._next_probe = time.monotonic() + PROBE_SECONDS

@@ -225,3 +225,16 @@ def load_settings() -> Settings:
         return get_settings()
     except ValidationError as exc:
         raise SystemExit(settings_error(exc)) from None
+
+
+def missing_project(settings: Settings) -> str | None:
+    """Why a retraining worker could not run a job from here, or None: each job reads the project's
+    params file (TRAIN_PARAMS, relative to the folder the worker runs in) afresh."""
+    params = settings.train_params
+    if params.is_file():
+        return None
+    where = params if params.is_absolute() else Path.cwd() / params
+    return (
+        f"worker: {where} not found: start the worker in the project folder (where params.yaml is), "
+        "or set TRAIN_PARAMS to the project's params file"
+    )

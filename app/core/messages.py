@@ -90,9 +90,10 @@ RetrainResult = Annotated[RetrainSucceeded | RetrainFailed, Field(discriminator=
 
 
 class AliasOutcome(_Message):
-    """How moving MLflow's `champion` alias went: reported, never raised (the swap is done)."""
+    """How moving MLflow's `champion` alias went: reported, never raised (the swap is done). An API
+    swap answers `pending` (the move runs after it, off the request); GET /models says how it ended."""
 
-    status: Literal["updated", "failed", "skipped"]
+    status: Literal["updated", "failed", "skipped", "pending"]
     alias: str | None = None
     reason: str | None = None
     registered_model: str | None = None

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from app.core.outage import Outage
+from app.core.periodic import Periodic
 from app.core.security import TokenClaims
 
 log = logging.getLogger("predictor")
@@ -65,7 +67,11 @@ class RevocationList:
         on_read: Callable[[bool], None] = lambda answered: None,
     ) -> None:
         self.store = store
-        self._on_read = on_read  # the metrics: whether the store answered the last read
+        self.health = Outage(
+            "revocation store unreadable, checking against what this replica has",
+            "revocation store answers again",
+            on_read,  # the metrics: whether the store answers
+        )
         self.max_staleness = max_staleness
         self.fail_closed_scopes = frozenset(fail_closed_scopes)
         self._clock = clock
@@ -75,7 +81,6 @@ class RevocationList:
         self._cursor: str | None = None  # read and written by refresh() alone
         self._lock = threading.Lock()  # between refresh() and revoke(), which both apply
         self._read_at = -math.inf  # when the store last answered (this process's clock)
-        self.error: str | None = None  # why the last read failed; None while the store answers
 
     def revoked(self, claims: TokenClaims) -> bool:
         """Whether this verified token was withdrawn: three dictionary lookups."""
@@ -109,34 +114,21 @@ class RevocationList:
         try:
             found, cursor = self.store.read_since(self._cursor)
         except Exception as exc:
-            self._failed(exc)
+            self.health.failed(exc)
             return
         self._cursor = cursor
         self._apply(found)
         self._read_at = self._clock()
-        if self.error is not None:
-            log.info("revocation store answers again")
-            self.error = None
-        self._on_read(True)
+        self.health.answered()
 
-    def watch(self, interval: float) -> Callable[[], None]:
-        """refresh() from a daemon thread every `interval` seconds; returns what stops it."""
-        stop = threading.Event()
+    @property
+    def error(self) -> str | None:
+        """Why the last read failed; None while the store answers."""
+        return self.health.error
 
-        def loop() -> None:
-            while not stop.wait(interval):
-                self.refresh()
-
-        threading.Thread(target=loop, name="revocation-watch", daemon=True).start()
-        return stop.set
-
-    def _failed(self, exc: Exception) -> None:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        error = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-        if self.error is None:  # once per outage, not every refresh
-            log.warning("revocation store unreadable, checking against what this replica has: %s", error)
-        self.error = error
-        self._on_read(False)
+    def watch(self, interval: float) -> Periodic:
+        """refresh() every `interval` seconds (started; stop() stops and joins it)."""
+        return Periodic("revocation-watch", interval, self.refresh).start()
 
     def _apply(self, revocations: Iterable[Revocation]) -> None:
         now = self._clock()

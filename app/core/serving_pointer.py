@@ -11,6 +11,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from app.core.messages import AliasOutcome
+
 
 class ServingPointer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,6 +26,9 @@ class ServingPointer(BaseModel):
     # The version scoring the same traffic in the background (POST /model/shadow), if any: moved
     # only by set_shadow, so a rollback or a promotion by a retraining job keeps it.
     shadow_version: str | None = None
+    # Where MLflow's `champion` alias stands: the version it was last moved for, and how that went.
+    alias_version: str | None = None
+    alias: AliasOutcome | None = None
 
 
 class PointerStore(Protocol):
@@ -37,4 +42,9 @@ class PointerStore(Protocol):
 
     def set_shadow(self, version: str | None) -> bool:
         """Name the shadow challenger (None: no shadow); False when there is no pointer yet."""
+        ...
+
+    def set_alias(self, version: str, outcome: AliasOutcome) -> bool:
+        """Record how moving the alias to `version` went; False (nothing written) when the pointer
+        has moved to another version since."""
         ...

@@ -59,6 +59,10 @@ class ServingPointerRow(Base):
     model_dir_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The version scoring the same traffic in the background (POST /model/shadow), if any.
     shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # MLflow's `champion` alias, moved after the pointer, off the request: for which version, and how
+    # it went (an AliasOutcome as JSON; pending until the move ends).
+    alias_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    alias_outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TrainingJobRow(Base):

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.messages import AliasOutcome
 from app.core.serving_pointer import ServingPointer
 from app.db.models import ServingPointerRow
 
@@ -33,6 +34,8 @@ class DatabasePointer:
                 reason=row.reason[:255],
                 model_dir_version=row.model_dir_version,
                 shadow_version=row.shadow_version,
+                alias_version=row.alias_version,
+                alias=_outcome(row.alias_outcome),
             )
 
     def set_shadow(self, version: str | None) -> bool:
@@ -41,6 +44,16 @@ class DatabasePointer:
                 update(ServingPointerRow)
                 .where(ServingPointerRow.id == _ROW_ID)
                 .values(shadow_version=version)
+            )
+            session.commit()
+            return bool(getattr(changed, "rowcount", 0))
+
+    def set_alias(self, version: str, outcome: AliasOutcome) -> bool:
+        with self._sessions() as session:
+            changed = session.execute(
+                update(ServingPointerRow)
+                .where(ServingPointerRow.id == _ROW_ID, ServingPointerRow.version == version)
+                .values(alias_version=version, alias_outcome=outcome.model_dump_json(exclude_none=True))
             )
             session.commit()
             return bool(getattr(changed, "rowcount", 0))
@@ -68,3 +81,12 @@ class DatabasePointer:
                     update(ServingPointerRow).where(ServingPointerRow.id == _ROW_ID).values(**values)
                 )
                 session.commit()
+
+
+def _outcome(stored: str | None) -> AliasOutcome | None:
+    if stored is None:
+        return None
+    try:
+        return AliasOutcome.model_validate_json(stored)
+    except ValueError:  # written by a later release that this one cannot read
+        return None

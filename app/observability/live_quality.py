@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from app.core.outage import Outage
+from app.core.periodic import Periodic
 from app.core.quality import Confusion, Errors, Quality
 from app.observability import metrics
 
@@ -41,7 +42,8 @@ class LiveQuality:
         self.window_seconds = window_hours * 3600
         self._clock = clock
         self._published: set[tuple[str, str]] = set()
-        self._failing = False
+        # The database: while it does not answer, the gauges keep their last values.
+        self.health = Outage("live quality not read", "live quality read again")
 
     def read(self) -> dict[tuple[str, str], Quality]:
         """Per (model version, role): the live figures, as of now."""
@@ -67,26 +69,17 @@ class LiveQuality:
         self._published = {key for key, quality in found.items() if quality.labelled}
         return found
 
-    def watch(self, interval: float) -> Callable[[], None]:
-        """Refresh every `interval` seconds from a daemon thread; returns the function that stops it."""
-        stop = threading.Event()
+    def watch(self, interval: float) -> Periodic:
+        """Refresh every `interval` seconds (started; stop() stops and joins it)."""
+        return Periodic("live-quality", interval, self._refresh_or_say, at_start=True).start()
 
-        def loop() -> None:
-            while True:
-                try:
-                    self.refresh()
-                    if self._failing:
-                        log.info("live quality read again")
-                    self._failing = False
-                except Exception as exc:  # the database: the gauges keep their last values
-                    if not self._failing:
-                        log.warning("live quality not read: %s", exc)
-                    self._failing = True
-                if stop.wait(interval):
-                    return
-
-        threading.Thread(target=loop, name="live-quality", daemon=True).start()
-        return stop.set
+    def _refresh_or_say(self) -> None:
+        try:
+            self.refresh()
+        except Exception as exc:
+            self.health.failed(exc)
+            return
+        self.health.answered()
 
 
 def publish_thresholds(accuracy_min: float, mae_max: float | None, min_labels: int) -> None:

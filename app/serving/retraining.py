@@ -37,6 +37,7 @@ from app.core.messages import (
 )
 from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, UnknownVersion, now
 from app.core.serving_pointer import PointerStore, ServingPointer
+from app.serving.champion_alias import record_alias
 from app.serving.predictor import Predictor
 
 log = logging.getLogger("predictor")
@@ -181,6 +182,7 @@ class Retrainer:
         except (ModelLoadError, UnknownVersion, StoreUnavailable, CacheFull) as exc:
             return job.model_copy(update=update | {"status": "failed", "reason": f"promotion refused: {exc}"})
         mlflow = update_champion_alias(metadata)
+        record_alias(self.pointer, metadata.version, mlflow)
         message = f"promoted: now serving {result.version} ({result.gate.reason}){left_out}"
         return job.model_copy(
             update=update | {"status": "succeeded", "promoted": True, "mlflow": mlflow, "message": message}

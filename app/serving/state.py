@@ -44,6 +44,8 @@ from app.core.model_store import (
     VersionRecord,
     now,
 )
+from app.core.outage import Outage
+from app.core.periodic import Periodic
 from app.core.serving_pointer import PointerStore, ServingPointer
 from app.observability import metrics
 from app.observability.drift import DriftSettings
@@ -76,11 +78,16 @@ class ServingState:
         self.pointer = pointer
         self._served: Served | None = None
         self._error: str | None = "not loaded yet"
-        # Why the store could not be read at the last look (None: it answered).
-        self.store_error: str | None = None
+        self.store_health = Outage(
+            f"model store {store.url} unreachable",
+            f"model store {store.url} answers again",
+            lambda up: metrics.MODEL_STORE_UP.set(1 if up else 0),
+        )
         # A version the pointer names that failed verification: not retried at every watch tick.
         self._refused: str | None = None
-        self._pointer_unread = False  # the database did not answer the last look
+        self.pointer_health = Outage(
+            "serving pointer not read, still serving what this replica has", "serving pointer read again"
+        )
         # A version the pointer names that the store has not given yet: logged once, retried every tick.
         self._awaited: str | None = None
         # Serialises swaps; readers never take it.
@@ -256,14 +263,17 @@ class ServingState:
         except (OSError, ValueError):
             return None
 
+    @property
+    def store_error(self) -> str | None:
+        """Why the store could not be read at the last look (None: it answered)."""
+        return self.store_health.error
+
     def _store_failed(self, exc: Exception) -> None:
-        self.store_error = str(exc)
-        metrics.MODEL_STORE_UP.set(0)
         metrics.MODEL_STORE_ERRORS.inc()
+        self.store_health.failed(str(exc))
 
     def _store_answered(self) -> None:
-        self.store_error = None
-        metrics.MODEL_STORE_UP.set(1)
+        self.store_health.answered()
 
     def sync(self) -> None:
         """Follow the serving pointer when another replica, the worker or `models publish` moved it."""
@@ -271,13 +281,9 @@ class ServingState:
         try:
             pointer = self.pointer.get()
         except Exception as exc:  # the database did not answer: keep serving, look again next tick
-            if not self._pointer_unread:  # once per outage, not every WATCH_SECONDS
-                log.warning("serving pointer not read, still serving what this replica has: %s", exc)
-            self._pointer_unread = True
+            self.pointer_health.failed(exc)
             return
-        if self._pointer_unread:
-            log.info("serving pointer read again")
-            self._pointer_unread = False
+        self.pointer_health.answered()
         self._follow_champion(pointer)
         self._follow_shadow(pointer, read_at)
 
@@ -425,25 +431,13 @@ class ServingState:
         try:
             self.store.ping()
         except StoreUnavailable as exc:
-            if self.store_error is None:
-                log.warning("model store %s unreachable: %s", self.store.url, exc)
             self._store_failed(exc)
             return
         self._store_answered()
 
-    def watch(self, interval: float = WATCH_SECONDS) -> Callable[[], None]:
-        """Follow the pointer from a daemon thread; returns the function that stops it."""
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(interval):
-                try:
-                    self.sync()
-                except Exception:
-                    log.exception("version watch failed")
-
-        threading.Thread(target=loop, name="version-watch", daemon=True).start()
-        return stop.set
+    def watch(self, interval: float = WATCH_SECONDS) -> Periodic:
+        """Follow the pointer every `interval` seconds (started; stop() stops and joins it)."""
+        return Periodic("version-watch", interval, self.sync).start()
 
 
 def _timestamp(iso: str) -> float:

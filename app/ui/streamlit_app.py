@@ -196,6 +196,7 @@ def model_page(api: ApiClient, admin: bool) -> None:
                 v["metric"]: v["metrics"].get(v["metric"]),
                 "origin": v.get("origin"),
                 "mlflow version": v.get("registered_version"),
+                "mlflow alias": (v.get("mlflow_alias") or {}).get("status", ""),
             }
             for v in versions["versions"]
         ]
@@ -260,7 +261,11 @@ def rollback_section(api: ApiClient, versions: list[str], serving: str | None) -
             return
         mlflow = answer.get("mlflow", {})
         st.success(f"Now serving {answer['model_version']} (was {answer['previous_version']}).")
-        if mlflow.get("status") != "updated":
+        if mlflow.get("status") == "pending":
+            st.info(
+                "MLflow's champion alias follows in the background: the versions table shows how it went."
+            )
+        elif mlflow.get("status") != "updated":
             st.info(f"MLflow alias: {mlflow.get('status')}: {mlflow.get('reason', '')}")
 
 

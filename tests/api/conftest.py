@@ -121,7 +121,7 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
-        with test_client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with test_client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         yield test_client
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -91,7 +92,7 @@ def test_missing_scope_gets_403(client: TestClient, user_headers: dict[str, str]
 
 
 def test_predict_needs_the_predict_scope(client: TestClient) -> None:
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         crud.create_user(session, "ops", "ops-password-1", scopes=["admin"])
     headers = bearer(get_token(client, "ops", "ops-password-1"))
     assert client.post("/predict", json=BODY, headers=headers).status_code == 403
@@ -117,7 +118,7 @@ def test_unknown_user_and_wrong_password_answer_the_same(client: TestClient) -> 
 
 
 def test_disabled_user_gets_401(client: TestClient) -> None:
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         crud.set_disabled(session, USER[0])
     response = client.post("/token", data={"username": USER[0], "password": USER[1]})
     assert response.status_code == 401
@@ -127,9 +128,11 @@ def test_disabled_user_gets_401(client: TestClient) -> None:
 def test_lockout_after_five_failures_and_its_release(client: TestClient) -> None:
     now = [1_795_000_000.0]
     start = now[0]
-    database = client.app.state.database  # type: ignore[attr-defined]
+    database = client.app.state.services.database  # type: ignore[attr-defined]
     # The service's own store (the database), with a clock the test moves.
-    client.app.state.throttle = DatabaseLoginThrottle(database.session, 5, 900, clock=lambda: now[0])  # type: ignore[attr-defined]
+    services = client.app.state.services  # type: ignore[attr-defined]
+    throttle = DatabaseLoginThrottle(database.session, 5, 900, clock=lambda: now[0])
+    client.app.state.services = dataclasses.replace(services, throttle=throttle)  # type: ignore[attr-defined]
     for _ in range(5):
         assert client.post("/token", data={"username": "alice", "password": "nope"}).status_code == 401
         now[0] += 1
@@ -148,14 +151,14 @@ def test_lockout_after_five_failures_and_its_release(client: TestClient) -> None
 def test_lockout_is_shared_by_every_server_process(settings) -> None:
     """Two apps on one database stand for two workers: failures on one lock the user out on both."""
     with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
-        with first.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with first.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         for client in (first, second, first, second, first):
             assert client.post("/token", data={"username": USER[0], "password": "nope"}).status_code == 401
         for client in (first, second):
             assert client.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 429
         # Once the failures leave the window (deleted here rather than waited for), both let the user in.
-        with first.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with first.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             session.execute(delete(LoginFailure))
             session.commit()
         assert second.post("/token", data={"username": USER[0], "password": USER[1]}).status_code == 200

@@ -46,6 +46,6 @@ def test_six_processes_bootstrap_one_fresh_database_once(empty_database_url: str
     try:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM users")).scalar() == 1
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     finally:
         engine.dispose()

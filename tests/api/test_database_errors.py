@@ -67,7 +67,7 @@ def test_sqlite_gone_answers_503_then_recovers(
     with TestClient(create_app(settings_factory())) as client:
         headers = bearer(get_token(client, *ADMIN))
         folder, away = tmp_path / "db", tmp_path / "db-away"
-        database = client.app.state.database  # type: ignore[attr-defined]
+        database = client.app.state.services.database  # type: ignore[attr-defined]
         before = {route: errors_counted(route) for route in ("/token", "/users")}
         folder.rename(away)
         database.engine.dispose()  # the pool's open files would still work: new connections do not
@@ -131,7 +131,7 @@ def test_postgresql_cut_answers_503_quickly_then_recovers(
     through_proxy = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
     settings = settings_factory(database_url=through_proxy.render_as_string(hide_password=False))
     with TestClient(create_app(settings)) as client:
-        with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         headers = bearer(get_token(client, *ADMIN))
         predicting = bearer(get_token(client, *USER))

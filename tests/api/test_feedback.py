@@ -40,8 +40,8 @@ def _predict(client: TestClient, headers: dict[str, str], rows: list[dict[str, A
 
 
 def _logged(client: TestClient) -> dict[str, PredictionLogRow]:
-    assert client.app.state.prediction_log.flush()  # type: ignore[attr-defined]
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    assert client.app.state.services.prediction_log.flush()  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         return {row.prediction_id: row for row in session.scalars(select(PredictionLogRow))}
 
 
@@ -179,7 +179,7 @@ def test_live_gauges_match_a_hand_computed_window(
     predicted = [p["label"] for p in predictions[:5]]
     version = client.get("/model-info", headers=user_headers).json()["version"]
 
-    found = client.app.state.live_quality.refresh()  # type: ignore[attr-defined]
+    found = client.app.state.services.live_quality.refresh()  # type: ignore[attr-defined]
     quality = found[(version, "served")]
     labels = {"model_version": version, "role": "served"}
     assert quality.labelled == 5 == REGISTRY.get_sample_value("predictor_live_labelled", labels)
@@ -192,11 +192,11 @@ def test_live_gauges_match_a_hand_computed_window(
     assert math.isnan(quality.mae)
     assert (
         REGISTRY.get_sample_value("predictor_live_min_labels")
-        == client.app.state.settings.live_quality_min_labels
+        == client.app.state.services.settings.live_quality_min_labels
     )  # type: ignore[attr-defined]
 
     # Predictions made before the window are not counted.
-    later = client.app.state.live_quality  # type: ignore[attr-defined]
+    later = client.app.state.services.live_quality  # type: ignore[attr-defined]
     later._clock = lambda: time.time() + later.window_seconds + 60
     assert later.refresh()[(version, "served")].labelled == 0
     assert REGISTRY.get_sample_value("predictor_live_labelled", labels) == 0
@@ -221,9 +221,9 @@ def test_sampling_keeps_about_the_share_asked_and_zero_keeps_none(
         with TestClient(create_app(settings)) as client:
             headers = bearer(get_token(client, *ADMIN))
             ids = [p["prediction_id"] for _ in range(80) for p in _predict(client, headers, ROWS + ROWS[:2])]
-            if client.app.state.prediction_log is not None:  # type: ignore[attr-defined]
-                client.app.state.prediction_log.flush()  # type: ignore[attr-defined]
-            kept = PredictionLogStore(client.app.state.database.session).count()  # type: ignore[attr-defined]
+            if client.app.state.services.prediction_log is not None:  # type: ignore[attr-defined]
+                client.app.state.services.prediction_log.flush()  # type: ignore[attr-defined]
+            kept = PredictionLogStore(client.app.state.services.database.session).count()  # type: ignore[attr-defined]
             assert low <= kept <= high, (sample, kept)
             if sample == 0:
                 status = _feedback(client, headers, [{"prediction_id": ids[0], "label": "setosa"}]).json()
@@ -282,8 +282,8 @@ def test_a_full_buffer_drops_and_counts_and_never_blocks(serving_predictor: Any)
 
 def test_the_sweep_deletes_rows_past_the_retention(client: TestClient, user_headers: dict[str, str]) -> None:
     _predict(client, user_headers, ROWS)
-    store: PredictionLogStore = client.app.state.predictions  # type: ignore[attr-defined]
-    prediction_log: PredictionLog = client.app.state.prediction_log  # type: ignore[attr-defined]
+    store: PredictionLogStore = client.app.state.services.predictions  # type: ignore[attr-defined]
+    prediction_log: PredictionLog = client.app.state.services.prediction_log  # type: ignore[attr-defined]
     prediction_log.flush()
     assert store.count() == 3
     prediction_log.sweep()
@@ -317,7 +317,7 @@ def test_a_failing_database_drops_the_batch_and_counts_it(serving_predictor: Any
 
 @pytest.fixture
 def serving_predictor(client: TestClient) -> Any:
-    return client.app.state.serving.current  # type: ignore[attr-defined]
+    return client.app.state.services.serving.current  # type: ignore[attr-defined]
 
 
 def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
@@ -325,7 +325,7 @@ def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
 ) -> None:
     import numpy as np
 
-    store: PredictionLogStore = client.app.state.predictions  # type: ignore[attr-defined]
+    store: PredictionLogStore = client.app.state.services.predictions  # type: ignore[attr-defined]
     prediction_log = PredictionLog(store, sample=1, buffer_rows=100, retention_days=30, flush_seconds=60)
     stop = prediction_log.start()
     try:
@@ -339,7 +339,7 @@ def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
         assert prediction_log.flush()
     finally:
         stop()
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         found = {
             r.prediction_id: (r.shadow_version, r.shadow_label)
             for r in session.scalars(select(PredictionLogRow))

@@ -23,7 +23,7 @@ def test_ready_when_model_loaded_and_database_answers(client: TestClient) -> Non
 
 
 def test_not_ready_when_the_database_is_down(client: TestClient, database_url: str, tmp_path: Path) -> None:
-    database = client.app.state.database  # type: ignore[attr-defined]
+    database = client.app.state.services.database  # type: ignore[attr-defined]
     healthy = database.engine
     if make_url(database_url).get_backend_name() == "sqlite":
         unreachable = f"sqlite:///{tmp_path}/no-such-dir/users.db"

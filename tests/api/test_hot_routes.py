@@ -33,7 +33,7 @@ def clients(settings_factory: Callable[..., Settings]) -> Iterator[tuple[TestCli
     hot, routed = create_app(settings_factory()), _without_hot_routes(create_app(settings_factory()))
     with TestClient(hot) as hot_client, TestClient(routed) as routed_client:
         # One database for both apps (the same settings): the user is made once.
-        with hot_client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with hot_client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         yield hot_client, routed_client
 

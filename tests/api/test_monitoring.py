@@ -71,7 +71,7 @@ def shadowed(
 
 
 def store_of(client: TestClient) -> PredictionLogStore:
-    return client.app.state.predictions  # type: ignore[attr-defined]
+    return client.app.state.services.predictions  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_the_shadows_agreement_with_the_champion(
 def test_the_current_shadow_is_the_one_the_serving_pointer_names(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
-    assert client.app.state.serving.pointer.set_shadow("v7")  # type: ignore[attr-defined]
+    assert client.app.state.services.serving.pointer.set_shadow("v7")  # type: ignore[attr-defined]
     # Named, with no answer logged yet.
     assert monitoring(client, admin_headers)["shadow"] == {"current": "v7", "versions": []}
 
@@ -312,7 +312,7 @@ def test_only_admins_read_it(client: TestClient, user_headers: dict[str, str]) -
     refused = client.get("/monitoring", headers=user_headers)
     assert refused.status_code == 403 and "admin" in refused.json()["detail"]
     # A labeller's token (feedback scope) sends ground truth; it does not read the log.
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         crud.create_user(session, "labeller", USER[1], scopes=["feedback"])
     labeller = bearer(get_token(client, "labeller", USER[1]))
     assert client.get("/monitoring", headers=labeller).status_code == 403

@@ -79,7 +79,7 @@ def finished_job(client: TestClient) -> Job:
         feedback_refused=2,
         message="promoted: now serving v2",
     )
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         session.add(TrainingJobRow(id=job.id, status=job.status, created_at=0, record=job.model_dump_json()))
         session.commit()
     return job

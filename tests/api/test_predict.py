@@ -38,7 +38,7 @@ def test_predict_a_batch_up_to_max_batch_rows(client: TestClient, user_headers: 
 
 
 def test_the_model_is_called_once_per_request(client: TestClient, user_headers: Headers) -> None:
-    predictor = client.app.state.serving.current  # type: ignore[attr-defined]
+    predictor = client.app.state.services.serving.current  # type: ignore[attr-defined]
     calls: list[int] = []
     original = predictor.model
     counting = dataclasses.replace(original, call=lambda x: calls.append(len(x)) or original.call(x))

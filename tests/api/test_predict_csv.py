@@ -124,7 +124,7 @@ def test_a_csv_larger_than_max_batch_rows_streams_back_in_order_with_every_row(
 def test_each_chunk_is_scored_with_one_model_call_and_every_row_is_counted(
     client: TestClient, user_headers: Headers, lines: list[str]
 ) -> None:
-    predictor = client.app.state.serving.current  # type: ignore[attr-defined]
+    predictor = client.app.state.services.serving.current  # type: ignore[attr-defined]
     calls: list[int] = []
     original = predictor.model
     counting = dataclasses.replace(original, call=lambda x: calls.append(len(x)) or original.call(x))

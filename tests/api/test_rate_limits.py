@@ -34,7 +34,7 @@ def _client(settings: Settings) -> TestClient:
 
 
 def _with_users(client: TestClient) -> TestClient:
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         if crud.get_user(session, USER[0]) is None:
             crud.create_user(session, *USER, scopes=["predict"])
         if crud.get_user(session, "bob") is None:

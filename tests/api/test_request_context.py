@@ -54,7 +54,7 @@ def test_log_lines_name_route_status_user_and_never_secrets(client: TestClient) 
 def test_an_unexpected_error_is_json_without_a_trace(
     client: TestClient, user_headers: dict[str, str]
 ) -> None:
-    predictor = client.app.state.serving.current  # type: ignore[attr-defined]
+    predictor = client.app.state.services.serving.current  # type: ignore[attr-defined]
     original = predictor.model
 
     def explode(_: object) -> None:

@@ -40,7 +40,7 @@ def test_no_more_requests_are_scored_at_once_than_there_are_scoring_threads(
     row = dict.fromkeys(IRIS_FEATURES, 5.0)
     body = {"instances": [row] * 400}  # past INLINE_BODY_BYTES: scored off the event loop
     with TestClient(create_app(settings_factory(max_batch_rows=1000))) as client:
-        assert client.app.state.scoring.total_tokens == 2  # type: ignore[attr-defined]
+        assert client.app.state.services.scoring.total_tokens == 2  # type: ignore[attr-defined]
         with ThreadPoolExecutor(8) as pool:
             answers = list(
                 pool.map(lambda _: client.post("/predict", json=body, headers=user_headers), range(8))

@@ -59,7 +59,7 @@ def predict(client: TestClient, headers: Headers, rows: list[dict[str, float]]) 
 
 def drained(client: TestClient) -> None:
     """What the shadow was offered is scored, and what both logged is written."""
-    state = client.app.state  # type: ignore[attr-defined]
+    state = client.app.state.services  # type: ignore[attr-defined]
     if state.serving.shadow is not None:
         assert state.serving.shadow.flush()
     assert state.prediction_log.flush()
@@ -96,7 +96,7 @@ def test_a_shadow_scores_the_traffic_and_never_changes_an_answer(
     assert shadow_rows("v2", "failed") == before["failed"]
     # Its answers to the logged rows are kept, by the ids the champion's answer gave.
     ids = [p["prediction_id"] for p in beside.json()["predictions"]]
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         logged = dict(
             session.execute(
                 select(PredictionLogRow.prediction_id, PredictionLogRow.shadow_label).where(
@@ -192,7 +192,7 @@ def test_every_replica_follows_the_shadow_and_a_change_of_champion_keeps_it(
         # A new champion (the pipeline's v3, reloaded) leaves the shadow where it was.
         write_model(model_dir, "iris", version="v3")
         assert client.post("/model/reload", headers=admin_headers).status_code == 200
-        pointer = client.app.state.serving.pointer.get()  # type: ignore[attr-defined]
+        pointer = client.app.state.services.serving.pointer.get()  # type: ignore[attr-defined]
         assert (pointer.version, pointer.shadow_version) == ("v3", "v2")
         assert eventually(lambda: second.get("/health").json()["model_version"] == "v3")
         assert second_shadow() == "v2"
@@ -209,7 +209,7 @@ def test_every_replica_follows_the_shadow_and_a_change_of_champion_keeps_it(
 
 def label(client: TestClient, ids: list[str], labels: list[str]) -> None:
     truths = [Truth(prediction_id=i, label=label) for i, label in zip(ids, labels, strict=True)]
-    statuses = client.app.state.predictions.label(truths, at=time.time())  # type: ignore[attr-defined]
+    statuses = client.app.state.services.predictions.label(truths, at=time.time())  # type: ignore[attr-defined]
     assert set(statuses) <= {"recorded", "relabelled"}
 
 
@@ -262,7 +262,7 @@ def test_promotion_is_refused_without_a_shadow_enough_labels_or_a_metric_as_good
     assert detail["shadow"] == pytest.approx(146 / 150)  # the four rows where v1 is wrong, v2 right
     assert "is below the champion's 1.0000 minus the tolerance 0.01" in detail["message"]
     assert client.get("/models", headers=user_headers).json()["serving"] == "v1"
-    assert client.app.state.serving.pointer.get().shadow_version == "v2"  # type: ignore[attr-defined]
+    assert client.app.state.services.serving.pointer.get().shadow_version == "v2"  # type: ignore[attr-defined]
 
 
 def test_promotion_on_live_evidence_serves_the_shadow_everywhere(
@@ -279,7 +279,7 @@ def test_promotion_on_live_evidence_serves_the_shadow_everywhere(
     assert body["evidence"]["shadow"] == 1.0 and body["evidence"]["champion"] < 0.99
     assert body["mlflow"]["status"] == "skipped"  # the test models were never registered
 
-    pointer = client.app.state.serving.pointer.get()  # type: ignore[attr-defined]
+    pointer = client.app.state.services.serving.pointer.get()  # type: ignore[attr-defined]
     assert (pointer.version, pointer.shadow_version) == ("v2", None)
     assert pointer.reason == "promoted by admin on live evidence"
     listing = client.get("/models", headers=user_headers).json()

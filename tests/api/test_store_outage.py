@@ -22,7 +22,7 @@ def test_a_replica_without_its_store_serves_on_and_reports_it(
         client.__enter__()
     try:  # the S3 server is gone from here on
         headers = bearer(get_token(client, *ADMIN))
-        serving = client.app.state.serving  # type: ignore[attr-defined]
+        serving = client.app.state.services.serving  # type: ignore[attr-defined]
         assert serving.current.version == "v1"  # published to S3 and served at start-up
         serving.sync()  # what the watch does every WATCH_SECONDS
 

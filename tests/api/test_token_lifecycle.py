@@ -57,7 +57,7 @@ def _eventually(check: Callable[[], bool], within: float = 5.0) -> float:
 
 
 def _with_user(client: TestClient) -> TestClient:
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         if crud.get_user(session, USER[0]) is None:
             crud.create_user(session, *USER, scopes=["predict"])
     return client
@@ -217,7 +217,7 @@ def test_predict_asks_the_database_nothing(replicas: tuple[TestClient, TestClien
     client, _ = replicas
     token = _login(client, *USER)["access_token"]
     assert _predicts(client, token) == 200
-    engine = client.app.state.database.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.database.engine  # type: ignore[attr-defined]
     statements: list[str] = []
     # The replica's background threads (revocations, the serving pointer, the prediction log's
     # writer, live quality) read and write meanwhile: only the requests' own statements count.
@@ -289,7 +289,7 @@ def test_a_revocation_committed_late_is_still_read(settings_factory: Callable[..
     from app.db.revocations import DatabaseRevocations
 
     with TestClient(create_app(settings_factory())) as client:
-        database = client.app.state.database  # type: ignore[attr-defined]
+        database = client.app.state.services.database  # type: ignore[attr-defined]
         store = DatabaseRevocations(database.session)
         now = time.time()
         with database.session() as session:

@@ -71,10 +71,10 @@ def trainer(
         )
         client = TestClient(create_app(settings))
         client.__enter__()
-        with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+        with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             crud.create_user(session, *USER, scopes=["predict"])
         clients.append(client)
-        worker = Worker(settings, client.app.state.database)  # type: ignore[attr-defined]
+        worker = Worker(settings, client.app.state.services.database)  # type: ignore[attr-defined]
         thread = threading.Thread(target=worker.run, name="worker")
         thread.start()
         workers.append((worker, thread))
@@ -202,7 +202,7 @@ def test_a_job_whose_worker_stopped_renewing_its_lease_is_failed_not_running_for
         "data": "x",
         "created_at": "2026-11-23T00:00:00+00:00",
     }
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         session.add(
             TrainingJobRow(
                 id=stale,

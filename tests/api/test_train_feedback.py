@@ -38,7 +38,7 @@ def trainer(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     settings = settings_factory(train_params=write_iris_params(tmp_path / "params.yaml"))
     with TestClient(create_app(settings)) as client:
-        worker = Worker(settings, client.app.state.database)  # type: ignore[attr-defined]
+        worker = Worker(settings, client.app.state.services.database)  # type: ignore[attr-defined]
         thread = threading.Thread(target=worker.run, name="worker")
         thread.start()
         try:
@@ -50,7 +50,7 @@ def trainer(
 
 def log_predictions(client: TestClient, rows: list[tuple[dict[str, object], str | None]]) -> None:
     """Logged predictions of these inputs, each labelled with its truth (None: not labelled)."""
-    store = PredictionLogStore(client.app.state.database.session)  # type: ignore[attr-defined]
+    store = PredictionLogStore(client.app.state.services.database.session)  # type: ignore[attr-defined]
     at = time.time()
     store.insert(
         [

@@ -20,7 +20,7 @@ def test_admin_is_bootstrapped_only_when_no_user_exists(settings_factory: Callab
         assert client.post("/token", data={"username": ADMIN[0], "password": ADMIN[1]}).status_code == 200
     # A second start with other bootstrap credentials changes nothing.
     with TestClient(create_app(settings_factory(admin_username="root"))) as client:
-        database = client.app.state.database  # type: ignore[attr-defined]
+        database = client.app.state.services.database  # type: ignore[attr-defined]
         with database.session() as session:
             assert [u.username for u in crud.list_users(session)] == ["admin"]
             assert sorted(crud.get_user(session, "admin").scope_list) == ["admin", "feedback", "predict"]
@@ -50,7 +50,7 @@ def test_users_api_for_admins(client: TestClient, admin_headers: dict[str, str])
 def test_admin_endpoints_recheck_the_user_in_the_database(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
-    with client.app.state.database.session() as session:  # type: ignore[attr-defined]
+    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         crud.set_disabled(session, ADMIN[0])
     assert client.get("/users", headers=admin_headers).status_code == 401
     assert client.post("/model/reload", headers=admin_headers).status_code == 401

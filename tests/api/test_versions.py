@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from app.core.model_store import ModelStore, VersionRecord, now
 from app.main import create_app
 from tests.support.answers import without_ids
 from tests.support.models import IRIS_ROW, add_candidate, write_model
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_until
 from tests.support.tokens import ADMIN, bearer, get_token
 
 VIRGINICA = {"sepal_length": 7.2, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3}
@@ -132,7 +133,7 @@ def test_models_lists_versions_with_metrics_and_the_serving_one(
     ]
     assert listing["versions"][1]["metrics"] == {"score": 0.9}
     assert listing["versions"][1]["origin"] == "pipeline"
-    assert two_versions.app.state.serving.pointer.get().version == "v2"  # type: ignore[attr-defined]
+    assert two_versions.app.state.services.serving.pointer.get().version == "v2"  # type: ignore[attr-defined]
     assert two_versions.get("/models").status_code == 401
 
 
@@ -219,25 +220,63 @@ def test_no_request_fails_while_versions_swap_under_load(
     assert set(versions) == {"v1", "v2"}
 
 
-def test_rollback_succeeds_and_reports_when_mlflow_is_unreachable(
+def publish_registered(settings: Settings, folder: Path, version: str, registered_version: str) -> None:
+    """A version as a retraining job stores it: registered in MLflow's registry."""
+    write_model(folder, "iris", version=version)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    metadata |= {"registered_model": "predictor", "registered_version": registered_version}
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
+    store(settings).publish(folder, VersionRecord(origin="retrain", recorded_at=now()))
+
+
+def alias_of(client: TestClient, headers: dict[str, str], version: str) -> dict | None:
+    listing = client.get("/models", headers=headers).json()
+    return next(v for v in listing["versions"] if v["version"] == version).get("mlflow_alias")
+
+
+def test_rollback_answers_before_mlflow_and_models_shows_the_alias_failing(
     client: TestClient,
     admin_headers: dict[str, str],
     settings: Settings,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    registered = tmp_path / "registered"
-    write_model(registered, "iris", version="v3")
-    metadata = json.loads((registered / METADATA_FILE).read_text())
-    metadata |= {"registered_model": "predictor", "registered_version": "7"}
-    (registered / METADATA_FILE).write_text(json.dumps(metadata))
-    store(settings).publish(registered, VersionRecord(origin="retrain", recorded_at=now()))
+    publish_registered(settings, tmp_path / "registered", "v3", "7")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
 
     answer = client.post("/model/rollback", json={"version": "v3"}, headers=admin_headers)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model_version"] == "v3"
-    assert body["mlflow"]["status"] == "failed"
-    assert body["mlflow"]["registered_version"] == "7"
-    assert body["mlflow"]["reason"]
+    # Served at once; MLflow's alias is moved after the answer.
+    assert body["mlflow"]["status"] == "pending" and body["mlflow"]["registered_version"] == "7"
+    wait_until(
+        lambda: (alias_of(client, admin_headers, "v3") or {}).get("status") == "failed", 60, "alias outcome"
+    )
+    outcome = alias_of(client, admin_headers, "v3")
+    assert outcome is not None and outcome["registered_version"] == "7" and outcome["reason"]
+
+
+def test_a_rollback_does_not_wait_for_a_hanging_mlflow_and_the_last_swap_wins(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish_registered(settings, tmp_path / "registered", "v3", "7")
+    # A tracking server that accepts and never answers: the alias move waits out its timeout.
+    with socket.create_server(("127.0.0.1", 0)) as hanging:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{hanging.getsockname()[1]}")
+        first = client.post("/model/rollback", json={"version": "v3"}, headers=admin_headers)
+        assert first.status_code == 200 and first.json()["mlflow"]["status"] == "pending"
+        # Answered while the move still hangs: GET /models says so on every replica.
+        assert alias_of(client, admin_headers, "v3") == first.json()["mlflow"]
+
+        # Back to the unregistered v1 before MLflow answered: its outcome is written, v3's never is.
+        second = client.post("/model/rollback", json={"version": "v1"}, headers=admin_headers)
+        assert second.status_code == 200 and second.json()["mlflow"]["status"] == "skipped"
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.champion_alias.close()  # waits for the hanging move to give up
+    assert alias_of(client, admin_headers, "v1") == second.json()["mlflow"]
+    assert alias_of(client, admin_headers, "v3") is None

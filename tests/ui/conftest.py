@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,9 +30,14 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ModelStore.from_url(str(folder / "versions"), folder / "cache").publish(
         folder / "older", VersionRecord(origin="pipeline", recorded_at=now())
     )
+    # A job started from the UI tests fails fast: its data source is not there.
+    params = {
+        "data": {"source": "data/input/missing.csv", "target": "species"},
+        "train": {"candidates": {"logistic_regression": {}}},
+    }
+    (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     settings = {
         "MODEL_STORE_URL": str(folder / "versions"),
-        # A job started from the UI tests fails fast: there is no params file in this folder.
         "TRAIN_PARAMS": str(folder / "params.yaml"),
         "ACCESS_TOKEN_EXPIRE_MINUTES": "5",
         "PYTHONPATH": str(ROOT),

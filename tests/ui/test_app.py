@@ -118,7 +118,7 @@ def test_admin_rolls_back_and_sees_a_failed_job_explained() -> None:
     assert app.metric[0].value == OLDER
     roll_back(SERVING)
 
-    # This API has no params file: the job fails, and says why in one line.
+    # This API's params name a data file that is not there: the job fails, and says why in one line.
     button(app, "Start retraining").click().run()
     assert not app.error, texts(app.error)
     deadline = time.monotonic() + 60
@@ -126,7 +126,11 @@ def test_admin_rolls_back_and_sees_a_failed_job_explained() -> None:
         time.sleep(0.5)
         app.run()
     message = texts(app.error)[0]
-    assert message.startswith("Job ") and " failed: " in message and "params.yaml: file not found" in message
+    assert (
+        message.startswith("Job ")
+        and " failed: " in message
+        and "data.source: file 'data/input/missing.csv' not found" in message
+    )
 
 
 def button(app: AppTest, label: str):

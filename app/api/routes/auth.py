@@ -17,13 +17,13 @@ from app.api.deps import (
     bearer_claims,
     limit_client,
     revoke,
+    services,
 )
 from app.api.errors import ErrorDetail
 from app.core.config import Settings
 from app.core.revocation import revoke_family, revoke_token
 from app.core.security import create_access_token, verify_password_or_dummy
 from app.db import crud
-from app.db.refresh_tokens import RefreshTokens
 from app.observability.audit import auth_failed
 from app.observability.metrics import TOKENS_ISSUED
 
@@ -101,7 +101,7 @@ def _tokens(
     request: Request, settings: Settings, username: str, scopes: list[str], family: str | None
 ) -> Token:
     """An access token and the refresh token that follows it, in `family` (None: a new login)."""
-    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens = services(request).refresh_tokens
     refresh = refresh_tokens.issue(username, scopes, family)
     expires = timedelta(minutes=settings.access_token_expire_minutes)
     token = create_access_token(
@@ -145,7 +145,7 @@ def refresh(
     usable once: presenting one a second time withdraws every token of its login."""
     if grant_type != "refresh_token":
         return _oauth_error("unsupported_grant_type", "grant_type must be refresh_token")
-    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens = services(request).refresh_tokens
     used = refresh_tokens.use(refresh_token)
     request.state.user = used.username
     if used.outcome == "reused" and used.family is not None:
@@ -175,6 +175,6 @@ def logout(request: Request, settings: SettingsDep) -> None:
 
 
 def _withdraw_family(request: Request, settings: Settings, family: str) -> None:
-    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens = services(request).refresh_tokens
     refresh_tokens.withdraw_family(family)  # no refresh from it any more, whatever the store says
     revoke(request, revoke_family(family, settings.longest_token_seconds), "the login's tokens not revoked")

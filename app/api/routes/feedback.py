@@ -15,12 +15,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request, Security
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import PredictionsDep, PredictorDep, current_claims
+from app.api.deps import PredictionsDep, PredictorDep, current_claims, services
 from app.core.artifacts import ModelMetadata
 from app.core.security import TokenClaims
 from app.db.prediction_log import Truth
 from app.observability.metrics import FEEDBACK_ITEMS
-from app.serving.prediction_log import PredictionLog
 
 router = APIRouter(tags=["feedback"])
 log = logging.getLogger("predictor")
@@ -92,7 +91,7 @@ def feedback(
     (`value` instead of `label` for a regression). Each item is answered with its status."""
     problems = [_problem(item, predictor.metadata) for item in body.items]
     valid = [item for item, problem in zip(body.items, problems, strict=True) if problem is None]
-    prediction_log: PredictionLog | None = request.app.state.prediction_log
+    prediction_log = services(request).prediction_log
     if prediction_log is not None and valid:
         prediction_log.flush(FLUSH_WAIT_SECONDS)
     truths = [Truth(i.prediction_id, label=i.label, value=i.value) for i in valid]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from app.api.deps import DatabaseDep, ServingDep
+from app.api.deps import DatabaseDep, ServingDep, services
 from app.api.errors import ErrorDetail
 from app.serving.state import ServingState
 
@@ -37,7 +37,7 @@ def health_body(serving: ServingState) -> bytes:
 async def health(request: Request) -> Response:
     """Liveness: the process answers. Says which model version it serves, if any."""
     # GET is answered before routing (app.api.hot_routes); the router documents it, answers HEAD.
-    return Response(health_body(request.app.state.serving), media_type="application/json")
+    return Response(health_body(services(request).serving), media_type="application/json")
 
 
 @router.get(
@@ -49,7 +49,7 @@ async def health(request: Request) -> Response:
 )
 def ready(serving: ServingDep, database: DatabaseDep, request: Request) -> Ready | JSONResponse:
     """Readiness: a model is loaded and the database answers (and whether the model store does)."""
-    if request.app.state.draining.is_set():
+    if services(request).draining.is_set():
         return JSONResponse({"detail": "draining: this replica is shutting down"}, status_code=503)
     current = serving.current
     if current is None:

@@ -7,8 +7,8 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import AdminDep, ClaimsDep, PredictorDep, ServingDep
-from app.api.errors import ErrorDetail
+from app.api.deps import AdminDep, ChampionAliasDep, ClaimsDep, PredictorDep, ServingDep
+from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome, GateOutcome
@@ -16,7 +16,7 @@ from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import Predictor
-from app.serving.retraining import update_champion_alias
+from app.serving.state import ServingState
 
 router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
@@ -79,7 +79,8 @@ class ReloadResponse(BaseModel):
 
 
 class RollbackResponse(ReloadResponse):
-    mlflow: AliasOutcome  # MLflow's champion alias, moved or not (the rollback is done either way)
+    # MLflow's champion alias: pending (moved after the answer), or skipped (no registry version)
+    mlflow: AliasOutcome
 
 
 _REFUSED = {
@@ -114,6 +115,8 @@ class ModelVersion(BaseModel):
     mlflow_run_id: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
+    # How moving MLflow's champion alias to this version went, on its last swap (pending meanwhile).
+    mlflow_alias: AliasOutcome | None = None
     candidates: list[str]
 
 
@@ -136,6 +139,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
         stored = [(meta, store.record(version)) for version, meta in store.versions()]
     except StoreUnavailable as exc:
         raise _store_unavailable(exc) from None
+    alias_version, alias = _alias_outcome(serving)
     versions: list[ModelVersion] = []
     for meta, record in stored:
         versions.append(
@@ -155,10 +159,22 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 mlflow_run_id=meta.mlflow_run_id,
                 registered_model=meta.registered_model,
                 registered_version=meta.registered_version,
+                mlflow_alias=alias if meta.version == alias_version else None,
                 candidates=[c.name for c in meta.candidates],
             )
         )
     return VersionsResponse(serving=serving_version, shadow=shadow_version, versions=versions)
+
+
+def _alias_outcome(serving: ServingState) -> tuple[str | None, AliasOutcome | None]:
+    """The version MLflow's alias was last moved for, and how; nothing when the database is away
+    (the versions are listed from the store all the same)."""
+    try:
+        pointer = serving.pointer.get()
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("GET /models without the alias outcome: %s", str(exc).splitlines()[0])
+        return None, None
+    return (pointer.alias_version, pointer.alias) if pointer is not None else (None, None)
 
 
 class RollbackRequest(BaseModel):
@@ -176,9 +192,11 @@ class RollbackRequest(BaseModel):
         507: _CACHE_FULL,
     },
 )
-def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> RollbackResponse:
+def rollback(
+    body: RollbackRequest, admin: AdminDep, serving: ServingDep, alias: ChampionAliasDep
+) -> RollbackResponse:
     """Serve a stored version again (checksums verified first) on every replica; MLflow's `champion`
-    alias follows."""
+    alias follows, after the answer (`mlflow.status` is pending; GET /models says how it ended)."""
     previous = serving.current
     try:
         new = _swap(
@@ -188,9 +206,8 @@ def rollback(body: RollbackRequest, admin: AdminDep, serving: ServingDep) -> Rol
         )
     except UnknownVersion:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None
-    # In a subprocess: the API process never imports mlflow. A failure is reported, not raised:
-    # the rollback itself is done.
-    mlflow = update_champion_alias(new.metadata)
+    # After the answer, in a subprocess (the API process never imports mlflow): the rollback is done.
+    mlflow = alias.follow(new.metadata)
     return RollbackResponse(
         previous_version=previous.version if previous else None, model_version=new.version, mlflow=mlflow
     )

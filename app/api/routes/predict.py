@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from app.api.deps import PREDICT_SECURITY, bearer_claims, serving_predictor
-from app.api.rate_limits import RateLimits
+from app.api.deps import PREDICT_SECURITY, bearer_claims, services, serving_predictor
 from app.core.config import Settings
 from app.serving import json_answer
 from app.serving.comparison import Served
@@ -122,18 +121,17 @@ async def predict(request: Request) -> Response:
     # the order the dependencies would be (401/403, then 503, then 422). Solving them cost this
     # route more than decoding and scoring a row does (python -m bench.inprocess).
     claims = bearer_claims(request)
-    rate_limits: RateLimits = request.app.state.rate_limits
-    if rate_limits.predict is not None:  # RATE_LIMIT_PREDICT, off by default
-        await rate_limits.check_user(request)
+    found = services(request)
+    if found.rate_limits.predict is not None:  # RATE_LIMIT_PREDICT, off by default
+        await found.rate_limits.check_user(request)
     predictor = serving_predictor(request)
     compare = query_flag(request, _COMPARE)
     body = await request.body()
-    settings: Settings = request.app.state.settings
-    serving: ServingState = request.app.state.serving
-    limiter = request.app.state.scoring
-    traced = Traced(request.app.state.tracing, claims.sub)
+    settings = found.settings
+    limiter = found.scoring
+    traced = Traced(found.tracing, claims.sub)
     if compare:
-        return await off_loop(limiter, _compare, body, serving, settings, traced)
+        return await off_loop(limiter, _compare, body, found.serving, settings, traced)
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
         return await off_loop(limiter, _answer, predictor, body, settings, traced)
     return _answer(predictor, body, settings, traced)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from app.api.csv_stream import AnswerStream, ChunkSource, reader_of
 from app.api.csv_upload import csv_bytes
-from app.api.deps import PredictorDep, SettingsDep, current_claims
+from app.api.deps import PredictorDep, SettingsDep, current_claims, services
 from app.api.routes.predict import Prediction
 from app.api.upload_spool import UploadSpool
 from app.api.uploads import CSV_BODY_DOC
@@ -90,7 +90,8 @@ async def predict_csv(
     claims: Annotated[TokenClaims, Security(current_claims, scopes=["predict"])],
 ) -> Response:
     """A CSV with a header naming the feature columns, as a text/csv body or the form field `file`."""
-    await request.app.state.rate_limits.check_user(request)
+    found = services(request)
+    await found.rate_limits.check_user(request)
     pieces = csv_bytes(request)
     chunks = ChunkSource(reader_of(pieces))
     try:
@@ -100,14 +101,14 @@ async def predict_csv(
             header,
             answer_format(request.headers.get("accept", ""), predictor.metadata, header),
             settings.metrics_enabled,
-            _tracer(request.app.state.tracing, predictor, claims.sub),
+            _tracer(found.tracing, predictor, claims.sub),
         )
         # Until rows are answered, any problem refuses the request (a chunk may hold blank lines only).
         while True:
             chunk = await chunks.next()
             if chunk is None:
                 raise CsvError(NO_ROWS)
-            first = await off_loop(request.app.state.scoring, partial(scorer.answer, refuse=True), chunk)
+            first = await off_loop(found.scoring, partial(scorer.answer, refuse=True), chunk)
             if first.rows:
                 break
     except CsvError as exc:
@@ -115,4 +116,4 @@ async def predict_csv(
     headers = {"X-Model-Version": predictor.version}
     spool = UploadSpool(pieces, whole=settings.csv_upload_first)
     opening = scorer.format.opening() + first.text
-    return AnswerStream(opening, scorer, chunks, spool, headers, request.app.state.scoring)
+    return AnswerStream(opening, scorer, chunks, spool, headers, found.scoring)

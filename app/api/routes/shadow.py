@@ -14,16 +14,14 @@ import time
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import AdminDep, PredictionsDep, PredictorDep, ServingDep
+from app.api.deps import AdminDep, PredictionsDep, PredictorDep, ServingDep, services
 from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
 from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _store_unavailable, _swap
-from app.core.config import Settings
 from app.core.live_evidence import LiveEvidence
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome
 from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.hour_bucket import HOUR_SECONDS
-from app.serving.retraining import update_champion_alias
 from app.serving.shadow import ShadowRefused
 
 router = APIRouter(tags=["model"])
@@ -62,7 +60,7 @@ class PromoteResponse(BaseModel):
     previous_version: str
     model_version: str
     evidence: LiveFigures
-    mlflow: AliasOutcome  # MLflow's champion alias, moved or not (the promotion is done either way)
+    mlflow: AliasOutcome  # MLflow's champion alias: pending (moved after the answer), or skipped
 
 
 _SHADOW_REFUSED = {
@@ -125,7 +123,8 @@ def promote(
     """Serve the shadow as champion on every replica, if its live metric over at least
     PROMOTION_MIN_LABELS labelled predictions is at least the champion's on the same predictions
     (minus PROMOTION_TOLERANCE; plus it for MAE); otherwise 409 with both figures."""
-    settings: Settings = request.app.state.settings
+    found = services(request)
+    settings, alias = found.settings, found.champion_alias
     pointer = serving.pointer.get()
     shadow = pointer.shadow_version if pointer is not None else None
     if pointer is None or shadow is None or shadow == pointer.version:
@@ -163,8 +162,8 @@ def promote(
     except DATABASE_UNAVAILABLE as exc:
         # Done anyway: a shadow that is the champion scores nothing, and the next promotion refuses.
         log.warning("promoted %s, but the shadow was not cleared: %s", new.version, exc)
-    # In a subprocess, as for a rollback: the API process never imports mlflow.
-    mlflow = update_champion_alias(new.metadata)
+    # After the answer, as for a rollback: the promotion is done.
+    mlflow = alias.follow(new.metadata)
     return PromoteResponse(
         previous_version=pointer.version,
         model_version=new.version,

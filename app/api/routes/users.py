@@ -8,13 +8,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
 
-from app.api.deps import AdminDep, SessionDep, SettingsDep, revoke
+from app.api.deps import AdminDep, SessionDep, SettingsDep, revoke, services
 from app.api.errors import ErrorDetail
 from app.core.config import Settings
 from app.core.revocation import revoke_user
 from app.db import crud
 from app.db.models import User
-from app.db.refresh_tokens import RefreshTokens
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -78,7 +77,7 @@ class ScopesIn(BaseModel):
 def _withdraw_tokens(request: Request, settings: Settings, username: str) -> None:
     """Every token the user holds fails from now on (within REVOCATION_REFRESH_SECONDS on the other
     replicas), and none of their refresh tokens works."""
-    refresh_tokens: RefreshTokens = request.app.state.refresh_tokens
+    refresh_tokens = services(request).refresh_tokens
     refresh_tokens.withdraw_user(username)
     # The change itself is made; the client must know the tokens may live on until they expire.
     revoke(

@@ -30,7 +30,9 @@ from app.api.deps import (
     ServingDep,
     SettingsDep,
     current_claims,
+    known_features,
     prediction_claims,
+    services,
 )
 from app.api.uploads import BodyDep
 from app.core.security import TokenClaims
@@ -63,9 +65,7 @@ def _error(message: str, status: int, headers: Mapping[str, str] | None = None) 
 
 def _count_refusal(request: Request, fields: list[str | None] | tuple[str | None, ...]) -> None:
     """Count the rejected fields in the validation metric, as the native routes' 422s are."""
-    serving = getattr(request.app.state, "serving", None)
-    known = set(serving.current.metadata.feature_names) if serving and serving.current else set()
-    metrics.validation_failed(fields, known)
+    metrics.validation_failed(fields, known_features(request))
 
 
 def _unanswerable(exc: RowError) -> str:
@@ -187,7 +187,7 @@ async def server_live() -> ServerLiveResponse:
 @router.get("/health/ready", responses=_errors(503))
 def server_ready(serving: ServingDep, database: DatabaseDep, request: Request) -> ServerReadyResponse:
     """Readiness, as /ready: a model is loaded and the database answers."""
-    if request.app.state.draining.is_set():
+    if services(request).draining.is_set():
         raise V2Error("draining: this replica is shutting down", 503)
     if serving.current is None:
         raise V2Error(f"model not loaded: {serving.error}", 503)
@@ -265,15 +265,16 @@ async def infer_version(
 async def _infer(
     predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool, claims: TokenClaims
 ) -> Response:
-    await request.app.state.rate_limits.check_user(request)
+    found = services(request)
+    await found.rate_limits.check_user(request)
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
     json_length = request.headers.get(v2.JSON_LENGTH_HEADER)
-    traced = Traced(request.app.state.tracing, claims.sub)
+    traced = Traced(found.tracing, claims.sub)
     # Where /predict scores: a small body of a fast model on the event loop, the rest in the pool.
     if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        limiter = request.app.state.scoring
+        limiter = found.scoring
         answer = await off_loop(limiter, _answer, predictor, body, json_length, metrics_enabled, traced)
     else:
         answer = _answer(predictor, body, json_length, metrics_enabled, traced)

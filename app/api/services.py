@@ -1,0 +1,142 @@
+"""The API process's collaborators, built once at start-up and stopped in the reverse order.
+
+`start_services(settings)` is an async context manager: each part is started and its stop is pushed
+on an `AsyncExitStack` at once, so a failure halfway (a database that refuses, a bad setting) stops
+what had already started, and at shutdown the background threads are stopped and joined before the
+database they read is disposed. Routes reach the result through `app.api.deps` (typed), never
+through `app.state` themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from app.api.draining import drain_on_sigterm
+from app.api.rate_limits import RateLimits
+from app.core.config import Settings
+from app.core.model_store import ModelStore
+from app.core.revocation import RevocationList
+from app.db.bootstrap import bootstrap
+from app.db.jobs import JobQueue
+from app.db.pointer import DatabasePointer
+from app.db.prediction_log import PredictionLogStore
+from app.db.refresh_tokens import RefreshTokens
+from app.db.revocations import revocation_store
+from app.db.session import Database
+from app.db.throttle import DatabaseLoginThrottle
+from app.observability.drift import DriftSettings
+from app.observability.live_quality import LiveQuality, publish_thresholds
+from app.observability.metrics import REVOCATION_STORE_UP
+from app.serving.champion_alias import ChampionAlias
+from app.serving.inference import scoring_limiter
+from app.serving.prediction_log import PredictionLog
+from app.serving.retraining import update_champion_alias
+from app.serving.state import ServingState
+from app.serving.tracing import Tracing
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    serving: ServingState  # the model served now, the pointer it follows, the shadow
+    champion_alias: ChampionAlias  # MLflow's alias, moved after a swap, off the request
+    throttle: DatabaseLoginThrottle  # failed logins per username
+    revocations: RevocationList  # withdrawn tokens, checked on every request
+    rate_limits: RateLimits
+    refresh_tokens: RefreshTokens
+    jobs: JobQueue  # retraining jobs, run by the worker (python -m app.worker), never here
+    predictions: PredictionLogStore  # the prediction log's table: feedback, live quality
+    prediction_log: PredictionLog | None  # the sampled writer; None when PREDICTION_LOG_SAMPLE is 0
+    tracing: Tracing  # ids, log and shadow for every answered row
+    live_quality: LiveQuality
+    scoring: anyio.CapacityLimiter  # the threads that score large or slow requests
+    draining: threading.Event  # set by SIGTERM: /ready answers 503 while requests finish
+
+
+@asynccontextmanager
+async def start_services(settings: Settings) -> AsyncIterator[Services]:
+    async with AsyncExitStack() as stack:
+        database = Database(settings.database_url)
+        stack.callback(database.dispose)  # pushed first: the last to go
+        if settings.migrate_on_startup:
+            bootstrap(database, settings)
+
+        drift = (
+            DriftSettings(settings.drift_window, settings.drift_min_rows, settings.drift_refresh_seconds)
+            # Drift is measured for the metrics: without them, nothing would read it.
+            if settings.drift_enabled and settings.metrics_enabled
+            else None
+        )
+        serving = ServingState(
+            settings.model_dir,
+            settings.max_batch_rows,
+            drift,
+            ModelStore.from_url(settings.model_store_url, settings.model_cache_dir),
+            DatabasePointer(database.session),
+            threads=settings.onnx_intra_op_threads,
+            shadow_queue_batches=settings.shadow_queue_batches,
+        )
+        serving.load_initial()
+        stack.callback(serving.watch(settings.watch_seconds).stop)
+        champion_alias = ChampionAlias(serving.pointer, update_champion_alias)
+        stack.callback(champion_alias.close)
+
+        revocations = RevocationList(
+            revocation_store(settings.redis_url, database.session, settings.longest_token_seconds),
+            max_staleness=settings.revocation_max_staleness_seconds,
+            fail_closed_scopes=settings.revocation_fail_closed_scopes.split(),
+            on_read=lambda answered: REVOCATION_STORE_UP.set(1 if answered else 0),
+        )
+        revocations.refresh()
+        stack.callback(revocations.watch(settings.revocation_refresh_seconds).stop)
+
+        draining = threading.Event()
+        stack.callback(drain_on_sigterm(draining, settings.shutdown_drain_seconds))
+
+        predictions = PredictionLogStore(database.session)
+        prediction_log = None
+        if settings.prediction_log_sample > 0:
+            prediction_log = PredictionLog(
+                predictions,
+                settings.prediction_log_sample,
+                settings.prediction_log_buffer_rows,
+                settings.prediction_log_days,
+            )
+            # What is buffered is written before the database goes.
+            stack.callback(prediction_log.start())
+        tracing = Tracing(prediction_log)
+        # The shadow challenger, if the pointer names one; stopped before the log it writes to.
+        stack.callback(serving.trace_with(tracing))
+
+        live_quality = LiveQuality(predictions, settings.live_quality_window_hours)
+        if settings.metrics_enabled:
+            publish_thresholds(
+                settings.live_accuracy_min, settings.live_mae_max, settings.live_quality_min_labels
+            )
+            stack.callback(live_quality.watch(settings.live_quality_refresh_seconds).stop)
+
+        yield Services(
+            settings=settings,
+            database=database,
+            serving=serving,
+            champion_alias=champion_alias,
+            throttle=DatabaseLoginThrottle(
+                database.session, settings.login_max_failures, settings.login_window_seconds
+            ),
+            revocations=revocations,
+            rate_limits=RateLimits.from_settings(settings),
+            refresh_tokens=RefreshTokens(database.session, 60.0 * settings.refresh_token_expire_minutes),
+            jobs=JobQueue(database.session, settings.job_lease_seconds),
+            predictions=predictions,
+            prediction_log=prediction_log,
+            tracing=tracing,
+            live_quality=live_quality,
+            scoring=scoring_limiter(),
+            draining=draining,
+        )
