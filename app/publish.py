@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from app.adapters.mlflow_alias import update_champion_alias
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import ModelMetadata
 from app.core.config import Settings
 from app.core.loading import ModelLoadError
 from app.core.messages import GateOutcome
-from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, UnknownVersion, VersionRecord, now
 from app.core.serving_pointer import ServingPointer
+from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion, VersionRecord, now
 from app.db.bootstrap import bootstrap
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from app.serving.champion_alias import record_alias
 from app.serving.predictor import Predictor
-from app.serving.retraining import update_champion_alias
 
 
 class PublishError(Exception):

@@ -22,16 +22,17 @@ from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.adapters.model_store import ModelStore
 from app.core.config import Settings, load_settings, missing_project
 from app.core.messages import FeedbackRow, Job
-from app.core.model_store import ModelStore, now
+from app.core.versions import now
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
 from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
+from app.jobs.retraining import Retrainer
 from app.observability.logging import configure_logging
-from app.serving.retraining import Retrainer
 
 log = logging.getLogger("predictor")
 

@@ -61,7 +61,7 @@ def _data(task: str) -> tuple[list[Any], np.ndarray, np.ndarray]:
 
 
 def measure(repeats: int = 200) -> list[EngineTiming]:
-    from app.core.onnx_model import OnnxModel
+    from app.adapters.onnx_model import OnnxModel
     from app.pipeline.candidates import CLASSIFIERS, REGRESSORS, build_pipeline
     from app.pipeline.onnx_export import export
 

@@ -168,7 +168,8 @@ def bench_shadow(args: argparse.Namespace, scratch: Path, processes: Processes) 
     if args.log_sample is not None:
         store_env["PREDICTION_LOG_SAMPLE"] = str(args.log_sample)
     # The service publishes the champion to its store at start-up; the challenger goes there first.
-    from app.core.model_store import ModelStore, VersionRecord, now  # the app's own code, as it serves
+    from app.adapters.model_store import ModelStore, now  # the app's own code, as it serves
+    from app.core.versions import VersionRecord
 
     store = ModelStore.from_url(store_env["MODEL_STORE_URL"], Path(store_env["MODEL_CACHE_DIR"]))
     shadow_version = store.publish(challenger, VersionRecord(origin="pipeline", recorded_at=now()))

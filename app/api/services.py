@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import anyio
 
+from app.adapters.mlflow_alias import update_champion_alias
+from app.adapters.model_store import ModelStore
 from app.api.draining import drain_on_sigterm
 from app.api.rate_limits import RateLimits
 from app.core.config import Settings
-from app.core.model_store import ModelStore
 from app.core.revocation import RevocationList
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
@@ -35,7 +36,6 @@ from app.observability.metrics import REVOCATION_STORE_UP
 from app.serving.champion_alias import ChampionAlias
 from app.serving.inference import scoring_limiter
 from app.serving.prediction_log import PredictionLog
-from app.serving.retraining import update_champion_alias
 from app.serving.state import ServingState
 from app.serving.tracing import Tracing
 

@@ -3,7 +3,7 @@
 A revocation names an access token (its jti), a refresh family (every token descended from one
 login: logout, or a refresh token used twice), or a user (every token issued to them up to then:
 disabled, deleted, demoted, password reset). They are written to a shared store (Redis when
-REDIS_URL is set, the SQL database otherwise: app.db.revocations, app.core.redis_revocations),
+REDIS_URL is set, the SQL database otherwise: app.db.revocations, app.adapters.redis_revocations),
 and each replica reads what was added since its last read every REVOCATION_REFRESH_SECONDS
 (`RevocationList.watch`), so a revocation made on any replica, or by the CLI, holds everywhere within
 that time. A replica applies its own at once.

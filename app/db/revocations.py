@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from app.core.redis_revocations import RedisRevocations, redis_client
+from app.adapters.redis_revocations import RedisRevocations, redis_client
 from app.core.revocation import Revocation, RevocationStore
 from app.db.models import RevocationRow
 

@@ -35,9 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from app.core.artifacts import MISSING_CATEGORY, Feature, Task
-from app.core.loading import pipeline_answers
-from app.core.onnx_model import (
+from app.adapters.onnx_model import (
     NUMERIC_INPUT,
     PROBE_KEY,
     SPEC_KEY,
@@ -49,6 +47,8 @@ from app.core.onnx_model import (
     disagreement,
     encode_rows,
 )
+from app.core.artifacts import MISSING_CATEGORY, Feature, Task
+from app.core.loading import pipeline_answers
 
 # Opsets onnxruntime 1.31 runs and skl2onnx 1.20 writes; ai.onnx.ml 3 has float64 tree attributes.
 OPSET = {"": 18, "ai.onnx.ml": 3}

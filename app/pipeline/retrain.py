@@ -25,6 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import ModelMetadata, write_json_atomic
 from app.core.loading import ModelLoadError, load_pipeline
 from app.core.messages import (
@@ -36,7 +37,7 @@ from app.core.messages import (
     RetrainRequest,
     RetrainSucceeded,
 )
-from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, VersionRecord, now
+from app.core.versions import CacheFull, StoreUnavailable, VersionRecord, now
 from app.pipeline import layout
 from app.pipeline.dataset import RawData, load_source, read_split, target_name
 from app.pipeline.errors import PipelineError

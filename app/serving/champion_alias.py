@@ -23,7 +23,7 @@ log = logging.getLogger("predictor")
 class ChampionAlias:
     def __init__(self, pointer: PointerStore, move: Callable[[ModelMetadata], AliasOutcome]) -> None:
         self.pointer = pointer
-        self._move = move  # app.serving.retraining.update_champion_alias: a subprocess, never raises
+        self._move = move  # app.adapters.mlflow_alias.update_champion_alias: a subprocess, never raises
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="champion-alias")
 
     def follow(self, metadata: ModelMetadata) -> AliasOutcome:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from app.adapters.onnx_model import OnnxError, OnnxModel, finite_rows
 from app.core.artifacts import (
     METADATA_FILE,
     MODEL_FILE,
@@ -30,7 +31,6 @@ from app.core.artifacts import (
     ReferenceProfile,
 )
 from app.core.loading import ModelLoadError, pipeline_answers, read_inside, unpickle
-from app.core.onnx_model import OnnxError, OnnxModel, finite_rows
 from app.observability.confidence import ConfidenceWindow
 from app.observability.drift import DriftMonitor, DriftSettings
 from app.serving.schema import RequestSchema, RowError

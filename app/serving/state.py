@@ -34,19 +34,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
-from app.core.model_store import (
-    CacheFull,
-    ModelStore,
-    StoreUnavailable,
-    UnknownVersion,
-    VersionRecord,
-    now,
-)
 from app.core.outage import Outage
 from app.core.periodic import Periodic
 from app.core.serving_pointer import PointerStore, ServingPointer
+from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion, VersionRecord, now
 from app.observability import metrics
 from app.observability.drift import DriftSettings
 from app.serving.comparison import Served, load_candidates

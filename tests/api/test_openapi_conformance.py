@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.core.messages import AliasOutcome, GateOutcome, Job
-from app.core.model_store import now
+from app.core.versions import now
 from app.db.models import TrainingJobRow
 
 CHECKS = [response_schema_conformance, status_code_conformance, content_type_conformance]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from app.adapters.model_store import ModelStore
 from app.cli import cli
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
 from app.core.config import get_settings
-from app.core.model_store import ModelStore
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from tests.support.models import write_model

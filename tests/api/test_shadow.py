@@ -14,8 +14,9 @@ from prometheus_client import REGISTRY
 from sklearn.datasets import load_iris
 from sqlalchemy import select
 
+from app.adapters.model_store import ModelStore
 from app.core.config import Settings
-from app.core.model_store import ModelStore, VersionRecord, now
+from app.core.versions import VersionRecord, now
 from app.db.models import PredictionLogRow
 from app.db.prediction_log import Truth
 from app.main import create_app

@@ -266,7 +266,7 @@ def test_admin_tokens_fail_closed_while_the_store_cannot_be_read(
 @pytest.mark.redis
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
 def test_redis_store_trims_what_no_token_can_need(store: dict[str, Any]) -> None:
-    from app.core.redis_revocations import RedisRevocations, redis_client
+    from app.adapters.redis_revocations import RedisRevocations, redis_client
     from app.core.revocation import Revocation
 
     client = redis_client(store["redis_url"])

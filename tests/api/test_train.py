@@ -14,8 +14,8 @@ import yaml
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
+from app.adapters.model_store import ModelStore
 from app.core.config import Settings
-from app.core.model_store import ModelStore
 from app.db import crud
 from app.db.jobs import LEASE_EXPIRED
 from app.db.models import TrainingJobRow

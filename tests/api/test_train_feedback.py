@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import REFERENCE_PROFILE_FILE, ReferenceProfile
 from app.core.config import Settings
-from app.core.model_store import ModelStore
 from app.db.prediction_log import PredictionLogStore, Truth
 from app.main import create_app
 from app.worker import Worker

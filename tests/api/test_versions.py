@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import METADATA_FILE, MODEL_FILE
 from app.core.config import Settings
-from app.core.model_store import ModelStore, VersionRecord, now
+from app.core.versions import VersionRecord, now
 from app.main import create_app
 from tests.support.answers import without_ids
 from tests.support.models import IRIS_ROW, add_candidate, write_model

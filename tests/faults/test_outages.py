@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.core.model_store import ModelStore, VersionRecord, now
+from app.adapters.model_store import ModelStore
 from app.core.serving_pointer import ServingPointer
+from app.core.versions import VersionRecord, now
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from tests.faults.conftest import Stack, record, recovery

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_diabetes, load_iris, load_wine
 
+from app.adapters.onnx_model import PROBE_KEY, OnnxError, OnnxModel, disagreement, finite_rows
 from app.core.artifacts import MISSING_CATEGORY, Feature
 from app.core.loading import pipeline_answers
-from app.core.onnx_model import PROBE_KEY, OnnxError, OnnxModel, disagreement, finite_rows
 from app.pipeline.candidates import CLASSIFIERS, REGRESSORS, build_pipeline
 from app.pipeline.onnx_export import export, probe_rows
 

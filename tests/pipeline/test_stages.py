@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from app.adapters.onnx_model import OnnxModel
 from app.core.artifacts import ModelMetadata, ReferenceProfile, matrix_dtype, sha256_of
-from app.core.onnx_model import OnnxModel
 from tests.support.pipeline import DEFAULT_PARAMS, customer_frame, run_stage, write_params
 
 pytestmark = pytest.mark.slow

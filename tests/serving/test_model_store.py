@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import METADATA_FILE, ONNX_FILE, ModelMetadata, write_json_atomic
 from app.core.loading import ChecksumMismatch, ModelLoadError
-from app.core.model_store import (
+from app.core.versions import (
     MANIFEST_FILE,
     RECORD_FILE,
-    ModelStore,
     Origin,
     StoreUnavailable,
     UnknownVersion,
@@ -385,7 +385,8 @@ def test_an_unreadable_local_store_is_unavailable(tmp_path: Path):
 
 def test_a_local_store_never_imports_boto3(tmp_path: Path, models: dict[str, Path]):
     script = (
-        "import sys; from pathlib import Path; from app.core.model_store import ModelStore, VersionRecord\n"
+        "import sys; from pathlib import Path; from app.adapters.model_store import ModelStore\n"
+        "from app.core.versions import VersionRecord\n"
         f"store = ModelStore.from_url({str(tmp_path / 'store')!r}, Path({str(tmp_path / 'cache')!r}))\n"
         f"store.publish(Path({str(models['v1'])!r}), VersionRecord(origin='pipeline', recorded_at='x'))\n"
         "store.fetch('v1'); store.versions()\n"

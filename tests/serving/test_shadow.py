@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import Feature, ModelMetadata
-from app.core.model_store import ModelStore, UnknownVersion, VersionRecord, now
+from app.core.versions import UnknownVersion, VersionRecord, now
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from app.serving.predictor import Answers, Predictor

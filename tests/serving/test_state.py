@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import MODEL_FILE
 from app.core.loading import ChecksumMismatch, ModelLoadError
-from app.core.model_store import ModelStore, UnknownVersion
+from app.core.versions import UnknownVersion
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from app.serving.state import ServingState

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
-from app.core.model_store import ModelStore, VersionRecord, now
+from app.core.versions import VersionRecord, now
 from tests.support.models import add_candidate, write_model
 from tests.support.paths import ROOT
 from tests.support.servers import api_server

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from app.core.onnx_model import NEIGHBOURS_MAX_Z, Standardization
+from app.adapters.onnx_model import NEIGHBOURS_MAX_Z, Standardization
 
 LIMITS = ["float64", "float32", "distances"]
 

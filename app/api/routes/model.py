@@ -12,7 +12,7 @@ from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
 from app.core.artifacts import ModelMetadata
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome, GateOutcome
-from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
+from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.models import User
 from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import Predictor

@@ -20,7 +20,7 @@ from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _store_unavailable, _
 from app.core.live_evidence import LiveEvidence
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome
-from app.core.model_store import CacheFull, StoreUnavailable, UnknownVersion
+from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.hour_bucket import HOUR_SECONDS
 from app.serving.shadow import ShadowRefused
 

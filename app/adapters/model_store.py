@@ -21,94 +21,37 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
 
 from app.core.artifacts import METADATA_FILE, ModelMetadata, write_json_atomic
 from app.core.loading import ChecksumMismatch, ModelLoadError
-from app.core.messages import GateOutcome
+from app.core.versions import (
+    MANIFEST_FILE,
+    RECORD_FILE,
+    CacheFull,
+    Manifest,
+    ManifestEntry,
+    StoreUnavailable,
+    UnknownVersion,
+    VersionRecord,
+    valid_version,
+)
 
-MANIFEST_FILE = "manifest.json"
-RECORD_FILE = "version.json"
-# Versions are training timestamps; anything else would be a path trick.
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CHUNK = 1 << 20
-
-Origin = Literal["pipeline", "retrain"]
-Status = Literal["accepted", "rejected"]
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be reached or read (network, credentials, permissions); says which store."""
-
-
-class UnknownVersion(LookupError):
-    pass
-
-
-class CacheFull(Exception):
-    """The replica's model cache has no room for a version: the store is fine, this disk is not.
-    Nothing of the version is left behind, and it can be fetched again once room is made."""
-
-
-class VersionRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    origin: Origin
-    recorded_at: str
-    # accepted: it was (or may be) served; rejected: a challenger that failed the promotion gate.
-    status: Status = "accepted"
-    job_id: str | None = None
-    gate: GateOutcome | None = None
-
-
-class ManifestEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sha256: str
-    size: int
-
-
-class Manifest(BaseModel):
-    """manifest.json: what a complete version holds, file by file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str
-    files: dict[str, ManifestEntry]
-
-    @field_validator("files")
-    @classmethod
-    def _paths_stay_inside(cls, files: dict[str, ManifestEntry]) -> dict[str, ManifestEntry]:
-        # A fetch writes each of these paths under the cache: none may climb out of it.
-        for relative in files:
-            parts = PurePosixPath(relative).parts
-            if not parts or relative.startswith("/") or "\\" in relative or {".", ".."} & set(parts):
-                raise ValueError(f"manifest path {relative!r} leaves the version folder")
-        return files
 
 
 class _Missing(Exception):
     """An object or file that is not there (internal: each caller decides what that means)."""
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def valid_version(version: str) -> bool:
-    return bool(_VERSION.match(version)) and version not in {".", ".."}
 
 
 def _entry_of(data: bytes) -> ManifestEntry:

@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from app.adapters.mlflow_alias import update_champion_alias
+from app.adapters.model_store import ModelStore
 from app.core.artifacts import ModelMetadata, write_json_atomic
 from app.core.loading import ModelLoadError
 from app.core.messages import (
@@ -28,15 +30,14 @@ from app.core.messages import (
     PROJECT_DATA,
     REQUEST_FILE,
     RESULT_FILE,
-    AliasOutcome,
     FeedbackRow,
     Job,
     RetrainFailed,
     RetrainRequest,
     RetrainResult,
 )
-from app.core.model_store import CacheFull, ModelStore, StoreUnavailable, UnknownVersion, now
 from app.core.serving_pointer import PointerStore, ServingPointer
+from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion, now
 from app.serving.champion_alias import record_alias
 from app.serving.predictor import Predictor
 
@@ -44,7 +45,6 @@ log = logging.getLogger("predictor")
 
 LOG_FILE = "job.log"
 UPLOAD_FILE = "upload.csv"
-ALIAS_TIMEOUT_SECONDS = 60
 INTERRUPTED = "interrupted: the worker stopped while the job ran"
 _RESULT: TypeAdapter[RetrainResult] = TypeAdapter(RetrainResult)
 
@@ -231,35 +231,3 @@ def _log_tail(log_file: Path) -> str:
     except OSError:
         return ""
     return f": {lines[-1][:300]}" if lines else ""
-
-
-def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
-    """Move MLflow's `champion` alias to this version, in a subprocess; says how it went, never raises."""
-    registered = {
-        "registered_model": metadata.registered_model,
-        "registered_version": metadata.registered_version,
-    }
-    if not metadata.registered_model or not metadata.registered_version:
-        reason = f"version {metadata.version} has no MLflow registry version"
-        return AliasOutcome(status="skipped", reason=reason, **registered)
-    command = [
-        sys.executable,
-        "-m",
-        "app.pipeline.alias",
-        "--model",
-        metadata.registered_model,
-        "--version",
-        metadata.registered_version,
-    ]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=ALIAS_TIMEOUT_SECONDS, check=False
-        )
-        outcome = AliasOutcome.model_validate_json(done.stdout.strip().splitlines()[-1])
-    except subprocess.TimeoutExpired:
-        outcome = AliasOutcome(
-            status="failed", reason=f"MLflow did not answer within {ALIAS_TIMEOUT_SECONDS} s"
-        )
-    except (ValidationError, IndexError):
-        outcome = AliasOutcome(status="failed", reason="the alias update ended without an answer")
-    return outcome.model_copy(update=registered)
