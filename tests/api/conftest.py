@@ -1,9 +1,6 @@
-"""API fixtures: a tiny real model in tmp_path, an isolated database, an authenticated client.
-
-Every test that uses `client` runs against SQLite, and again against PostgreSQL (marked `postgres`:
-TEST_DATABASE_URL's server, or the local one). Each test's database is a copy of a migrated template:
-a file copy for SQLite, CREATE DATABASE ... TEMPLATE for PostgreSQL, dropped afterwards.
-"""
+"""API fixtures: a tiny real model in tmp_path, an isolated database (tests/support/databases.py),
+an authenticated client. Every test that uses `client` runs against SQLite, and again against
+PostgreSQL (marked `postgres`)."""
 
 from __future__ import annotations
 
@@ -16,10 +13,8 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.db import crud
-from app.db.session import Database
 from app.main import create_app
 from tests.support.models import write_model
-from tests.support.postgres import migrated_template, scratch_database
 from tests.support.tokens import ADMIN, SECRET, USER, bearer, get_token
 
 
@@ -42,55 +37,6 @@ def colors_model_dir(tmp_path: Path, _fitted_models: dict[str, Path]) -> Path:
     target = tmp_path / "colors-model"
     shutil.copytree(_fitted_models["colors"], target)
     return target
-
-
-@pytest.fixture(scope="session")
-def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file at the latest migration: each test starts from a copy, not the migrations."""
-    path = tmp_path_factory.mktemp("template") / "users.db"
-    database = Database(f"sqlite:///{path}")
-    try:
-        database.migrate()
-    finally:
-        database.dispose()
-    return path
-
-
-@pytest.fixture(scope="session")
-def _postgres_template() -> Iterator[str]:
-    """This worker's migrated PostgreSQL database, the template of each test's own."""
-    with migrated_template() as name:
-        yield name
-
-
-@pytest.fixture
-def postgres_url(_postgres_template: str) -> Iterator[str]:
-    """A scratch database of this test's own on TEST_DATABASE_URL's server (or the local one)."""
-    with scratch_database("api", template=_postgres_template) as url:
-        yield url
-
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Path) -> Iterator[str]:
-    """A database of this test's own at the latest migration, on each backend."""
-    if request.param == "sqlite":
-        shutil.copyfile(_sqlite_template, tmp_path / "users.db")
-        yield f"sqlite:///{tmp_path}/users.db"
-        return
-    yield request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no table yet, on each backend: for tests of the migrations themselves."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/empty.db"
-        return
-    with scratch_database("empty") as url:
-        yield url
 
 
 @pytest.fixture

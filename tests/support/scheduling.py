@@ -29,7 +29,7 @@ LONG_FILES: dict[str, float] = {
     "tests/faults/test_worker_killed.py": 33,
     "tests/api/test_request_path_imports.py": 33,
     "tests/ui/test_app.py": 33,
-    "tests/serving/test_model_store.py": 31,
+    "tests/adapters/test_model_store.py": 31,
     "tests/deploy/test_helm.py": 26,
     "tests/api/test_v2.py": 25,
 }
