@@ -297,7 +297,7 @@ def _replica(tmp_path: Path, model_dir: str = "models") -> ServingState:
         tmp_path / model_dir, max_rows=10, drift=None, store=store, pointer=DatabasePointer(database.session)
     )
     state.load_initial()
-    state.tracing = Tracing(None)  # as trace_with() does, without its start-up thread
+    state.shadows.tracing = Tracing(None)  # as trace_with() does, without its start-up thread
     return state
 
 
@@ -314,10 +314,10 @@ def test_a_replica_follows_the_shadow_and_a_change_of_champion_keeps_it(tmp_path
     first = _two_versions(tmp_path)
     second = _replica(tmp_path, model_dir="no-models-here")
     runner = first.start_shadow("v2")
-    assert first.tracing is not None and first.tracing.shadow is runner
+    assert first.shadows.tracing is not None and first.shadows.tracing.shadow is runner
     second.sync()
     assert second.shadow is not None and second.shadow.version == "v2"
-    assert second.tracing is not None and second.tracing.shadow is second.shadow
+    assert second.shadows.tracing is not None and second.shadows.tracing.shadow is second.shadow
 
     first.serve_version("v1", reason="rollback in replica one")  # moves the champion only
     pointer = first.pointer.get()
@@ -326,9 +326,9 @@ def test_a_replica_follows_the_shadow_and_a_change_of_champion_keeps_it(tmp_path
     assert second.shadow is not None and second.shadow.version == "v2"
 
     assert first.stop_shadow() == "v2"
-    assert first.tracing.shadow is None
+    assert first.shadows.tracing.shadow is None
     second.sync()
-    assert second.shadow is None and second.tracing.shadow is None
+    assert second.shadow is None and second.shadows.tracing.shadow is None
     assert first.stop_shadow() is None
 
 
@@ -337,7 +337,7 @@ def test_a_pointer_read_before_this_replica_moved_the_shadow_does_not_undo_it(tm
     stale = state.pointer.get()  # read by the watch just before an admin's POST /model/shadow
     read_at = time.monotonic() - 0.001
     state.start_shadow("v2")
-    state._follow_shadow(stale, read_at)
+    state.shadows.follow(stale, read_at)
     assert state.shadow is not None and state.shadow.version == "v2"
 
 
