@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=settings.workers)
     args = parser.parse_args()
     _metrics_dir(args.workers)
+    # Left by a drain (python -m app.drain) before this start: this replica is in rotation again.
+    settings.drain_file.unlink(missing_ok=True)
 
     # The database set-up (migrations, the first admin's password hash) runs in a forked child
     # while this process imports what serving needs: the two overlap on two cores (cold start).
@@ -114,7 +116,7 @@ def main() -> None:
             port=args.port,
             workers=args.workers,
             access_log=False,  # the app logs one JSON line per request itself
-            # After the drain (app/api/draining.py): how long requests in flight get to finish.
+            # On SIGTERM (after the preStop drain, app/drain.py): how long requests in flight get.
             timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
             http=functools.partial(  # type: ignore[arg-type]  # uvicorn calls it as the class
                 GuardedHttpProtocol, header_timeout=settings.request_header_timeout_seconds

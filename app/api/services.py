@@ -9,16 +9,15 @@ through `app.state` themselves.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
 from app.adapters.mlflow_alias import update_champion_alias
 from app.adapters.model_store import ModelStore
-from app.api.draining import drain_on_sigterm
 from app.api.rate_limits import RateLimits
 from app.core.config import Settings
 from app.core.revocation import RevocationList
@@ -41,6 +40,16 @@ from app.serving.tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
+class Draining:
+    """Whether this replica is being taken out of rotation: a file every process of it can see."""
+
+    file: Path
+
+    def __call__(self) -> bool:
+        return self.file.exists()
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
     database: Database
@@ -56,7 +65,7 @@ class Services:
     tracing: Tracing  # ids, log and shadow for every answered row
     live_quality: LiveQuality
     scoring: anyio.CapacityLimiter  # the threads that score large or slow requests
-    draining: threading.Event  # set by SIGTERM: /ready answers 503 while requests finish
+    draining: Draining  # /ready answers 503 once the preStop hook (python -m app.drain) ran
 
 
 @asynccontextmanager
@@ -95,9 +104,6 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
         )
         revocations.refresh()
         stack.callback(revocations.watch(settings.revocation_refresh_seconds).stop)
-
-        draining = threading.Event()
-        stack.callback(drain_on_sigterm(draining, settings.shutdown_drain_seconds))
 
         predictions = PredictionLogStore(database.session)
         prediction_log = None
@@ -138,5 +144,5 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
             tracing=tracing,
             live_quality=live_quality,
             scoring=scoring_limiter(),
-            draining=draining,
+            draining=Draining(settings.drain_file),
         )

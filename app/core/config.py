@@ -127,10 +127,13 @@ class Settings(BaseSettings):
     shadow_queue_batches: int = Field(default=256, ge=1, le=10_000)
     promotion_min_labels: int = Field(default=100, ge=1)
     # The server, for python -m app.serve.
-    # Graceful shutdown (app/api/draining.py): after SIGTERM, /ready answers 503 this long while the
-    # replica still serves (a load balancer takes it out), then requests in flight get this long to finish.
+    # Graceful shutdown, as Kubernetes does it (app/drain.py): the pod's preStop hook, python -m
+    # app.drain, creates DRAIN_FILE, after which /ready answers 503 while the replica still serves, and
+    # waits SHUTDOWN_DRAIN_SECONDS (the load balancer takes the replica out); then SIGTERM, on which
+    # uvicorn stops accepting and gives the requests in flight SHUTDOWN_TIMEOUT_SECONDS to finish.
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    drain_file: Path = Path("var/draining")
     # A request's headers must be in this long after its first byte (or the connection's opening):
     # a slow client (slowloris) gets a 408 rather than holding a connection (app/api/http_protocol.py).
     request_header_timeout_seconds: float = Field(default=15.0, gt=0, le=600)

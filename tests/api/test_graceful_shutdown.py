@@ -1,9 +1,12 @@
-"""SIGTERM under load: /ready says 503 at once, every request keeps being answered through the drain,
-a request in flight when the server stops accepting still finishes, and the process exits in time."""
+"""A shutdown as Kubernetes runs it, under load: the preStop hook (python -m app.drain) turns /ready to
+503 at once while every request keeps being answered; then SIGTERM, on which a request in flight
+still finishes, no request gets a 5xx, and the process exits in time."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.models import IRIS_ROW, write_model
-from tests.support.servers import api_server
+from tests.support.servers import api_server, wait_until
 from tests.support.tokens import ADMIN, login
 
 pytestmark = pytest.mark.slow
@@ -68,20 +71,24 @@ def test_sigterm_drains_then_finishes_what_is_in_flight(tmp_path: Path) -> None:
         time.sleep(0.5)
         assert httpx.get(f"{api.url}/ready", timeout=5).status_code == 200
 
-        api.process.send_signal(signal.SIGTERM)
+        # The preStop hook, in the replica's folder and environment, as the kubelet runs it.
+        pre_stop = subprocess.Popen([sys.executable, "-m", "app.drain"], cwd=tmp_path, env=api.env)
         signalled = time.monotonic()
+        wait_until(lambda: httpx.get(f"{api.url}/ready", timeout=5).status_code == 503, 10, "draining")
         ready = httpx.get(f"{api.url}/ready", timeout=5)
-        assert ready.status_code == 503
         assert ready.json() == {"detail": "draining: this replica is shutting down"}
+        assert httpx.get(f"{api.url}/v2/health/ready", timeout=5).status_code == 503
         assert httpx.get(f"{api.url}/health", timeout=5).status_code == 200  # alive, still serving
 
         # The load balancer has taken the replica out by the end of the drain: the clients stop.
-        time.sleep(DRAIN - 0.5)
+        assert pre_stop.wait(timeout=DRAIN + 10) == 0
         stop_loading.set()
         for thread in loaders:
             thread.join()
+        # Then the kubelet's SIGTERM: uvicorn stops accepting and lets the upload in flight finish.
+        api.process.send_signal(signal.SIGTERM)
         slow.join(timeout=30)
-        exit_code = api.process.wait(timeout=DRAIN + 15)
+        exit_code = api.process.wait(timeout=15)
         exited_after = time.monotonic() - signalled
 
     assert in_flight == {"status": 200, "lines": 41}  # header and 40 rows, uploaded past the drain's end

@@ -321,6 +321,14 @@ def test_the_api_probes_health_and_readiness(example: str):
     assert probe_path(api, "startupProbe") == ("/health", "http")
     assert probe_path(api, "livenessProbe") == ("/health", "http")
     assert probe_path(api, "readinessProbe") == ("/ready", "http")
+    # Kubernetes' graceful shutdown: the preStop hook turns /ready to 503 for drainSeconds, then
+    # SIGTERM; the grace period covers both and the requests in flight.
+    assert api["lifecycle"]["preStop"]["exec"]["command"] == ["python", "-m", "app.drain"]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["DRAIN_FILE"].startswith("/tmp/")
+    assert {"name": "tmp", "mountPath": "/tmp"} in api["volumeMounts"]
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace > float(env["SHUTDOWN_DRAIN_SECONDS"]) + float(env["SHUTDOWN_TIMEOUT_SECONDS"])
     # Start-up (migrations, the first download) gets minutes; liveness only takes over after it.
     startup = api["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120

@@ -49,7 +49,7 @@ async def health(request: Request) -> Response:
 )
 def ready(serving: ServingDep, database: DatabaseDep, request: Request) -> Ready | JSONResponse:
     """Readiness: a model is loaded and the database answers (and whether the model store does)."""
-    if services(request).draining.is_set():
+    if services(request).draining():
         return JSONResponse({"detail": "draining: this replica is shutting down"}, status_code=503)
     current = serving.current
     if current is None:

@@ -187,7 +187,7 @@ async def server_live() -> ServerLiveResponse:
 @router.get("/health/ready", responses=_errors(503))
 def server_ready(serving: ServingDep, database: DatabaseDep, request: Request) -> ServerReadyResponse:
     """Readiness, as /ready: a model is loaded and the database answers."""
-    if services(request).draining.is_set():
+    if services(request).draining():
         raise V2Error("draining: this replica is shutting down", 503)
     if serving.current is None:
         raise V2Error(f"model not loaded: {serving.error}", 503)
