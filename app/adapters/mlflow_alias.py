@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -14,8 +15,9 @@ from app.core.messages import AliasOutcome
 ALIAS_TIMEOUT_SECONDS = 60
 
 
-def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
-    """Move MLflow's `champion` alias to this version, in a subprocess; says how it went, never raises."""
+def alias_outcome(metadata: ModelMetadata, status: Literal["skipped", "pending"]) -> AliasOutcome:
+    """What can be said before moving the alias: skipped (the version was never registered in MLflow,
+    whatever `status` asks), or `status`, naming the registry version."""
     registered = {
         "registered_model": metadata.registered_model,
         "registered_version": metadata.registered_version,
@@ -23,6 +25,14 @@ def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
     if not metadata.registered_model or not metadata.registered_version:
         reason = f"version {metadata.version} has no MLflow registry version"
         return AliasOutcome(status="skipped", reason=reason, **registered)
+    return AliasOutcome(status=status, **registered)
+
+
+def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
+    """Move MLflow's `champion` alias to this version, in a subprocess; says how it went, never raises."""
+    before = alias_outcome(metadata, "pending")
+    if before.status == "skipped" or not metadata.registered_model or not metadata.registered_version:
+        return before
     command = [
         sys.executable,
         "-m",
@@ -43,4 +53,6 @@ def update_champion_alias(metadata: ModelMetadata) -> AliasOutcome:
         )
     except (ValidationError, IndexError):
         outcome = AliasOutcome(status="failed", reason="the alias update ended without an answer")
-    return outcome.model_copy(update=registered)
+    return outcome.model_copy(
+        update={"registered_model": before.registered_model, "registered_version": before.registered_version}
+    )

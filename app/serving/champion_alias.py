@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from app.adapters.mlflow_alias import alias_outcome
 from app.core.artifacts import ModelMetadata
 from app.core.messages import AliasOutcome
 from app.core.serving_pointer import PointerStore
@@ -28,19 +29,11 @@ class ChampionAlias:
 
     def follow(self, metadata: ModelMetadata) -> AliasOutcome:
         """Move the alias to the version just served, later; what can be said now (skipped, pending)."""
-        registered = {
-            "registered_model": metadata.registered_model,
-            "registered_version": metadata.registered_version,
-        }
-        if not metadata.registered_model or not metadata.registered_version:
-            reason = f"version {metadata.version} has no MLflow registry version"
-            outcome = AliasOutcome(status="skipped", reason=reason, **registered)
-            self._record(metadata.version, outcome)
-            return outcome
-        pending = AliasOutcome(status="pending", **registered)
-        self._record(metadata.version, pending)
-        self._thread.submit(self._moved, metadata)
-        return pending
+        outcome = alias_outcome(metadata, "pending")
+        self._record(metadata.version, outcome)
+        if outcome.status == "pending":
+            self._thread.submit(self._moved, metadata)
+        return outcome
 
     def close(self) -> None:
         """Finish the move in progress (bounded by its timeout); drop the ones not started."""

@@ -102,9 +102,6 @@ class ServingState:
     def watch(self, interval: float = WATCH_SECONDS) -> Periodic:
         return self.follower.watch(interval)
 
-    def check_store(self) -> None:
-        self.follower.check_store()
-
     # --- switching versions ---
 
     def reload(self, candidates: bool = True, published: bool = True) -> Predictor:
