@@ -36,7 +36,7 @@ def health_body(serving: ServingState) -> bytes:
 @router.get("/health", response_model=Health)
 async def health(request: Request) -> Response:
     """Liveness: the process answers. Says which model version it serves, if any."""
-    # GET is answered before routing (app.api.hot_routes); the router documents it, answers HEAD.
+    # Served by a copy called directly (app.api.direct_routes); this declaration documents it.
     return Response(health_body(services(request).serving), media_type="application/json")
 
 
