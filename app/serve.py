@@ -9,7 +9,6 @@ On SQLite (the embedded default, or START_WORKER=true) it also runs the retraini
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import multiprocessing
 import os
@@ -20,6 +19,16 @@ import tempfile
 from pathlib import Path
 
 from app.core.config import Settings, get_settings, load_settings, missing_project
+
+# How long uvicorn keeps an idle keep-alive connection (its default, said here): the proxy's own
+# keepalive_timeout to the replicas stays below it (deploy/nginx/predictor.conf), else nginx could send
+# a request down a connection uvicorn is closing.
+KEEP_ALIVE_SECONDS = 5
+# Settings that configure nothing any more: still accepted, so that a deployment setting them starts.
+DEPRECATED = {
+    "request_header_timeout_seconds": "REQUEST_HEADER_TIMEOUT_SECONDS is ignored: the proxy in front "
+    "times out slow request headers (docs/api.md, Slow clients)",
+}
 
 
 def _metrics_dir(workers: int) -> None:
@@ -79,6 +88,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=settings.workers)
     args = parser.parse_args()
     _metrics_dir(args.workers)
+    for field in DEPRECATED.keys() & settings.model_fields_set:
+        print(f"serve: deprecated: {DEPRECATED[field]}", file=sys.stderr, flush=True)
     # Left by a drain (python -m app.drain) before this start: this replica is in rotation again.
     settings.drain_file.unlink(missing_ok=True)
 
@@ -90,8 +101,6 @@ def main() -> None:
     setup = multiprocessing.get_context("fork").Process(target=_prepare_database, args=(settings,))
     setup.start()
     import uvicorn
-
-    from app.api.http_protocol import GuardedHttpProtocol
 
     if args.workers == 1:  # uvicorn serves from this very process: warm it up meanwhile
         import app.main  # noqa: F401
@@ -118,9 +127,11 @@ def main() -> None:
             access_log=False,  # the app logs one JSON line per request itself
             # On SIGTERM (after the preStop drain, app/drain.py): how long requests in flight get.
             timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-            http=functools.partial(  # type: ignore[arg-type]  # uvicorn calls it as the class
-                GuardedHttpProtocol, header_timeout=settings.request_header_timeout_seconds
-            ),
+            # uvicorn's own HTTP protocol, as `uvicorn app.main:create_app --factory` runs it. It has
+            # no deadline for a request's headers and reads a refused body to its end: slow and endless
+            # clients are the proxy's to cut (deploy/nginx/predictor.conf, the chart's Ingress;
+            # docs/api.md, "Slow clients"). What uvicorn bounds itself: an idle keep-alive connection.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             # The client address is the socket's unless it is a proxy named here (the rate limits
             # and the security log read it); uvicorn's own default would trust 127.0.0.1.
             proxy_headers=bool(settings.forwarded_allow_ips),

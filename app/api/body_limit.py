@@ -17,8 +17,9 @@ so FastAPI's body parsing re-raises it unchanged (it turns other errors into a 4
 handler answers `{"detail": "request body too large (limit N bytes)"}`; this middleware answers the
 same if it reaches it (`{"error": ...}` on the V2 routes, the protocol's shape). uvicorn then
 discards the rest of the body on a connection it keeps open: no memory held, and the client reads
-the 413 rather than a connection reset. A body still coming UNREAD_BODY_LINGER_SECONDS after the
-answer has its connection closed (app/api/http_protocol.py).
+the 413 rather than a connection reset. uvicorn discards for as long as the client sends: a body
+that never ends is cut by the proxy in front, whose lingering_time bounds it (deploy/nginx/
+predictor.conf; docs/api.md, "Slow clients").
 
 A pure ASGI middleware (no BaseHTTPMiddleware). FastAPI's own `max_body_size` answers plain text
 when the app responds without reading the body, and does not say the limit.

@@ -134,8 +134,10 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     drain_file: Path = Path("var/draining")
-    # A request's headers must be in this long after its first byte (or the connection's opening):
-    # a slow client (slowloris) gets a 408 rather than holding a connection (app/api/http_protocol.py).
+    # Deprecated, ignored: it timed out slow request headers in a protocol class of our own, which
+    # uvicorn's public API has no place for. The proxy in front does it now (nginx's
+    # client_header_timeout, deploy/nginx/predictor.conf). Still accepted, so that a deployment that sets
+    # it starts; python -m app.serve says it is ignored.
     request_header_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

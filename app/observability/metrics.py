@@ -148,11 +148,12 @@ REVOCATION_STORE_UP = Gauge(
     multiprocess_mode="livemin",
 )
 
-# Slow clients cut off by the server (app/api/http_protocol.py): header_timeout (a 408 for headers
-# past REQUEST_HEADER_TIMEOUT_SECONDS), unread_body (a refused body still coming after the answer).
+# Deprecated, no longer counted: slow clients are cut by the proxy in front now, which logs them
+# (status 408 or 413 in nginx's access log; docs/operations.md). Still declared, at zero, so that a
+# dashboard or alert that names it keeps a series rather than a gap; removed in a later release.
 CONNECTIONS_CLOSED = Counter(
     "connections_closed",
-    "Connections the server closed on a slow client, by reason.",
+    "Deprecated, always 0: slow clients are cut by the proxy in front (docs/operations.md).",
     ["reason"],
     namespace=NAMESPACE,
 )
@@ -289,6 +290,8 @@ for _result in PREDICTION_LOG_RESULTS:
     PREDICTION_LOG_ROWS.labels(result=_result)
 for _status in FEEDBACK_STATUSES:
     FEEDBACK_ITEMS.labels(status=_status)
+for _reason in ("header_timeout", "unread_body"):  # deprecated: the series at zero, as before
+    CONNECTIONS_CLOSED.labels(reason=_reason)
 
 
 def shadow_started(version: str) -> None:

@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.api.body_limit import MAX_BODY_BYTES
 from app.core.config import Settings
 from tests.support.paths import ROOT
 
@@ -519,7 +520,7 @@ def test_csv_uploads_get_an_ingress_of_their_own_unbuffered_up_to_max_csv_bytes(
     by_name = {ingress["metadata"]["name"]: ingress for ingress in objects("production", "Ingress")}
     assert set(by_name) == {"predictor-api", "predictor-api-csv"}
     routes, csv = by_name["predictor-api"], by_name["predictor-api-csv"]
-    shared = PRODUCTION["ingress"]["annotations"]
+    shared = merged(VALUES["ingress"]["annotations"], PRODUCTION["ingress"]["annotations"])
     assert routes["metadata"]["annotations"] == shared
     notes = csv["metadata"]["annotations"]
     size = notes["nginx.ingress.kubernetes.io/proxy-body-size"]
@@ -533,6 +534,26 @@ def test_csv_uploads_get_an_ingress_of_their_own_unbuffered_up_to_max_csv_bytes(
     assert [r["host"] for r in csv["spec"]["rules"]] == [r["host"] for r in routes["spec"]["rules"]]
     alone = render(merged(PRODUCTION, {"ingress": {"csvUpload": {"enabled": False}}}), RELEASES["production"])
     assert [d["metadata"]["name"] for d in alone if d["kind"] == "Ingress"] == ["predictor-api"]
+
+
+def test_the_ingress_controller_holds_slow_bodies_and_refuses_large_ones():
+    """uvicorn cuts no slow client: for ingress-nginx, a JSON body is read whole by the controller
+    (under its client-body-timeout) before a replica sees it, and refused past the API's limit; the
+    CSV upload, unbuffered, up to MAX_CSV_BYTES (docs/operations.md, "Slow clients")."""
+    values = merged(REQUIRED, {"ingress": {"enabled": True}})
+    by_name = {d["metadata"]["name"]: d for d in render(values) if d["kind"] == "Ingress"}
+    routes = by_name["demo-predictor-api"]["metadata"]["annotations"]
+    csv = by_name["demo-predictor-api-csv"]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert routes[prefix + "proxy-request-buffering"] == "on"
+    assert in_bytes(routes[prefix + "proxy-body-size"]) == MAX_BODY_BYTES
+    assert csv[prefix + "proxy-request-buffering"] == "off"
+    assert in_bytes(csv[prefix + "proxy-body-size"]) == Settings.model_fields["max_csv_bytes"].default
+
+
+def in_bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([km]?)", size).groups()
+    return int(number) * {"": 1, "k": 1024, "m": 1024**2}[unit]
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

@@ -16,6 +16,7 @@ import yaml
 from app.api.body_limit import MAX_BODY_BYTES, BodyTooLarge
 from app.core.config import Settings
 from app.observability.middleware import _SAFE_REQUEST_ID
+from app.serve import KEEP_ALIVE_SECONDS
 from tools.devstack import configs
 from tools.devstack.configs import NGINX_FILE, ROOT, render_nginx
 
@@ -117,6 +118,33 @@ def test_a_callers_request_id_is_kept_by_the_same_rule_as_the_api():
         r'map \$http_x_request_id \$predictor_request_id \{\s*"~(.*?)" \$http_x_request_id;', CONFIG
     )
     assert kept and kept[1] == _SAFE_REQUEST_ID.pattern
+
+
+def seconds(name: str) -> int:
+    """The one `name Ns;` of the server (or upstream) block, in seconds."""
+    (value,) = directives(name)
+    return int(re.fullmatch(r"(\d+)s", value)[1])
+
+
+def test_slow_and_endless_clients_are_cut_here():
+    """uvicorn has no deadline for headers and reads a refused body to its end: nginx has both, and
+    every location inherits them (tests/faults/test_abusive_clients.py sends such clients through)."""
+    assert seconds("client_header_timeout") == 15  # REQUEST_HEADER_TIMEOUT_SECONDS's old default
+    assert seconds("client_body_timeout") <= 30 and seconds("send_timeout") <= 30
+    assert seconds("lingering_time") <= 10 and seconds("lingering_timeout") <= seconds("lingering_time")
+    for name in ("/", "/v2/", "= /predict/csv"):
+        assert not re.search(
+            r"\b(client_header_timeout|client_body_timeout|send_timeout|lingering_\w+) ", location(name)
+        ), name
+
+
+def test_idle_upstream_connections_close_before_uvicorn_closes_them():
+    """A request sent down a connection uvicorn is closing (its idle timeout) would be lost."""
+    keepalive_timeouts = directives("keepalive_timeout")
+    upstream = re.search(r"upstream predictor_api \{(.*?)\}", CONFIG, re.DOTALL)[1]
+    (to_replicas,) = re.findall(r"keepalive_timeout (\d+)s;", upstream)
+    assert int(to_replicas) < KEEP_ALIVE_SECONDS
+    assert len(keepalive_timeouts) == 2  # the other one: idle clients
 
 
 def test_metrics_are_not_served_through_the_balancer():

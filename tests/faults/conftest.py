@@ -2,14 +2,18 @@
 
 One replica (python -m app.serve) on PostgreSQL, Redis and an S3 model store (moto), each reached
 through a TCP proxy the tests cut and restore; its model cache on a small tmpfs that a test fills; a
-predict user whose /predict requests run as a steady load under every fault. The suite prints, at the
-end, each fault's requests, those lost, and the seconds to recover after the fault was lifted.
+predict user whose /predict requests run as a steady load under every fault. In front of it, for the
+tests of abusive clients, the shipped nginx config (deploy/nginx/predictor.conf) rendered as `make
+stack` runs it: what cuts slow and endless clients in every deployment. The suite prints, at the end,
+each fault's requests, those lost, and the seconds to recover after the fault was lifted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +32,12 @@ from tests.support.postgres import scratch_database
 from tests.support.proxy import CuttableProxy
 from tests.support.redis_db import FAULTS_DB, REDIS_ADDRESS
 from tests.support.s3 import S3Server, moto_s3
-from tests.support.servers import Served, api_server
+from tests.support.servers import Served, api_server, free_port, running
 from tests.support.tokens import ADMIN, USER, login
+from tools.devstack.configs import NGINX_FILE, render_nginx
 
 CACHE_BYTES = 2 * 1024 * 1024  # the tmpfs: room for the served model and little more
 LEASE_SECONDS = 3
-HEADER_TIMEOUT_SECONDS = 2.0
 CSV_LIMIT = 4 * 1024 * 1024  # MAX_CSV_BYTES
 
 
@@ -156,7 +160,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "REVOCATION_MAX_STALENESS_SECONDS": "3",
             "RATE_LIMIT_TOKEN": "1000/minute",
             "RATE_LIMIT_PREDICT": "100000/second",  # counted in Redis on every request
-            "REQUEST_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_SECONDS),
             "MAX_CSV_BYTES": str(CSV_LIMIT),
             "CSV_UPLOAD_FIRST": "true",  # as compose, make stack and the chart run it
             "JOB_LEASE_SECONDS": str(LEASE_SECONDS),
@@ -179,6 +182,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             api, folder, model_dir, cache, database, redis_proxy, store, s3, store_url, api.env, admin, user
         )
     _flush_redis()
+
+
+def nginx_seconds(directive: str) -> float:
+    """A timeout of the shipped nginx config, in seconds (written there as `name Ns;`)."""
+    found = re.search(rf"^[ \t]*{directive}[ \t]+(\d+)s;", NGINX_FILE.read_text(), re.MULTILINE)
+    assert found, f"no {directive} in {NGINX_FILE}"
+    return float(found[1])
+
+
+@dataclass(frozen=True)
+class Proxy:
+    url: str
+    access_log: Path
+
+    def statuses(self) -> list[int]:
+        """The status of each request nginx has logged (its log_format has it after the request line)."""
+        return [int(status) for status in re.findall(r'" (\d{3}) ', self.access_log.read_text())]
+
+
+@pytest.fixture(scope="package")
+def proxy(stack: Stack) -> Iterator[Proxy]:
+    """nginx with the shipped config, unchanged but for its addresses, in front of the replica."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    assert nginx, "nginx is not installed: make stack-tools"
+    out = stack.folder / "nginx"
+    port = free_port()
+    access_log = out / "access.log"
+    config = render_nginx(
+        out,
+        listen=f"127.0.0.1:{port}",
+        replicas=[stack.url.removeprefix("http://")],
+        access_log=access_log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    command = [nginx, "-p", f"{out}/", "-c", str(config), "-e", "stderr"]
+    with running(command, ready_url=f"{url}/ready", log=stack.folder / "nginx.log"):
+        yield Proxy(url, access_log)
 
 
 def recovery(check: Callable[[], bool], since: float, limit: float, what: str) -> float:
