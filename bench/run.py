@@ -2,14 +2,18 @@
 
     python -m bench.run [--quick] [--duration 10] [--champions logistic_regression random_forest]
                         [--peers mlflow,bentoml] [--no-ceiling] [--ref COMMIT] [--baseline COMMIT]
+                        [--servers uvicorn,granian] [--log-off] [--csv-rows 1000000]
 
 For each champion it trains in a scratch folder (params.yaml with `train.champion` forced),
 starts ours and each peer on free 127.0.0.1 ports, times each to its first successful
 prediction (cold start), then drives them with wrk (concurrency 1 and 32, 1-row and 100-row
 requests), and prints throughput, p50 and p99 with the ratios ours / peer. With --baseline, our
 service built from that commit's app/ and params.yaml is one more server beside them, trained and
-started as ours is, with the ratios ours / baseline. Then it drives our one-row /predict and
-/health in turns with a bare FastAPI app (bench/ceiling.py), the ceiling.
+started as ours is, with the ratios ours / baseline. Then ours is served several ways side by side
+(bench/variants.py): the prediction log off (--log-off, on by default with --baseline), under granian
+and uvicorn with 1 and 2 workers (--servers uvicorn,granian), each driven at c=32 and sent a large CSV
+through POST /predict/csv (--csv-rows). Then it drives our one-row /predict and /health in turns with
+a bare FastAPI app (bench/ceiling.py), the ceiling.
 The same figures go to artifacts/bench/results.json. Every process it starts is stopped on the
 way out, even on failure or Ctrl-C.
 """
@@ -788,7 +792,8 @@ def bench_variants(
             header_file.chmod(0o600)
             servers[variant] = (server, f"Bearer {token}", header_file)
             say(f"  {variant.name}: first /predict after {seconds:.2f} s")
-        for round_number in range(VARIANT_ROUNDS):
+        # Ours alone (no log-off, no baseline, no granian) has nothing to be compared with: CSV only.
+        for round_number in range(VARIANT_ROUNDS if len(results) > 1 else 0):
             order = results if round_number % 2 == 0 else results[::-1]
             for rows in ROWS:
                 for result in order:
