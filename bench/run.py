@@ -2,14 +2,18 @@
 
     python -m bench.run [--quick] [--duration 10] [--champions logistic_regression random_forest]
                         [--peers mlflow,bentoml] [--no-ceiling] [--ref COMMIT] [--baseline COMMIT]
+                        [--servers uvicorn,granian] [--log-off] [--csv-rows 1000000]
 
 For each champion it trains in a scratch folder (params.yaml with `train.champion` forced),
 starts ours and each peer on free 127.0.0.1 ports, times each to its first successful
 prediction (cold start), then drives them with wrk (concurrency 1 and 32, 1-row and 100-row
 requests), and prints throughput, p50 and p99 with the ratios ours / peer. With --baseline, our
 service built from that commit's app/ and params.yaml is one more server beside them, trained and
-started as ours is, with the ratios ours / baseline. Then it drives our one-row /predict and
-/health in turns with a bare FastAPI app (bench/ceiling.py), the ceiling.
+started as ours is, with the ratios ours / baseline. Then ours is served several ways side by side
+(bench/variants.py): the prediction log off (--log-off, on by default with --baseline), under granian
+and uvicorn with 1 and 2 workers (--servers uvicorn,granian), each driven at c=32 and sent a large CSV
+through POST /predict/csv (--csv-rows). Then it drives our one-row /predict and /health in turns with
+a bare FastAPI app (bench/ceiling.py), the ceiling.
 The same figures go to artifacts/bench/results.json. Every process it starts is stopped on the
 way out, even on failure or Ctrl-C.
 """
@@ -71,6 +75,23 @@ from bench.processes import (
     first_prediction,
     first_prediction_ours,
     free_port,
+)
+from bench.variants import (
+    LOG_OFF_ENV,
+    Ratio,
+    Variant,
+    VariantResult,
+    check_csv_answer,
+    csv_lines,
+    curl_csv_command,
+    format_variants,
+    granian_command,
+    parse_curl_status,
+    parse_servers,
+    plan_variants,
+    ratios,
+    variant_verdicts,
+    variants_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +187,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=_flag("BENCH_CEILING", default=True),
         help="also measure ours against a bare FastAPI app, /predict and /health (BENCH_CEILING=0 skips)",
     )
+    parser.add_argument(
+        "--servers",
+        default=os.environ.get("BENCH_SERVERS", "uvicorn"),
+        help="the ASGI servers to serve ours with, comma-separated: with granian, ours under uvicorn and "
+        "granian with 1 and 2 workers each (BENCH_SERVERS; default uvicorn)",
+    )
+    parser.add_argument(
+        "--log-off",
+        action=argparse.BooleanOptionalAction,
+        default=_flag("BENCH_LOG_OFF") if "BENCH_LOG_OFF" in os.environ else None,
+        help="also serve ours (and the baseline) with the prediction log off, PREDICTION_LOG_SAMPLE=0 "
+        "(BENCH_LOG_OFF; default: on with --baseline, off without)",
+    )
+    parser.add_argument(
+        "--csv-rows",
+        type=int,
+        default=int(os.environ.get("BENCH_CSV_ROWS", "1000000")),
+        help="rows of the CSV uploaded to POST /predict/csv, 0 for no CSV case "
+        "(BENCH_CSV_ROWS; default 1000000)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "results.json")
     args = parser.parse_args(argv)
@@ -179,6 +220,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.peers = parse_peers(args.peers)
     except BenchError as exc:
         parser.error(f"--peers (BENCH_PEERS): {exc}")
+    try:
+        args.servers = parse_servers(args.servers)
+    except BenchError as exc:
+        parser.error(f"--servers (BENCH_SERVERS): {exc}")
+    if args.log_off is None:  # the issue compares both commits with the log off
+        args.log_off = args.baseline is not None
+    if args.csv_rows < 0:
+        parser.error("--csv-rows must be 0 (no CSV case) or more")
     return args
 
 
@@ -240,8 +289,12 @@ def start_ours(
     extra_env: dict[str, str] | None = None,
     label: str = "ours",
     code: Path | None = None,
+    server: str = "uvicorn",
+    workers: int | None = None,
 ) -> tuple[Server, str, str]:
-    """Our service from the code folder `code` (default args.code: the working tree, or --ref's)."""
+    """Our service from the code folder `code` (default args.code: the working tree, or --ref's),
+    with `workers` (default args.workers) under `python -m app.serve` (uvicorn) or granian's CLI."""
+    workers = workers or args.workers
     port = free_port()
     password = secrets.token_urlsafe(16)
     env = (
@@ -250,7 +303,7 @@ def start_ours(
             "APP_ENV": "production",
             "HOST": "127.0.0.1",
             "PORT": str(port),
-            "WORKERS": str(args.workers),
+            "WORKERS": str(workers),
             "MODEL_DIR": str(work / "models"),
             "DATABASE_URL": f"sqlite:///{work / 'users.db'}",
             "SECRET_KEY": secrets.token_urlsafe(48),
@@ -260,9 +313,20 @@ def start_ours(
         | (extra_env or {})
     )
     command = [sys.executable, "-m", "app.serve"]
+    if server == "granian":
+        # app.serve's start-up is uvicorn's: under granian the app's lifespan migrates and creates the
+        # admin (MIGRATE_ON_STARTUP, on by default), and several workers share metrics through files.
+        if workers > 1:
+            metrics = work / f"metrics-{label}"
+            shutil.rmtree(metrics, ignore_errors=True)
+            metrics.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+        header_timeout_s = float(env.get("REQUEST_HEADER_TIMEOUT_SECONDS") or header_timeout_default())
+        granian = str(Path(sys.executable).with_name("granian"))
+        command = granian_command(granian, port, workers, header_timeout_s)
     log = args.out.parent / "logs" / f"{label}-{champion}.log"
-    server = processes.start(label, command, port=port, env=env, cwd=work, log=log)
-    return server, "bench", password
+    started = processes.start(label, command, port=port, env=env, cwd=work, log=log)
+    return started, "bench", password
 
 
 def start_mlflow(
@@ -631,6 +695,126 @@ def bench_overhead(scratch: Path, processes: Processes, args: argparse.Namespace
     return overhead
 
 
+VARIANT_ROUNDS = 2
+CSV_UPLOADS = 3
+# The cheapest champion, as for the ceiling: the least model time between the servers' own costs.
+VARIANTS_CHAMPION = "logistic_regression"
+
+
+def header_timeout_default() -> float:
+    """REQUEST_HEADER_TIMEOUT_SECONDS's default: what uvicorn gets from app.serve, given to granian too."""
+    from app.core.config import Settings
+
+    return float(Settings.model_fields["request_header_timeout_seconds"].default)
+
+
+def write_csv(path: Path, features: list[dict[str, Any]], rows: int) -> Path:
+    with path.open("w") as sink:
+        sink.writelines(csv_lines(features, rows))
+    return path
+
+
+def upload_csv(server: Server, csv_file: Path, header_file: Path, rows: int) -> float:
+    """One POST /predict/csv of the file with curl: its seconds, every row answered, or a BenchError."""
+    command = curl_csv_command(f"{server.base_url}/predict/csv", str(csv_file), str(header_file))
+    curl = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines, tail = 0, b""
+    assert curl.stdout is not None and curl.stderr is not None
+    # Counted as it streams: the answer (~140 bytes a row) is never held whole, only its end.
+    while piece := curl.stdout.read(1 << 20):
+        lines += piece.count(b"\n")
+        tail = (tail + piece)[-65536:]
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    errors = curl.stderr.read().decode(errors="replace")
+    if curl.wait(timeout=60) != 0:
+        raise BenchError(f"curl failed ({curl.returncode}) on {server.name}: {errors.strip()[-500:]}")
+    server.check_alive()
+    status, seconds = parse_curl_status(errors)
+    check_csv_answer(status, lines, last, rows)
+    say(f"  {server.name:<26} CSV {rows:,} rows in {seconds:.2f} s: {rows / seconds:>10,.0f} rows/s")
+    return seconds
+
+
+def bench_variants(
+    scratch: Path, processes: Processes, args: argparse.Namespace, baseline_commit: str
+) -> tuple[list[VariantResult], list[Ratio]]:
+    """Ours served several ways beside each other (bench/variants.py): the log off, granian, 2
+    workers, the baseline; each driven at c=32 with 1 and 100 rows, in rounds whose order flips, then
+    with the CSV, in uploads whose order flips too."""
+    champion = VARIANTS_CHAMPION
+    planned = plan_variants(
+        args.workers, baseline=args.baseline_code is not None, log_off=args.log_off, servers=args.servers
+    )
+    folders: dict[str, tuple[Path, dict[str, Any], Path]] = {}  # code -> work, metadata, code folder
+    folders["ours"] = (*trained(scratch, champion, args), args.code)
+    if args.baseline_code is not None:
+        folders[BASELINE] = (
+            *trained(scratch / BASELINE, champion, args, args.baseline_code),
+            args.baseline_code,
+        )
+    bodies: dict[tuple[str, int], Path] = {}
+    csv_files: dict[str, Path] = {}
+    for code, (work, metadata, _) in folders.items():
+        for rows in ROWS:
+            bodies[code, rows] = work / f"body-variants-{rows}.json"
+            bodies[code, rows].write_text(predictor_body(sample_rows(metadata["features"], rows)))
+        if args.csv_rows:  # once per run: the baseline shares ours when its features are the same
+            same = code != "ours" and metadata["features"] == folders["ours"][1]["features"]
+            csv_files[code] = (
+                csv_files["ours"]
+                if same
+                else write_csv(work / "bench.csv", metadata["features"], args.csv_rows)
+            )
+    results = [VariantResult(variant) for variant in planned]
+    servers: dict[Variant, tuple[Server, str, Path]] = {}
+    try:
+        for variant in planned:  # one at a time while it starts, as the cold starts are
+            work, _, code_folder = folders[variant.code]
+            env = (LOG_OFF_ENV if variant.log_off else {}) | {
+                "DATABASE_URL": f"sqlite:///{work / f'users-{variant.label}.db'}"  # each its own admin
+            }
+            server, username, password = start_ours(
+                processes,
+                work,
+                args,
+                champion,
+                env,
+                variant.label,
+                code_folder,
+                variant.server,
+                variant.workers,
+            )
+            token, seconds = first_prediction_ours(
+                server, username, password, bodies[variant.code, 1].read_bytes()
+            )
+            header_file = work / f"authorization-{variant.label}.txt"
+            header_file.write_text(f"Authorization: Bearer {token}\n")
+            header_file.chmod(0o600)
+            servers[variant] = (server, f"Bearer {token}", header_file)
+            say(f"  {variant.name}: first /predict after {seconds:.2f} s")
+        # Ours alone (no log-off, no baseline, no granian) has nothing to be compared with: CSV only.
+        for round_number in range(VARIANT_ROUNDS if len(results) > 1 else 0):
+            order = results if round_number % 2 == 0 else results[::-1]
+            for rows in ROWS:
+                for result in order:
+                    server, authorization, _ = servers[result.variant]
+                    case = Case(champion, rows, TARGET_CONCURRENCY)
+                    url = f"{server.base_url}/predict"
+                    body = bodies[result.variant.code, rows]
+                    result.runs.setdefault(rows, []).append(
+                        measure(server, url, body, case, args, authorization)
+                    )
+        for upload in range(CSV_UPLOADS if args.csv_rows else 0):
+            for result in results if upload % 2 == 0 else results[::-1]:
+                server, _, header_file = servers[result.variant]
+                csv_file = csv_files[result.variant.code]
+                result.csv_seconds.append(upload_csv(server, csv_file, header_file, args.csv_rows))
+    finally:
+        for server, _, _ in servers.values():
+            processes.stop(server)
+    return results, ratios(results, args.workers, ROWS, args.csv_rows)
+
+
 CEILING_ROUNDS = 4
 # The cheapest champion: the least model time between our framework costs and the ceiling's.
 CEILING_CHAMPION = "logistic_regression"
@@ -719,9 +903,18 @@ def code_version(ref_commit: str | None) -> dict[str, Any]:
     }
 
 
+def wants_variants(args: argparse.Namespace) -> bool:
+    """Whether the run serves ours several ways (bench_variants): for the CSV, the log off or granian."""
+    return not args.cold_only and (bool(args.csv_rows) or args.log_off or "granian" in args.servers)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: `make bench` installs it (apt-get install -y wrk)")
+    if "granian" in args.servers and not Path(sys.executable).with_name("granian").is_file():
+        raise BenchError("--servers granian: granian is not installed: make install (it is in the dev extra)")
+    if args.csv_rows and wants_variants(args) and shutil.which("curl") is None:
+        raise BenchError("the CSV case uploads with curl: apt-get install -y curl, or --csv-rows 0")
     (args.out.parent / "logs").mkdir(parents=True, exist_ok=True)
     args.bentoml = None
     if "bentoml" in args.peers:  # before anything is measured: a failed install stops it at once
@@ -755,6 +948,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"logs in {args.out.parent / 'logs'}"
     )
     overhead = None
+    variants: tuple[list[VariantResult], list[Ratio]] | None = None
     ceiling: list[CeilingResult] = []
     timings: list[engines.EngineTiming] = []
     try:
@@ -763,6 +957,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             timings = engines.measure()
         for champion in args.champions:
             comparisons += bench_champion(champion, scratch, processes, args, cold, rss)
+        if wants_variants(args):
+            variants = bench_variants(scratch, processes, args, baseline_commit or "")
         if args.overhead and not args.cold_only:
             overhead = bench_overhead(scratch, processes, args)
         if args.ceiling and not args.cold_only:
@@ -796,6 +992,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if overhead is not None:
         document["observability_overhead"] = overhead
+    if variants is not None:
+        results, made = variants
+        document["servers"] = variants_json(results, made, ROWS, args.csv_rows, VARIANTS_CHAMPION)
+        document["targets"] += variant_verdicts(
+            results, made, args.workers, args.csv_rows, baseline_commit or ""
+        )
     if timings:
         document["engines"] = engines.as_json(timings)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
@@ -812,6 +1014,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(", ".join(f"RSS per worker {name}: {mib:.0f} MiB" for name, mib in rss.items()))
     if ceiling:
         print(format_ceiling(ceiling, CEILING_CHAMPION))
+    if variants is not None:
+        print()
+        print(format_variants(*variants, ROWS, args.csv_rows, VARIANTS_CHAMPION))
     print()
     print(format_verdicts(document["targets"]))
     say(f"wrote {args.out} ({settings['wall_time_s']:.0f} s in all)")
