@@ -91,8 +91,8 @@ def granian_command(
     granian: str, port: int, workers: int, header_timeout_s: float, target: str = "app.main:create_app"
 ) -> list[str]:
     """granian serving our app factory as uvicorn does under `python -m app.serve`: ASGI, uvloop, no
-    access log (the app logs each request itself), headers read within REQUEST_HEADER_TIMEOUT_SECONDS
-    (granian takes milliseconds, 1 to 60,000: our GuardedHttpProtocol is uvicorn's alone)."""
+    access log (the app logs each request itself), headers read within `header_timeout_s` (granian
+    takes milliseconds, 1 to 60,000; uvicorn has no such deadline, the proxy in front gives it one)."""
     low, high = GRANIAN_HEADER_TIMEOUT_MS
     timeout_ms = min(high, max(low, round(header_timeout_s * 1000)))
     return [
