@@ -66,9 +66,7 @@ class FastRows:
             # np.fromiter is faster than np.array on a list of tuples; it reads None as NaN, and
             # msgspec makes no NaN of its own (JSON has none): every NaN is a gap.
             flat = np.fromiter(cells, np.float64, len(rows) * self._width)
-            matrix = flat.reshape(len(rows), self._width)
-            gaps = np.isnan(matrix)
-            return ModelInput(matrix, gaps if gaps.any() else None)
+            return ModelInput(flat.reshape(len(rows), self._width), nan_is_gap=True)
         return self.assemble(list(map(msgspec.structs.astuple, rows)))
 
     def assemble(self, cells: list[tuple[Any, ...]]) -> ModelInput:

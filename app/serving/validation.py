@@ -71,6 +71,9 @@ class ModelInput:
     first_row: int = 0  # the number of the matrix's first row in its request (a CSV chunk's place)
     key: str | None = None  # the request's key for prediction ids, when chunks share one
     batch_limit: bool = True  # False for a CSV chunk: MAX_BATCH_ROWS bounds JSON and V2 bodies only
+    # True: a NaN in a numeric column is a gap, left out of `missing` (a JSON body has no NaN of its
+    # own, so msgspec's None is its only source): the valid path need not look for gaps at all.
+    nan_is_gap: bool = False
 
     def __len__(self) -> int:
         return len(self.matrix)
@@ -82,7 +85,13 @@ class ModelInput:
             return None if mask is None else mask[:rows]
 
         return ModelInput(
-            self.matrix[:rows], cut(self.missing), cut(self.unreadable), self.first_row, self.key, False
+            self.matrix[:rows],
+            cut(self.missing),
+            cut(self.unreadable),
+            self.first_row,
+            self.key,
+            False,
+            self.nan_is_gap,
         )
 
 
@@ -168,6 +177,10 @@ class Validator:
         known = [set_.issuperset(matrix[:, j].tolist()) for j, _, set_ in self._categories]
         if missing is None and unreadable is None and finite.all() and all(known):
             return  # the valid path: a handful of numpy calls, whatever the batch's size
+        if model_input.nan_is_gap:
+            nan = np.zeros(matrix.shape, dtype=bool)
+            nan[:, self._numeric] = np.isnan(numbers)
+            missing = nan if missing is None else missing | nan
         bad: dict[str, np.ndarray] = {}
         if unreadable is not None:
             bad[NOT_A_NUMBER] = unreadable

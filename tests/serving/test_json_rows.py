@@ -78,7 +78,10 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _gaps(model_input: ModelInput) -> np.ndarray:
     matrix = model_input.matrix
-    return np.zeros(matrix.shape, bool) if model_input.missing is None else model_input.missing
+    gaps = np.zeros(matrix.shape, bool) if model_input.missing is None else model_input.missing
+    if model_input.nan_is_gap:  # every NaN of an all-numeric body is a gap
+        gaps = gaps | np.isnan(matrix.astype(np.float64))
+    return gaps
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
