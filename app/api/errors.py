@@ -14,7 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from app.api.deps import known_features
 from app.observability.logging import LOGGER_NAME
 from app.observability.metrics import DATABASE_ERRORS, validation_failed
-from app.serving.schema import RowError
+from app.serving.validation import RowError
 
 log = logging.getLogger(LOGGER_NAME)
 

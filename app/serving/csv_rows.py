@@ -4,13 +4,13 @@ A chunk is read the fastest way that can vouch for it; one that cannot hands the
 
 1. an all-numeric model and a chunk of plain numbers (digits, signs, points, exponents, commas, line
    ends): numpy's C reader, a few million rows/s;
-2. any chunk: the csv module's reader, then numpy a column at a time (floats, categories by np.isin);
-3. a chunk that has a doubtful value: the model's request schema (pydantic), which words each error as
-   /predict does and names its line.
+2. any chunk: the csv module's reader, then numpy a column at a time.
 
-1 and 2 take only what the schema takes (finite numbers, known categories, gaps where training had
-some), so the schema decides every doubtful chunk and the values accepted never depend on the path.
-Cells are stripped of surrounding whitespace; an empty cell is a gap.
+Either way the chunk becomes the model's input (app.serving.validation.ModelInput) and nothing is
+judged here: the validator every protocol shares decides on the values (finite numbers, known
+categories, gaps where training had some) and words the errors as /predict's; app.serving.csv_scoring
+adds each bad row's line. A cell that is no number in a numeric column is marked `unreadable`, for
+the validator to name. Cells are stripped of surrounding whitespace; an empty cell is a gap.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from app.core.artifacts import Feature
 from app.serving.csv_chunks import Chunk, CsvError
-from app.serving.schema import RequestSchema, RowError
+from app.serving.schema import RequestSchema
+from app.serving.validation import ModelInput
 
 _PLAIN_NUMBERS = b"0123456789+-.eE,\r\n"
 _STRINGS = np.dtypes.StringDType()
@@ -76,14 +75,12 @@ def _check_header(header: list[str], expected: list[str]) -> None:
 
 @dataclass(frozen=True)
 class ChunkRows:
-    """A chunk's rows up to its first bad one, and what is wrong with that one."""
+    """A chunk's rows up to its first malformed record, not yet validated."""
 
-    matrix: np.ndarray  # the rows before the first bad one, as the model takes them
-    echo: list[str]  # each of those rows' cells as one line of CSV, the columns in the file's order
+    model_input: ModelInput  # the rows, numbered from the chunk's `first_row` in the file
+    echo: list[str]  # each row's cells as one line of CSV, the columns in the file's order
     # A malformed record: it and every row after it are left out.
     csv_error: CsvError | None = None
-    # Invalid values before it (every one the chunk has; rows from the first one on are left out).
-    row_error: RowError | None = None
     # Each row's line in the file; None when numpy's reader took the chunk: lines() finds them in `text`.
     known_lines: list[int] | None = None
     text: str = field(default="", repr=False)
@@ -97,46 +94,52 @@ class ChunkRows:
         return [self.first_line + i for i, line in enumerate(text_lines) if line.replace("\r", "")]
 
 
-def read_chunk(chunk: Chunk, header: CsvHeader, schema: RequestSchema, first_row: int) -> ChunkRows:
-    """The chunk's rows; errors name each bad row by its place in the file (`first_row` + index)."""
+def read_chunk(
+    chunk: Chunk, header: CsvHeader, schema: RequestSchema, first_row: int, key: str | None
+) -> ChunkRows:
+    """The chunk's rows as the model's input, its first row numbered `first_row` (its place in the
+    file), its prediction ids made under the request's `key`."""
     text = decode(chunk)
     fast = _plain_numbers(chunk, text, header, schema)
     if fast is not None:
-        return fast
+        model_input = ModelInput(fast, None, None, first_row, key, False)
+        return ChunkRows(model_input, _echo_of(text), text=text, first_line=chunk.first_line)
     cells, lines, csv_error = _records(text, chunk.first_line, len(header.names))
     if not cells:
-        return ChunkRows(np.empty((0, len(header.order)), dtype=schema.dtype), [], csv_error, known_lines=[])
+        empty: np.ndarray = np.empty((0, len(header.order)), dtype=schema.dtype)
+        return ChunkRows(ModelInput(empty, None, None, first_row, key, False), [], csv_error, known_lines=[])
     raw = np.array(cells, dtype=_STRINGS)
     table = np.strings.strip(raw)
-    matrix = _columns(table, header, schema, text.isascii())
-    row_error = None
-    if matrix is None:
-        matrix, row_error = _validated(table.tolist(), lines, header, schema, first_row)
-    kept = len(matrix)
+    matrix, missing, unreadable = _columns(table, header, schema, text.isascii())
     if (np.strings.str_len(table) == np.strings.str_len(raw)).all() and '"' not in text:
-        echo = [",".join(row) for row in cells[:kept]]  # the cells as sent, none with spaces to strip
+        echo = [",".join(row) for row in cells]  # the cells as sent, none with spaces to strip
     else:
-        echo = _csv_lines(table[:kept].tolist())
-    return ChunkRows(matrix, echo, csv_error, row_error, lines[:kept])
+        echo = _csv_lines(table.tolist())
+    model_input = ModelInput(matrix, missing, unreadable, first_row, key, False)
+    return ChunkRows(model_input, echo, csv_error, lines)
 
 
-def _plain_numbers(chunk: Chunk, text: str, header: CsvHeader, schema: RequestSchema) -> ChunkRows | None:
+def _echo_of(text: str) -> list[str]:
+    """A chunk of plain numbers' rows as sent: its lines, blank ones left out."""
+    return [line for line in text.replace("\r", "").split("\n") if line]
+
+
+def _plain_numbers(chunk: Chunk, text: str, header: CsvHeader, schema: RequestSchema) -> np.ndarray | None:
     """Path 1: numpy's own reader, for an all-numeric model and a chunk of nothing but plain numbers."""
     if schema.dtype is not np.float64 or chunk.data.translate(None, _PLAIN_NUMBERS):
         return None
-    echo = [line for line in text.replace("\r", "").split("\n") if line]
-    if not echo:
-        return ChunkRows(np.empty((0, len(header.order))), [], known_lines=[])
+    rows = len(_echo_of(text))
+    if not rows:
+        return np.empty((0, len(header.order)))
     try:
         table = np.loadtxt(
             io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2, comments=None, quotechar=None
         )
     except ValueError:  # an empty cell, a field too many or too few, "1.2.3": path 2 says which
         return None
-    if table.shape != (len(echo), len(header.names)) or not np.isfinite(table).all():
+    if table.shape != (rows, len(header.names)):
         return None
-    matrix = table if header.order == list(range(len(header.order))) else table[:, header.order]
-    return ChunkRows(matrix, echo, text=text, first_line=chunk.first_line)
+    return table if header.order == list(range(len(header.order))) else table[:, header.order]
 
 
 def _records(text: str, first_line: int, width: int) -> tuple[list[list[str]], list[int], CsvError | None]:
@@ -186,81 +189,39 @@ def _quoted_records(
 
 def _columns(
     table: np.ndarray, header: CsvHeader, schema: RequestSchema, ascii_only: bool
-) -> np.ndarray | None:
-    """Path 2: the matrix a column at a time, or None when a value is doubtful (path 3 decides)."""
-    columns = []
-    for feature, position in zip(schema.features, header.order, strict=True):
-        column = _column(table[:, position], feature, ascii_only)
-        if column is None:
-            return None
-        columns.append(column)
-    if schema.dtype is np.float64:
-        return np.column_stack(columns)
-    matrix = np.empty((len(table), len(columns)), dtype=object)
-    for i, column in enumerate(columns):
-        matrix[:, i] = column  # floats stay Python floats, categories str: as the schema builds them
-    return matrix
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Path 2: the matrix a column at a time, with its gaps (empty cells) and unreadable cells."""
+    matrix: np.ndarray = np.empty((len(table), len(header.order)), dtype=schema.dtype)
+    gaps = table == ""
+    unreadable = np.zeros(matrix.shape, dtype=bool)
+    for j, (feature, position) in enumerate(zip(schema.features, header.order, strict=True)):
+        cells = table[:, position]
+        if feature.type == "categorical":
+            matrix[:, j] = cells.astype(object)  # a gap is "", MISSING_CATEGORY
+        else:
+            # floats stay Python floats in an object matrix: as the JSON body's rows build them
+            matrix[:, j], unreadable[:, j] = _numbers(cells, gaps[:, position], ascii_only)
+    missing = gaps[:, header.order]
+    return matrix, missing if missing.any() else None, unreadable if unreadable.any() else None
 
 
-def _column(cells: np.ndarray, feature: Feature, ascii_only: bool) -> np.ndarray | None:
-    gaps = cells == ""
-    if feature.missing_fraction <= 0 and gaps.any():
-        return None
-    if feature.type == "categorical":
-        known = np.isin(cells, feature.categories) | gaps if feature.categories else np.True_
-        return cells.astype(object) if known.all() else None  # a gap is "", MISSING_CATEGORY
-    # numpy reads what Python's float() reads, digits of any script included; the schema only ASCII.
-    if not ascii_only and not all(value.isascii() for value in cells.tolist()):
-        return None
+def _numbers(cells: np.ndarray, gaps: np.ndarray, ascii_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column as floats (NaN for a gap or an unreadable cell), and which cells are unreadable."""
+    unreadable = np.zeros(len(cells), dtype=bool)
+    # numpy reads what Python's float() reads, digits of any script included; JSON only ASCII.
+    if not ascii_only:  # a cell is ASCII when its UTF-8 bytes are as many as its characters
+        unreadable = np.strings.str_len(np.strings.encode(cells, "utf-8")) != np.strings.str_len(cells)
+    readable = np.where(gaps | unreadable, "nan", cells)
     try:
-        values = np.where(gaps, "nan", cells).astype(np.float64)
-    except ValueError:
-        return None
-    return values if np.isfinite(values[~gaps]).all() else None
-
-
-def _validated(
-    table: list[list[str]], lines: list[int], header: CsvHeader, schema: RequestSchema, first_row: int
-) -> tuple[np.ndarray, RowError | None]:
-    """Path 3: the schema's validation, in batches of its row limit (the limit of a JSON body)."""
-    records: list[dict[str, Any]] = [
-        {name: value or None for name, value in zip(header.names, row, strict=True)} for row in table
-    ]
-    parts: list[np.ndarray] = []
-    errors: list[dict[str, Any]] = []
-    first_bad: int | None = None
-    for start in range(0, len(records), schema.max_rows):
-        end = start + schema.max_rows
-        try:
-            part = schema.parse_records(records[start:end], lines[start:end])
-        except RowError as exc:
-            found = shifted(exc, start + first_row).errors
-            errors += found
-            if first_bad is None:
-                first_bad = min(e["row"] for e in found if "row" in e) - first_row
-            continue
-        if first_bad is None:
-            parts.append(part)
-    if first_bad is None:
-        return np.concatenate(parts), None
-    batch = first_bad - first_bad % schema.max_rows
-    if first_bad > batch:  # the failing batch's rows before the bad one validate on their own
-        parts.append(schema.parse_records(records[batch:first_bad], lines[batch:first_bad]))
-    empty: np.ndarray = np.empty((0, len(header.order)), dtype=schema.dtype)
-    return np.concatenate([empty, *parts]), RowError(errors)
-
-
-def shifted(error: RowError, offset: int) -> RowError:
-    """The errors of a batch that starts `offset` rows into the file, naming each row by its place in it."""
-    return RowError([_shift(e, offset) for e in error.errors])
-
-
-def _shift(error: dict[str, Any], offset: int) -> dict[str, Any]:
-    if "row" not in error or not offset:
-        return error
-    row = error["row"] + offset
-    loc = error["loc"]
-    return error | {"row": row, "loc": [loc[0], row, *loc[2:]] if len(loc) >= 2 else loc}
+        return readable.astype(np.float64), unreadable
+    except ValueError:  # some cell is no number: found one by one (the error path only)
+        values = np.full(len(cells), np.nan)
+        for i, value in enumerate(readable.tolist()):
+            try:
+                values[i] = float(value)
+            except ValueError:
+                unreadable[i] = True
+        return values, unreadable
 
 
 def _csv_lines(rows: list[list[str]]) -> list[str]:

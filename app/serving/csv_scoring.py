@@ -1,4 +1,6 @@
-"""A CSV scored a chunk at a time: each chunk read, scored with one model call, written in the asked format.
+"""A CSV scored a chunk at a time: each chunk is the CSV codec's request, read into the model's input
+(app.serving.csv_rows), given to the data plane's `infer` (validate, score, trace: as every
+protocol's rows), and its answers written in the asked format.
 
 Until the first rows are answered a problem refuses the whole request (the caller answers 422, as
 for a small file). After that the stream cannot take its 200 back: the rows before the first bad
@@ -8,18 +10,15 @@ Everything here is CPU work, called from a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from app.serving.answer_formats import AnswerFormat, StreamError
 from app.serving.csv_chunks import Chunk, CsvError
-from app.serving.csv_rows import CsvHeader, read_chunk, shifted
-from app.serving.inference import score
-from app.serving.predictor import Answers, Predictor
-from app.serving.schema import RowError
+from app.serving.csv_rows import CsvHeader, read_chunk
+from app.serving.data_plane import DataPlane, Inferred
+from app.serving.predictor import Predictor
+from app.serving.validation import RowError
 
 
 @dataclass(frozen=True)
@@ -29,55 +28,50 @@ class ChunkAnswer:
     error: StreamError | None = None  # the first bad line: the rows before it are in `text`
 
 
-# A chunk's answers to their prediction ids (app.serving.tracing), given the chunk's first row number.
-Trace = Callable[[np.ndarray, Answers, int], list[str]]
-
-
 class CsvScorer:
     def __init__(
         self,
         predictor: Predictor,
         header: CsvHeader,
         answer_format: AnswerFormat,
-        metrics_enabled: bool,
-        trace: Trace,
+        plane: DataPlane,
+        key: str,
     ) -> None:
         self.predictor = predictor
-        self.trace = trace
         self.header = header
         self.format = answer_format
-        self.metrics_enabled = metrics_enabled
+        self.plane = plane
+        self.key = key  # the request's, for prediction ids numbered across its chunks
         self.rows_answered = 0
 
     def answer(self, chunk: Chunk, refuse: bool = False) -> ChunkAnswer:
         """The chunk's answers. refuse: raise CsvError or RowError at its first problem, answering none
         of it (nothing was answered yet); else answer the rows before the problem and return it."""
+        first = self.rows_answered
         try:
-            rows = read_chunk(chunk, self.header, self.predictor.schema, self.rows_answered)
+            rows = read_chunk(chunk, self.header, self.predictor.schema, first, self.key)
         except CsvError as exc:  # not UTF-8
             if refuse:
                 raise
             return ChunkAnswer("", 0, stream_error(exc))
-        if refuse and (rows.csv_error or rows.row_error):
-            # As for a whole file: a malformed line first, else every invalid value.
-            raise rows.csv_error or rows.row_error  # type: ignore[misc]
-        matrix, echo = rows.matrix, rows.echo
-        problem: CsvError | RowError | None = rows.row_error or rows.csv_error
-        answers = None
-        if len(matrix):
+        if refuse and rows.csv_error:  # as for a whole file: a malformed line first
+            raise rows.csv_error
+        model_input, echo = rows.model_input, rows.echo
+        problem: CsvError | RowError | None = rows.csv_error
+        inferred: Inferred | None = None
+        if len(model_input):
             try:
-                answers = score(self.predictor, matrix, self.metrics_enabled)
-            except RowError as exc:  # rows the model has no finite answer for
-                located = shifted(exc.at_lines(rows.lines()), self.rows_answered)
+                inferred = self.plane.infer(self.predictor, model_input)
+            except RowError as exc:  # invalid values, or rows the model has no finite answer for
+                located = exc.at_lines(rows.lines(), first)
                 if refuse:
                     raise located from None
-                keep = _first_row(located) - self.rows_answered
-                matrix, echo, problem = matrix[:keep], echo[:keep], located
-                answers = score(self.predictor, matrix, self.metrics_enabled) if keep else None
+                keep = _first_row(located) - first
+                model_input, echo, problem = model_input.head(keep), echo[:keep], located
+                inferred = self.plane.infer(self.predictor, model_input) if keep else None
         text = ""
-        if answers is not None:
-            ids = self.trace(matrix, answers, self.rows_answered)
-            text = self.format.rows(echo, answers, ids, first=self.rows_answered == 0)
+        if inferred is not None:
+            text = self.format.rows(echo, inferred.answers, inferred.ids, first=first == 0)
             self.rows_answered += len(echo)
         return ChunkAnswer(text, len(echo), stream_error(problem) if problem else None)
 

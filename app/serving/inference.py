@@ -1,8 +1,9 @@
 """One model call per request, whatever its format (JSON, CSV chunk, V2 tensors), and what it tells
 the metrics: rows counted by label, inference time, and the drift monitor's window.
 
-Also where a request is scored: on the event loop when it is small and the model fast (a hand-off
-to the thread pool costs more than the work), in the thread pool otherwise.
+Also the rules for where a request is scored, which app.serving.data_plane applies to every protocol:
+on the event loop when it is small and the model fast (a hand-off to the thread pool costs more than
+the work), in the thread pool otherwise.
 """
 
 from __future__ import annotations

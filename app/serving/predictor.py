@@ -33,7 +33,8 @@ from app.core.artifacts import (
 from app.core.loading import ModelLoadError, pipeline_answers, read_inside, unpickle
 from app.observability.confidence import ConfidenceWindow
 from app.observability.drift import DriftMonitor, DriftSettings
-from app.serving.schema import RequestSchema, RowError
+from app.serving.schema import RequestSchema
+from app.serving.validation import RowError, no_finite_answer
 
 log = logging.getLogger("predictor")
 
@@ -236,7 +237,6 @@ def answers(model: Model, matrix: np.ndarray, metadata: ModelMetadata) -> list[d
 
 def unanswerable(matrix: np.ndarray, rows: np.ndarray, features: list[Feature]) -> list[dict[str, Any]]:
     """One error per refused row and feature far outside its training range (the likely cause)."""
-    message = "the model has no finite answer for this row"
     errors: list[dict[str, Any]] = []
     for row in rows.tolist():
         found = []
@@ -246,18 +246,8 @@ def unanswerable(matrix: np.ndarray, rows: np.ndarray, features: list[Feature]) 
                 continue
             span = max(feature.max - feature.min, 1e-12)
             if not feature.min - span <= float(value) <= feature.max + span:
-                found.append(
-                    {
-                        "loc": ["instances", row, feature.name],
-                        "msg": f"{message}: {feature.name}={float(value):g} is far outside the training "
-                        f"range ({feature.min:g} to {feature.max:g})",
-                        "type": "no_finite_answer",
-                        "row": row,
-                        "field": feature.name,
-                    }
-                )
-        generic = {"loc": ["instances", row], "msg": message, "type": "no_finite_answer", "row": row}
-        errors += found or [generic]
+                found.append(no_finite_answer(row, feature))
+        errors += found or [no_finite_answer(row, None)]
     return errors
 
 

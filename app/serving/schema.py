@@ -1,7 +1,11 @@
-"""The request model, generated from model.json once per loaded model.
+"""The request models, generated from model.json once per loaded model.
 
-Validation is the costly part of a small request, so the row model is compiled by pydantic
-once, when the model loads, and each request is validated straight from its JSON bytes.
+Two pydantic models, each with one job. The documenting one (`Instance` in `PredictRequest`)
+describes the body in OpenAPI: each feature's type, categories, whether it may be null, the batch
+bounds. The parsing one reads a body msgspec (app.serving.json_rows) refused, for the full 422 of
+a malformed body (wrong JSON types, fields left out or added); it takes any number or null, any
+string or null, so the values themselves are judged by the validator (app.serving.validation) as
+for every protocol, in the same words.
 """
 
 from __future__ import annotations
@@ -9,24 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from app.core.artifacts import MISSING_CATEGORY, Feature, ModelMetadata, matrix_dtype
-from app.serving.json_rows import FastRows
-
-
-class RowError(ValueError):
-    """Validation failures, each naming the row (or CSV line) and the field."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} validation error(s)")
-        self.errors = errors
-
-    def at_lines(self, lines: list[int]) -> RowError:
-        """The same errors, each also naming its row's line in a CSV file."""
-        return RowError([e | {"line": lines[e["row"]]} if "row" in e else e for e in self.errors])
-
+from app.core.artifacts import Feature, ModelMetadata, matrix_dtype
+from app.serving.json_rows import FastRows, cell_type
+from app.serving.validation import ModelInput, RowError, Validator
 
 _ROW_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=False)
 
@@ -46,8 +37,8 @@ def _describe(feature: Feature) -> str:
     return f"one of: {', '.join(feature.categories or [])}"
 
 
-def _clean_errors(exc: ValidationError, lines: list[int] | None = None) -> list[dict[str, Any]]:
-    """pydantic's errors without the input values, plus `row` (or `line`) and `field`."""
+def _clean_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors without the input values, plus `row` and `field`."""
     cleaned = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
         loc = list(error["loc"])
@@ -56,20 +47,24 @@ def _clean_errors(exc: ValidationError, lines: list[int] | None = None) -> list[
             item["row"] = loc[1]
             if len(loc) >= 3:
                 item["field"] = loc[2]
-        if lines is not None and "row" in item and item["row"] < len(lines):
-            item["line"] = lines[item["row"]]
         cleaned.append(item)
     return cleaned
+
+
+# The parsing model reads NaN and Infinity (and 1e999) as floats: the validator refuses them, in its words.
+_PARSE_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=True, frozen=True, populate_by_name=False)
 
 
 @dataclass(frozen=True)
 class RequestSchema:
     features: list[Feature]
-    row_model: type[BaseModel]
-    request_model: type[BaseModel]
+    row_model: type[BaseModel]  # documents a row in OpenAPI
+    request_model: type[BaseModel]  # documents the body in OpenAPI
+    parse_model: type[BaseModel]  # reads a body msgspec refused, for pydantic's full 422
     dtype: type
     max_rows: int
-    fast: FastRows  # the same validation in C, for bodies that pass it
+    fast: FastRows  # the same reading in C, for bodies that pass it
+    validator: Validator
 
     @classmethod
     def build(cls, metadata: ModelMetadata, max_rows: int) -> RequestSchema:
@@ -85,40 +80,35 @@ class RequestSchema:
             __config__=ConfigDict(extra="forbid"),
             instances=(list[row_model], Field(min_length=1, max_length=max_rows)),
         )
+        cells: dict[str, Any] = {
+            f"f{i}": (cell_type(f), Field(alias=f.name)) for i, f in enumerate(metadata.features)
+        }
+        parse_row = create_model("ParsedInstance", __config__=_PARSE_CONFIG, **cells)
+        parse_model = create_model(
+            "ParsedRequest", __config__=ConfigDict(extra="forbid"), instances=(list[parse_row], ...)
+        )
         dtype = matrix_dtype(metadata.features)
-        fast = FastRows(metadata.features, max_rows, dtype)
-        return cls(metadata.features, row_model, request_model, dtype, max_rows, fast)
-
-    def _to_matrix(self, rows: list[BaseModel]) -> np.ndarray:
-        if self.dtype is np.float64:
-            # None (an allowed missing value) becomes NaN, which the pipeline's imputer fills.
-            return np.array([tuple(row.__dict__.values()) for row in rows], dtype=np.float64)
-        gaps = tuple(MISSING_CATEGORY if f.type == "categorical" else np.nan for f in self.features)
-        return np.array(
-            [
-                tuple(g if v is None else v for v, g in zip(row.__dict__.values(), gaps, strict=True))
-                for row in rows
-            ],
-            dtype=object,
+        return cls(
+            metadata.features,
+            row_model,
+            request_model,
+            parse_model,
+            dtype,
+            max_rows,
+            FastRows(metadata.features, dtype),
+            Validator(metadata.features, max_rows),
         )
 
-    def parse_json(self, body: bytes) -> np.ndarray:
-        """The request body as the feature matrix; raises RowError."""
-        matrix = self.fast.decode(body)
-        if matrix is not None:
-            return matrix
+    def parse_json(self, body: bytes) -> ModelInput:
+        """The request body as the model's input, not yet validated; raises RowError for a
+        malformed body (pydantic's errors, naming each row and field)."""
+        model_input = self.fast.decode(body)
+        if model_input is not None:
+            return model_input
         try:
-            request = self.request_model.model_validate_json(body)
+            request = self.parse_model.model_validate_json(body)
         except ValidationError as exc:
             raise RowError(_clean_errors(exc)) from None
         # `instances` is a field of the model create_model built at run time: mypy cannot see it.
-        return self._to_matrix(request.instances)  # type: ignore[attr-defined]
-
-    def parse_records(self, records: list[dict[str, Any]], lines: list[int]) -> np.ndarray:
-        """Rows read from a CSV (string values); errors also name each row's line in the file."""
-        try:
-            request = self.request_model.model_validate({"instances": records})
-        except ValidationError as exc:
-            raise RowError(_clean_errors(exc, lines)) from None
-        # `instances` is a field of the model create_model built at run time: mypy cannot see it.
-        return self._to_matrix(request.instances)  # type: ignore[attr-defined]
+        rows = request.instances  # type: ignore[attr-defined]
+        return self.fast.assemble([tuple(row.__dict__.values()) for row in rows])

@@ -1,6 +1,7 @@
-"""The Open Inference Protocol (V2, KServe's REST data plane): its wire types, V2 tensors to the feature
-matrix, and a batch's Answers back to tensors. Pure functions: app/api/routes/v2.py translates HTTP and
-scores the matrix with app.serving.inference.score, as /predict does.
+"""The Open Inference Protocol (V2, KServe's REST data plane): its wire types and its codec (`V2Codec`):
+V2 tensors to the model's input, a batch's Answers back to tensors. app/api/routes/v2.py translates HTTP
+and hands the codec to the data plane (app.serving.data_plane), which validates, scores and traces the
+rows as /predict's.
 
 Inputs are one tensor per feature (FP64, FP32 or INT64 for a numeric feature, BYTES for a categorical
 one; shape [n] or [n, 1]), or, when every feature is numeric, one [n, features] tensor named
@@ -10,23 +11,26 @@ in the Inference-Header-Content-Length header, each tensor's bytes after it). An
 
 A feature that had gaps in training takes a missing value as /predict takes null: JSON null, NaN (in
 binary data, or JSON's non-standard NaN literal) or, for a categorical feature, "" (MISSING_CATEGORY).
-Errors say which tensor and which rows, never the values sent: 400 for a request that does not fit the
-protocol or the model's inputs (names, datatypes, shapes, data lengths), 422 for values the model
-refuses (non-finite or missing numbers, unknown categories, an empty or oversized batch), as /predict.
+Errors never echo the values sent: 400 for a request that does not fit the protocol or the model's
+inputs (names, datatypes, shapes, data lengths: they name the tensor), 422 for values the model refuses
+(non-finite or missing numbers, unknown categories, an empty or oversized batch): those are the
+validator's errors, the words of /predict's and /predict/csv's, each naming its row and feature
+(app.serving.validation.sentence).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from app.core.artifacts import MISSING_CATEGORY, Feature, ModelMetadata
+from app.serving.data_plane import Inferred
 from app.serving.predictor import Answers, Predictor
+from app.serving.validation import ModelInput, batch_size_error
 
 # What `{name}` in /v2/models/{name} must be when model.json names no registered model.
 DEFAULT_MODEL_NAME = "predictor"
@@ -205,21 +209,27 @@ def _feature_tensor(feature: Feature) -> MetadataTensor:
     return MetadataTensor(name=feature.name, datatype=STRING_DATATYPE, shape=[-1], parameters=parameters)
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """An inference request made ready to score."""
+class V2Codec:
+    """The infer request's codec: tensors in (JSON, or binary after the JSON part), tensors out."""
 
-    request: InferenceRequest
-    matrix: np.ndarray  # rows x features, in model.json's order, of the schema's dtype
-    outputs: tuple[str, ...]  # the outputs to answer, in the order asked
+    __slots__ = ("body", "json_length", "outputs", "request")
 
+    def __init__(self, body: bytes, json_length: str | None) -> None:
+        self.body = body
+        self.json_length = json_length  # the Inference-Header-Content-Length header
+        self.request: InferenceRequest | None = None  # set by decode
+        self.outputs: tuple[str, ...] = ()  # the outputs to answer, in the order asked
 
-def decode(body: bytes, json_length: str | None, predictor: Predictor) -> Decoded:
-    """The request as the feature matrix /predict would have built from the same rows; raises V2Error."""
-    request, binary = read_request(body, json_length)
-    outputs = requested_outputs(request, output_names(predictor))
-    matrix = to_matrix(request.inputs, binary, predictor)
-    return Decoded(request, matrix, outputs)
+    def decode(self, predictor: Predictor) -> ModelInput:
+        """The rows /predict would have read from the same values; raises V2Error."""
+        self.request, binary = read_request(self.body, self.json_length)
+        self.outputs = requested_outputs(self.request, output_names(predictor))
+        return to_model_input(self.request.inputs, binary, predictor)
+
+    def encode(self, predictor: Predictor, model_input: ModelInput, inferred: Inferred) -> bytes:
+        assert self.request is not None  # decoded first
+        response = to_response(inferred.answers, inferred.ids, self.request.id, self.outputs, predictor)
+        return response.model_dump_json(exclude_none=True).encode()
 
 
 def read_request(body: bytes, json_length: str | None) -> tuple[InferenceRequest, list[bytes | None]]:
@@ -276,7 +286,10 @@ def requested_outputs(request: InferenceRequest, available: tuple[str, ...]) -> 
     return names
 
 
-def to_matrix(inputs: list[RequestInput], binary: list[bytes | None], predictor: Predictor) -> np.ndarray:
+def to_model_input(
+    inputs: list[RequestInput], binary: list[bytes | None], predictor: Predictor
+) -> ModelInput:
+    """The feature matrix, a gap where a value is null, NaN or (categorical) "": not yet validated."""
     features = predictor.metadata.features
     if not inputs:
         raise _invalid("the request has no inputs")
@@ -302,23 +315,22 @@ def to_matrix(inputs: list[RequestInput], binary: list[bytes | None], predictor:
         )
     rows = _batch_rows([by_name[f.name][0] for f in features], predictor.schema.max_rows)
     matrix: np.ndarray = np.empty((rows, len(features)), dtype=predictor.schema.dtype)
-    problems: list[tuple[str, str]] = []
+    gaps = np.empty((rows, len(features)), dtype=bool)
     for j, feature in enumerate(features):
         tensor, raw = by_name[feature.name]
         if feature.type == "numeric":
             column = _numbers(tensor, raw, rows)
-            problems += _number_problems(column, feature, tensor.name)
+            gaps[:, j] = np.isnan(column)
         else:
             column = _strings(tensor, raw, rows)
-            problems += _category_problems(column, feature)
+            gaps[:, j] = column == MISSING_CATEGORY
         matrix[:, j] = column
-    _refuse(problems)
-    return matrix
+    return ModelInput(matrix, gaps if gaps.any() else None)
 
 
 def _from_matrix_input(
     inputs: list[RequestInput], binary: list[bytes | None], predictor: Predictor
-) -> np.ndarray:
+) -> ModelInput:
     features = predictor.metadata.features
     if not all_numeric(predictor):
         raise _invalid(
@@ -336,9 +348,8 @@ def _from_matrix_input(
     rows = tensor.shape[0]
     _check_rows(rows, predictor.schema.max_rows)
     matrix = _numbers(tensor, raw, rows * len(features)).reshape(rows, len(features))
-    problems = [p for j, f in enumerate(features) for p in _number_problems(matrix[:, j], f, MATRIX_INPUT)]
-    _refuse(problems)
-    return matrix
+    missing = np.isnan(matrix)
+    return ModelInput(matrix, missing if missing.any() else None)
 
 
 def _batch_rows(tensors: list[RequestInput], max_rows: int) -> int:
@@ -360,14 +371,9 @@ def _batch_rows(tensors: list[RequestInput], max_rows: int) -> int:
 
 
 def _check_rows(rows: int, max_rows: int) -> None:
-    if rows == 0:
-        raise V2Error("the batch has no rows: send 1 or more", UNPROCESSABLE, (None,))
-    if rows > max_rows:
-        raise V2Error(
-            f"the batch has {rows} rows: at most {max_rows} per request (MAX_BATCH_ROWS)",
-            UNPROCESSABLE,
-            (None,),
-        )
+    """Before any tensor is read: a batch past the limit is refused without allocating its matrix."""
+    if not 1 <= rows <= max_rows:
+        raise batch_size_error(rows, max_rows)
 
 
 def _numbers(tensor: RequestInput, raw: bytes | None, count: int) -> np.ndarray:
@@ -489,61 +495,13 @@ def _length_mismatch(tensor: RequestInput, found: str, expected: str) -> V2Error
     )
 
 
-def _number_problems(column: np.ndarray, feature: Feature, tensor: str) -> list[tuple[str, str]]:
-    where = _quote(tensor) if tensor == feature.name else f"{_quote(tensor)}, column {_quote(feature.name)},"
-    problems = []
-    infinite = np.isinf(column)
-    if infinite.any():
-        problems.append((feature.name, f"input {where} at {_rows(np.flatnonzero(infinite))}: infinite"))
-    missing = np.isnan(column)
-    if missing.any() and feature.missing_fraction == 0:
-        problems.append(
-            (
-                feature.name,
-                f"input {where} at {_rows(np.flatnonzero(missing))}: missing (null or NaN), but this "
-                "feature had no missing values in training",
-            )
-        )
-    return problems
-
-
-def _category_problems(column: np.ndarray, feature: Feature) -> list[tuple[str, str]]:
-    categories = feature.categories or []
-    unknown = ~np.isin(column, categories)
-    gaps = unknown & (column == MISSING_CATEGORY)
-    problems = []
-    if gaps.any() and feature.missing_fraction == 0:
-        problems.append(
-            (
-                feature.name,
-                f'input {_quote(feature.name)} at {_rows(np.flatnonzero(gaps))}: missing (null or ""), but '
-                "this feature had no missing values in training",
-            )
-        )
-    others = unknown & ~gaps
-    if others.any():
-        problems.append(
-            (
-                feature.name,
-                f"input {_quote(feature.name)} at {_rows(np.flatnonzero(others))}: not a category seen in "
-                f"training (one of: {', '.join(categories)})",
-            )
-        )
-    return problems
-
-
-def _refuse(problems: list[tuple[str, str]]) -> None:
-    if problems:
-        raise V2Error("; ".join(m for _, m in problems), UNPROCESSABLE, tuple(f for f, _ in problems))
-
-
 def to_response(
-    answers: Answers, ids: list[str], decoded: Decoded, predictor: Predictor
+    answers: Answers, ids: list[str], request_id: str | None, asked: tuple[str, ...], predictor: Predictor
 ) -> InferenceResponse:
     """The answers as the requested output tensors, row-major."""
     rows = len(answers)
     outputs = []
-    for name in decoded.outputs:
+    for name in asked:
         if name == PREDICTION_ID:
             outputs.append(ResponseOutput(name=name, shape=[rows], datatype=STRING_DATATYPE, data=ids))
         if name == LABEL and answers.labels is not None:
@@ -567,15 +525,9 @@ def to_response(
     return InferenceResponse(
         model_name=model_name(predictor.metadata),
         model_version=predictor.version,
-        id=decoded.request.id,
+        id=request_id,
         outputs=outputs,
     )
-
-
-def _rows(indices: np.ndarray) -> str:
-    listed = ", ".join(str(i) for i in indices[:_LISTED].tolist())
-    more = f" and {len(indices) - _LISTED} more" if len(indices) > _LISTED else ""
-    return f"row{'s' if len(indices) > 1 else ''} {listed}{more}"
 
 
 def _quote(name: str) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.serving.predictor import Predictor
-from app.serving.schema import RowError
+from app.serving.validation import RowError
 from tests.support.models import write_model
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, np.nan, 2.3]])

@@ -213,12 +213,12 @@ BAD_TENSORS = {
     "infinite": (
         lambda inputs: _replace(inputs, "sepal_length", _input("sepal_length", np.array([5.0, np.inf]))),
         "422",
-        "input 'sepal_length' at row 1: infinite",
+        "row 1, 'sepal_length': not a finite number; expected a finite number",
     ),
     "missing value": (
         lambda inputs: _replace(inputs, "sepal_length", _input("sepal_length", np.array([np.nan, 5.0]))),
         "422",
-        "at row 0: missing (null or NaN), but this feature had no missing values in training",
+        "row 0, 'sepal_length': missing; expected a value: this feature had no missing values in training",
     ),
 }
 
@@ -296,7 +296,8 @@ def test_tritonclient_bytes_categories_and_gaps_answer_as_predict(colors_api: Se
         client.infer("predictor", [unknown, size], headers=auth())
     assert refused.value.status() == "422"
     assert refused.value.message() == (
-        "input 'color' at rows 1, 2: not a category seen in training (one of: blue, green, red)"
+        "row 1, 'color': not a category seen in training; expected one of 'blue', 'green', 'red'; "
+        "row 2, 'color': not a category seen in training; expected one of 'blue', 'green', 'red'"
     )
 
 
@@ -427,28 +428,28 @@ BAD_REQUESTS: dict[str, tuple[Any, int, str]] = {
     "NaN": (
         {"inputs": [*iris_tensors()[:3], tensor("petal_width", [None])]},
         422,
-        "input 'petal_width' at row 0: missing (null or NaN), but this feature had no missing values",
+        "row 0, 'petal_width': missing; expected a value: this feature had no missing values in training",
     ),
     "non-finite in the matrix": (
         b'{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64",'
         b' "data": [5.1, 3.5, 1.4, 0.2, Infinity, 3.0, 5.2, 2.3]}]}',
         422,
-        "input 'input-0', column 'sepal_length', at row 1: infinite",
+        "row 1, 'sepal_length': not a finite number; expected a finite number",
     ),
     "past FP32's range": (
         {"inputs": [*iris_tensors()[:3], tensor("petal_width", [1e39], "FP32")]},
         422,
-        "input 'petal_width' at row 0: infinite",
+        "row 0, 'petal_width': not a finite number; expected a finite number",
     ),
     "no rows": (
         {"inputs": [tensor(name, [], shape=[0]) for name in IRIS_FEATURES]},
         422,
-        "the batch has no rows: send 1 or more",
+        "the batch has no rows; expected 1 to 5 rows per request (MAX_BATCH_ROWS)",
     ),
     "too many rows": (
         {"inputs": [tensor("input-0", [5.1, 3.5, 1.4, 0.2] * 6, shape=[6, 4])]},
         422,
-        "the batch has 6 rows: at most 5 per request (MAX_BATCH_ROWS)",
+        "the batch has 6 rows; expected 1 to 5 rows per request (MAX_BATCH_ROWS)",
     ),
     "no finite answer": (
         {
@@ -459,7 +460,7 @@ BAD_REQUESTS: dict[str, tuple[Any, int, str]] = {
             ]
         },
         422,
-        "row 0: the model has no finite answer for this row: sepal_width=1.79769e+308 is far outside",
+        "row 0, 'sepal_width': the model has no finite answer for this row: sepal_width is far outside",
     ),
 }
 
@@ -521,7 +522,7 @@ def test_categories_gaps_and_their_errors(settings_factory, colors_model_dir: Pa
             "missing category": (
                 [tensor("color", ["red", None], "BYTES"), tensor("size", [2.0, 3.0])],
                 422,
-                "input 'color' at row 1: missing (null or \"\"), but this feature had no missing values",
+                "row 1, 'color': missing; expected a value: this feature had no missing values in training",
             ),
             "number for a category": (
                 [tensor("color", [1.0, 2.0]), tensor("size", [2.0, 3.0])],
@@ -549,9 +550,9 @@ def test_categories_gaps_and_their_errors(settings_factory, colors_model_dir: Pa
                     tensor("size", [1.0, 1.0, 1e999, 1.0]),
                 ],
                 422,
-                "input 'color' at row 2: missing (null or \"\"), but this feature had no missing values in "
-                "training; input 'color' at rows 0, 3: not a category seen in training (one of: blue, green, "
-                "red); input 'size' at row 2: infinite",
+                "row 0, 'color': not a category seen in training; expected one of 'blue', 'green', 'red'; "
+                "row 2, 'color': missing; expected a value: this feature had no missing values in training; "
+                "row 2, 'size': not a finite number; expected a finite number",
             ),
         }
         for case, (inputs, status, message) in refusals.items():

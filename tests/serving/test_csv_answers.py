@@ -1,4 +1,5 @@
-"""A CSV chunk read the fast ways and the schema's way alike, and its answers written in each format."""
+"""A CSV chunk read by numpy's reader and by the csv module's alike, judged by the validator every
+protocol shares, and its answers written in each format."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.serving.answer_formats import CsvAnswer, JsonAnswer, NdjsonAnswer, RowT
 from app.serving.csv_chunks import Chunk
 from app.serving.csv_rows import CsvHeader, read_chunk
 from app.serving.predictor import Answers, Predictor
+from app.serving.validation import RowError
 from tests.support.models import IRIS_FEATURES, write_model
 
 
@@ -32,13 +34,15 @@ def test_the_three_ways_of_reading_a_chunk_give_the_same_matrix(iris: Predictor)
     )
     lines = ["0.2,5.1,3.5,1.4", "2.3,6.9,3.1,5.8", "1.3,5.7,2.8,4.1", "0.4,5.4,3.9,1.7"]
     expected = np.array([[float(v) for v in (b, c, d, a)] for a, b, c, d in (x.split(",") for x in lines)])
-    plain = read_chunk(chunk("\n".join(lines) + "\n"), header, iris.schema, 0)  # numpy's reader
-    spaced = read_chunk(chunk("\n".join(" " + x.replace(",", " ,") for x in lines)), header, iris.schema, 0)
-    # 1_0 is 10 to Python and to the schema, not to numpy's reader: the schema decides, in batches of 3.
-    odd = read_chunk(chunk("\n".join([*lines, "1_0,5.1,3.5,1.4"])), header, iris.schema, 0)
+    plain = read_chunk(chunk("\n".join(lines) + "\n"), header, iris.schema, 0, None)  # numpy's reader
+    spaced_text = "\n".join(" " + x.replace(",", " ,") for x in lines)
+    spaced = read_chunk(chunk(spaced_text), header, iris.schema, 0, None)
+    # 1_0 is 10 to Python, not to numpy's reader: the csv module's path reads it as float() does.
+    odd = read_chunk(chunk("\n".join([*lines, "1_0,5.1,3.5,1.4"])), header, iris.schema, 0, None)
     for rows in (plain, spaced):
-        assert rows.matrix.tolist() == expected.tolist() and rows.row_error is None
-    assert odd.matrix.tolist() == [*expected.tolist(), [5.1, 3.5, 1.4, 10.0]]
+        assert rows.model_input.matrix.tolist() == expected.tolist()
+        iris.schema.validator.check(rows.model_input)
+    assert odd.model_input.matrix.tolist() == [*expected.tolist(), [5.1, 3.5, 1.4, 10.0]]
     assert plain.echo == lines and spaced.echo == lines  # stripped, in the file's column order
     assert plain.lines() == spaced.lines() == [2, 3, 4, 5]
 
@@ -46,11 +50,18 @@ def test_the_three_ways_of_reading_a_chunk_give_the_same_matrix(iris: Predictor)
 def test_a_bad_value_keeps_the_rows_before_it_and_names_its_row_in_the_file(iris: Predictor) -> None:
     header = CsvHeader.read(Chunk(",".join(IRIS_FEATURES).encode() + b"\n", 1, 0), IRIS_FEATURES)
     text = "\n".join(["5.1,3.5,1.4,0.2"] * 4 + ["5.1,abc,1.4,0.2", "", "5.1,3.5,nan,0.2", "5.1,3.5"])
-    rows = read_chunk(chunk(text, first_line=10), header, iris.schema, first_row=1000)
-    assert len(rows.matrix) == 4 and len(rows.echo) == 4
-    assert rows.row_error is not None
-    found = [(e["row"], e["line"], e["field"], e["loc"][1]) for e in rows.row_error.errors]
-    assert found == [(1004, 14, "sepal_width", 1004), (1005, 16, "petal_length", 1005)]
+    rows = read_chunk(chunk(text, first_line=10), header, iris.schema, first_row=1000, key=None)
+    # Every row up to the malformed record is read; the validator judges them.
+    assert len(rows.model_input) == 6 and len(rows.echo) == 6
+    with pytest.raises(RowError) as refused:
+        iris.schema.validator.check(rows.model_input)
+    located = refused.value.at_lines(rows.lines(), 1000).errors
+    found = [(e["row"], e["line"], e["field"], e["loc"][1], e["type"]) for e in located]
+    assert found == [
+        (1004, 14, "sepal_width", 1004, "float_parsing"),
+        (1005, 16, "petal_length", 1005, "finite_number"),
+    ]
+    assert rows.model_input.head(4).matrix.tolist() == [[5.1, 3.5, 1.4, 0.2]] * 4
     assert rows.csv_error is not None and str(rows.csv_error) == "line 17: expected 4 fields, found 2"
 
 

@@ -22,10 +22,10 @@ from app.core.versions import UnknownVersion, VersionRecord, now
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from app.serving.predictor import Answers, Predictor
-from app.serving.schema import RowError
 from app.serving.shadow import AGREEMENT_RTOL, NICENESS, ShadowRefused, ShadowRunner, mismatch
 from app.serving.state import ServingState
 from app.serving.tracing import Tracing
+from app.serving.validation import RowError
 from tests.support.models import write_model
 
 CLASSES = ("setosa", "versicolor", "virginica")

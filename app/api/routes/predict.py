@@ -1,29 +1,25 @@
 """Predictions for JSON rows, one model call per request (CSV files: app.api.routes.predict_csv).
 
-`/predict` is an async route: a small body is decoded (msgspec, in C), scored and encoded (msgspec)
-right on the event loop, as that takes tens of microseconds, less than the thread-pool hand-off
-it would otherwise pay for (bench/). A large body, or a model measured to be slow, goes to the
-thread pool, so no request holds the event loop for long.
+`/predict` is an async route that translates HTTP only: the body goes to its codec
+(app.serving.json_codec) and the data plane (app.serving.data_plane), which validates, scores and
+traces it as every protocol's, on the event loop when it is small and the model fast.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.api.deps import PREDICT_SECURITY, bearer_claims, services, serving_predictor
-from app.core.config import Settings
-from app.serving import json_answer
 from app.serving.comparison import Served
-from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
-from app.serving.predictor import Predictor
+from app.serving.data_plane import DataPlane
+from app.serving.inference import off_loop
+from app.serving.json_codec import JsonCodec
 from app.serving.state import ServingState
-from app.serving.tracing import Traced
 
 router = APIRouter(tags=["predict"])
 
@@ -58,24 +54,6 @@ PREDICT_BODY_DOC: dict[str, Any] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
     }
 }
-
-
-def _predict(predictor: Predictor, matrix: np.ndarray, settings: Settings, traced: Traced) -> list[Any]:
-    """One model call, counted in the metrics, as the JSON answer's rows with their ids."""
-    answers = score(predictor, matrix, settings.metrics_enabled)
-    return json_answer.predictions(answers, traced.tracing.trace(predictor, traced.user, matrix, answers))
-
-
-def _response(predictor: Predictor, predictions: list[Any]) -> Response:
-    return Response(
-        json_answer.encode({"model_version": predictor.version, "predictions": predictions}),
-        media_type="application/json",
-    )
-
-
-def _answer(predictor: Predictor, body: bytes, settings: Settings, traced: Traced) -> Response:
-    matrix = predictor.schema.parse_json(body)
-    return _response(predictor, _predict(predictor, matrix, settings, traced))
 
 
 _COMPARE = "compare"
@@ -127,17 +105,17 @@ async def predict(request: Request) -> Response:
     predictor = serving_predictor(request)
     compare = query_flag(request, _COMPARE)
     body = await request.body()
-    settings = found.settings
-    limiter = found.scoring
-    traced = Traced(found.tracing, claims.sub)
+    plane = DataPlane(claims.sub, found.tracing, found.scoring, found.settings.metrics_enabled)
     if compare:
-        return await off_loop(limiter, _compare, body, found.serving, settings, traced)
-    if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        return await off_loop(limiter, _answer, predictor, body, settings, traced)
-    return _answer(predictor, body, settings, traced)
+        served = _with_candidates(found.serving)
+        codec = JsonCodec(body, served.candidates or ())
+        answer = await off_loop(found.scoring, plane.answer, codec, served.predictor)
+    else:
+        answer = await plane.serve(JsonCodec(body), predictor, len(body))
+    return Response(answer, media_type="application/json")
 
 
-def _compare(body: bytes, serving: ServingState, settings: Settings, traced: Traced) -> Response:
+def _with_candidates(serving: ServingState) -> Served:
     # One read: the champion and its candidates come from the same swap.
     served: Served | None = serving.with_candidates()
     if served is None:
@@ -146,22 +124,4 @@ def _compare(body: bytes, serving: ServingState, settings: Settings, traced: Tra
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"candidates unavailable: {served.candidates_error}"
         )
-    predictor = served.predictor
-    matrix = predictor.schema.parse_json(body)
-    predictions = _predict(predictor, matrix, settings, traced)
-    candidates = [
-        {
-            "name": c.name,
-            "metric": c.metric,
-            "score": c.score,
-            "champion": c.champion,
-            "predictions": predictions if c.champion else c.predict(matrix, predictor.metadata),
-        }
-        for c in served.candidates or ()
-    ]
-    return Response(
-        json_answer.encode(
-            {"model_version": predictor.version, "predictions": predictions, "candidates": candidates}
-        ),
-        media_type="application/json",
-    )
+    return served

@@ -1,8 +1,9 @@
 """POST /predict/csv: a CSV of any size up to MAX_CSV_BYTES, answered as it streams in.
 
-The upload is cut into chunks of whole rows (app.serving.csv_chunks), each chunk read and scored
-with one model call in a worker thread (app.serving.csv_scoring), and its answers sent before the
-next one is read (app.api.csv_stream): memory stays bounded whatever the file's size, and
+The upload is cut into chunks of whole rows (app.serving.csv_chunks), each chunk read into the
+model's input and given to the data plane (validate, score with one model call, trace) in a worker
+thread (app.serving.csv_scoring), and its answers sent before the next one is read
+(app.api.csv_stream): memory stays bounded whatever the file's size, and
 MAX_BATCH_ROWS, a limit for JSON bodies, does not apply. The first chunk is answered before the
 response starts, so a problem in it (or a header that does not fit the model) is a plain 422.
 """
@@ -27,11 +28,10 @@ from app.core.security import TokenClaims
 from app.serving.answer_formats import AnswerFormat, CsvAnswer, JsonAnswer, NdjsonAnswer
 from app.serving.csv_chunks import CsvError
 from app.serving.csv_rows import NO_ROWS, CsvHeader
-from app.serving.csv_scoring import CsvScorer, Trace
+from app.serving.csv_scoring import CsvScorer
+from app.serving.data_plane import DataPlane
 from app.serving.inference import off_loop
 from app.serving.prediction_log import request_key
-from app.serving.predictor import Predictor
-from app.serving.tracing import Tracing
 
 router = APIRouter(tags=["predict"], dependencies=[Security(current_claims, scopes=["predict"])])
 
@@ -58,12 +58,6 @@ def answer_format(accept: str, metadata: ModelMetadata, header: CsvHeader) -> An
     if chosen == CSV:
         return CsvAnswer(metadata, header.names)
     return NdjsonAnswer(metadata) if chosen == NDJSON else JsonAnswer(metadata)
-
-
-def _tracer(tracing: Tracing, predictor: Predictor, user: str) -> Trace:
-    """Ids for the request's rows, numbered across its chunks under one key."""
-    key = request_key()
-    return lambda matrix, answers, first: tracing.trace(predictor, user, matrix, answers, first, key)
 
 
 @router.post(
@@ -100,8 +94,8 @@ async def predict_csv(
             predictor,
             header,
             answer_format(request.headers.get("accept", ""), predictor.metadata, header),
-            settings.metrics_enabled,
-            _tracer(found.tracing, predictor, claims.sub),
+            DataPlane(claims.sub, found.tracing, found.scoring, settings.metrics_enabled),
+            request_key(),  # the ids of every chunk's rows, numbered on under one key
         )
         # Until rows are answered, any problem refuses the request (a chunk may hold blank lines only).
         while True:

@@ -9,8 +9,9 @@ Every error answers the protocol's `{"error": "..."}`: V2Route turns what these 
 dependencies raise (401, 403, 503, a 413 from the body limit) into that shape, and leaves the app's
 handlers, which answer `{"detail": ...}` for the native routes, alone.
 
-An inference is validated into the same feature matrix /predict builds (app.serving.v2) and scored by
-app.serving.inference.score, so it is counted in the metrics and the drift window like /predict.
+An inference is decoded by its codec (app.serving.v2.V2Codec) into the model input /predict's body
+would give, and validated, scored and traced by the data plane (app.serving.data_plane) as /predict's:
+the same errors in the same words, the same metrics and drift window.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from app.api.uploads import BodyDep
 from app.core.security import TokenClaims
 from app.observability import metrics
 from app.serving import v2
-from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
+from app.serving.data_plane import DataPlane
 from app.serving.predictor import Predictor
-from app.serving.schema import RowError
-from app.serving.tracing import Traced
 from app.serving.v2 import (
     ErrorResponse,
     InferenceRequest,
@@ -53,9 +52,7 @@ from app.serving.v2 import (
     ServerReadyResponse,
     V2Error,
 )
-
-# How many of a refused batch's rows the error lists.
-_LISTED_ROWS = 5
+from app.serving.validation import RowError, sentences
 
 
 def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
@@ -66,12 +63,6 @@ def _error(message: str, status: int, headers: Mapping[str, str] | None = None) 
 def _count_refusal(request: Request, fields: list[str | None] | tuple[str | None, ...]) -> None:
     """Count the rejected fields in the validation metric, as the native routes' 422s are."""
     metrics.validation_failed(fields, known_features(request))
-
-
-def _unanswerable(exc: RowError) -> str:
-    listed = [f"row {e['row']}: {e['msg']}" if "row" in e else str(e["msg"]) for e in exc.errors]
-    more = f" (and {len(listed) - _LISTED_ROWS} more)" if len(listed) > _LISTED_ROWS else ""
-    return "; ".join(listed[:_LISTED_ROWS]) + more
 
 
 class V2Route(APIRoute):
@@ -87,9 +78,9 @@ class V2Route(APIRoute):
                 if exc.fields:
                     _count_refusal(request, exc.fields)
                 return _error(exc.message, exc.status)
-            except RowError as exc:  # rows the model has no finite answer for
+            except RowError as exc:  # values the validator refuses, rows without a finite answer
                 _count_refusal(request, [e.get("field") for e in exc.errors])
-                return _error(_unanswerable(exc), 422)
+                return _error(sentences(exc.errors), 422)
             except HTTPException as exc:  # 401, 403 and 503 from the dependencies, 413 from the body limit
                 return _error(str(exc.detail), exc.status_code, exc.headers)
             except RequestValidationError as exc:
@@ -270,22 +261,6 @@ async def _infer(
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
-    json_length = request.headers.get(v2.JSON_LENGTH_HEADER)
-    traced = Traced(found.tracing, claims.sub)
-    # Where /predict scores: a small body of a fast model on the event loop, the rest in the pool.
-    if len(body) > INLINE_BODY_BYTES or predictor_is_slow(predictor):
-        limiter = found.scoring
-        answer = await off_loop(limiter, _answer, predictor, body, json_length, metrics_enabled, traced)
-    else:
-        answer = _answer(predictor, body, json_length, metrics_enabled, traced)
-    return Response(answer, media_type="application/json")
-
-
-def _answer(
-    predictor: Predictor, body: bytes, json_length: str | None, metrics_enabled: bool, traced: Traced
-) -> bytes:
-    """The tensors decoded, scored in one model call counted in the metrics, and answered as JSON."""
-    decoded = v2.decode(body, json_length, predictor)
-    answers = score(predictor, decoded.matrix, metrics_enabled)
-    ids = traced.tracing.trace(predictor, traced.user, decoded.matrix, answers)
-    return v2.to_response(answers, ids, decoded, predictor).model_dump_json(exclude_none=True).encode()
+    codec = v2.V2Codec(body, request.headers.get(v2.JSON_LENGTH_HEADER))
+    plane = DataPlane(claims.sub, found.tracing, found.scoring, metrics_enabled)
+    return Response(await plane.serve(codec, predictor, len(body)), media_type="application/json")
