@@ -85,7 +85,9 @@ def encode_record(
 ) -> list[Any]:
     """One record in RECORD_COLUMNS' order. `matrix` and the answers hold the stored rows only."""
     inputs_format, inputs = encode_inputs(matrix)
-    confidence = None if probabilities is None else float(probabilities.max(axis=1).sum())
+    confidence = None
+    if probabilities is not None:  # the ufuncs themselves: ndarray.max and .sum cost µs more per call
+        confidence = float(np.add.reduce(np.maximum.reduce(probabilities, axis=1)))
     return [
         key,
         first,
