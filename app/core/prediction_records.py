@@ -6,8 +6,9 @@ prefix (`<request key>-<row position>`), so it is stored once, as one record key
 first row), with its sampled rows' inputs and answers as arrays:
 - inputs: the float64 matrix's bytes when every feature is numeric (a NaN is a missing value), else
   msgspec JSON of the rows (lists in the features' order: strings, numbers, null);
-- answers: label indexes (int32) into `classes` with the probabilities (float64, rows x classes), or
-  values (float64);
+- answers: label indexes into `classes` (uint8 for up to 256 classes, else int32) with the
+  probabilities (float32, rows x classes: they are rounded to 6 places, which float32 holds, so
+  rounding again gives the float64 answered back exactly), or values (float64);
 - positions: the stored rows' offsets in the call (int32), null when every row is stored;
 - a shadow challenger's answers to the same stored rows, with how many agreed with the champion's.
 Encoding is a few array copies per record, never a Python loop per row; a row is decoded back into
@@ -61,6 +62,20 @@ def _blob(array: np.ndarray | None, dtype: str) -> bytes | None:
     return None if array is None else np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+def _top_sum(probabilities: np.ndarray) -> float:
+    """The sum of each row's top probability. Column by column (a loop over the classes): numpy's
+    max along a row of a few classes costs ~20x more per row; the ufuncs themselves, as ndarray.max
+    and .sum add µs per call."""
+    top = probabilities[:, 0]
+    for column in probabilities.T[1:]:
+        top = np.maximum(top, column)
+    return float(np.add.reduce(top))
+
+
+def _index_dtype(classes: int) -> str:
+    return "u1" if classes <= 256 else "<i4"
+
+
 def encode_inputs(matrix: np.ndarray) -> tuple[str, bytes]:
     """(format, bytes) of the stored rows' inputs."""
     if matrix.dtype == np.float64:
@@ -85,9 +100,7 @@ def encode_record(
 ) -> list[Any]:
     """One record in RECORD_COLUMNS' order. `matrix` and the answers hold the stored rows only."""
     inputs_format, inputs = encode_inputs(matrix)
-    confidence = None
-    if probabilities is not None:  # the ufuncs themselves: ndarray.max and .sum cost µs more per call
-        confidence = float(np.add.reduce(np.maximum.reduce(probabilities, axis=1)))
+    confidence = None if probabilities is None else _top_sum(probabilities)
     return [
         key,
         first,
@@ -101,8 +114,8 @@ def encode_record(
         inputs_format,
         inputs,
         None if label_index is None else _encode(list(classes)).decode(),
-        _blob(label_index, "<i4"),
-        _blob(probabilities, "<f8"),
+        _blob(label_index, _index_dtype(len(classes))),
+        _blob(probabilities, "<f4"),
         _blob(values, "<f8"),
         confidence,
     ]
@@ -121,7 +134,7 @@ def encode_shadow(
     return [
         version,
         None if label_index is None else _encode(list(classes)).decode(),
-        _blob(label_index, "<i4"),
+        _blob(label_index, _index_dtype(len(classes))),
         _blob(values, "<f8"),
         compared,
         agreed,
@@ -270,12 +283,14 @@ def _answers(
         rows = picked.stop - picked.start
         return [{}] * rows, [None] * rows, [None] * rows, [None] * rows
     names: list[str] = _decode(classes)
-    index = np.frombuffer(label_index, dtype="<i4")[picked]
+    index = np.frombuffer(label_index, dtype=_index_dtype(len(names)))[picked]
     labels = np.asarray(names, dtype=object)[index].tolist()
     nones = [None] * len(labels)
     if probabilities is None:
         return [{"label": label} for label in labels], labels, nones, nones
-    table = np.frombuffer(probabilities, dtype="<f8").reshape(-1, len(names))[picked]
+    table = (
+        np.frombuffer(probabilities, dtype="<f4").reshape(-1, len(names))[picked].astype(np.float64).round(6)
+    )
     tops = table.max(axis=1).tolist()
     answers = [
         {"label": label, "probabilities": dict(zip(names, p, strict=True))}
