@@ -52,8 +52,7 @@ def _mark(paramstyle: str) -> str:
     return "?" if paramstyle == "qmark" else "%s"
 
 
-def _insert_sql(paramstyle: str) -> str:
-    columns = RECORD_COLUMNS + SHADOW_COLUMNS
+def _insert_sql(paramstyle: str, columns: tuple[str, ...]) -> str:
     marks = ", ".join(_mark(paramstyle) for _ in columns)
     return f"INSERT INTO {_BATCH.__tablename__} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 
@@ -164,9 +163,9 @@ class PredictionLogStore:
             session.commit()
 
     def insert_rows(self, records: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
-        """The writer's batch, in one transaction: records in RECORD_COLUMNS + SHADOW_COLUMNS' order,
-        then shadow answers to records written in an earlier batch, as SHADOW_COLUMNS + (request key,
-        first row).
+        """The writer's batch, in one transaction: records in RECORD_COLUMNS' order, followed by
+        SHADOW_COLUMNS when a shadow's answers came with them, then shadow answers to records written
+        in an earlier batch, as SHADOW_COLUMNS + (request key, first row).
 
         Straight to the driver's executemany: building SQLAlchemy's parameters cost more per record
         than the insert itself (python -m bench.prediction_log)."""
@@ -174,7 +173,11 @@ class PredictionLogStore:
             connection = session.connection()
             style = connection.dialect.paramstyle
             if records:
-                connection.exec_driver_sql(_insert_sql(style), [tuple(r) for r in records])
+                # Most records have no shadow answer: their seven NULLs are left to the database.
+                for columns in (RECORD_COLUMNS, RECORD_COLUMNS + SHADOW_COLUMNS):
+                    rows = [tuple(r) for r in records if len(r) == len(columns)]
+                    if rows:
+                        connection.exec_driver_sql(_insert_sql(style, columns), rows)
             if shadow_answers:
                 connection.exec_driver_sql(_shadow_sql(style), [tuple(a) for a in shadow_answers])
                 self._late_shadow_to_labelled(session, {(a[-2], a[-1]) for a in shadow_answers})

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.core.prediction_records import SHADOW_COLUMNS, encode_record, encode_shadow, split_id
+from app.core.prediction_records import RECORD_COLUMNS, encode_record, encode_shadow, split_id
 from app.observability import metrics
 from app.serving.predictor import Answers, Predictor
 
@@ -55,8 +55,9 @@ class PredictionSink(Protocol):
     """Where the log's records go (app.db.prediction_log.PredictionLogStore)."""
 
     def insert_rows(self, records: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
-        """Records in RECORD_COLUMNS + SHADOW_COLUMNS' order, then shadow answers to records written
-        before, as SHADOW_COLUMNS + (request key, first row) (app.core.prediction_records)."""
+        """Records in RECORD_COLUMNS' order (then SHADOW_COLUMNS when a shadow answered them in the
+        same flush), then shadow answers to records written before, as SHADOW_COLUMNS + (request key,
+        first row) (app.core.prediction_records)."""
         ...
 
     def sweep(self, before: float) -> int: ...
@@ -81,7 +82,8 @@ class _Call:
         return self.logged
 
     def encode(self) -> list[Any]:
-        """The record, RECORD_COLUMNS then SHADOW_COLUMNS (empty until a shadow answers)."""
+        """The record, in RECORD_COLUMNS' order (SHADOW_COLUMNS follow if a shadow's answers come
+        in the same flush)."""
         matrix, answers, positions = self.matrix, self.answers, None
         if self.sampled is not None:
             matrix, answers = matrix[self.sampled], _take(answers, self.sampled)
@@ -100,7 +102,7 @@ class _Call:
             answers.label_index,
             answers.probabilities,
             answers.values,
-        ) + [None] * len(SHADOW_COLUMNS)
+        )
 
 
 @dataclass(slots=True)
@@ -276,8 +278,8 @@ class PredictionLog:
                 # Its record is usually in this same flush (the shadow answers within tens of
                 # milliseconds): its answers go in the record's columns, not in an update.
                 record = by_key.get((batch.key, batch.first))
-                if record is not None:
-                    record[-len(SHADOW_COLUMNS) :] = batch.encode()
+                if record is not None and len(record) == len(RECORD_COLUMNS):
+                    record += batch.encode()
                 else:
                     later.append([*batch.encode(), batch.key, batch.first])
                 continue
