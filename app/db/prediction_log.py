@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -197,7 +197,7 @@ class PredictionLogStore:
         ]
         if not wanted:
             return
-        found = self._records(session, {key for _, (key, _) in wanted})
+        found = self._records(session, [split for _, split in wanted])
         for pid, (key, position) in wanted:
             record = _holding(found.get(key, ()), position)
             if record is None or (record.request_key, record.first_row) not in records:
@@ -216,12 +216,22 @@ class PredictionLogStore:
                 )
             )
 
-    def _records(self, session: Session, keys: Iterable[str]) -> dict[str, list[StoredRecord]]:
-        """The records of these request keys, by key."""
+    def _records(self, session: Session, wanted: Iterable[tuple[str, int]]) -> dict[str, list[StoredRecord]]:
+        """By request key, the records holding these (request key, row position)s: only those whose
+        rows overlap each key's positions are read (a large CSV's other chunks stay on disk)."""
+        spans: dict[str, tuple[int, int]] = {}
+        for key, position in wanted:
+            low, high = spans.get(key, (position, position))
+            spans[key] = (min(low, position), max(high, position))
+        overlapping = [
+            and_(_BATCH.request_key == key, _BATCH.first_row <= high, _BATCH.first_row + _BATCH.rows > low)
+            for key, (low, high) in spans.items()
+        ]
         found: dict[str, list[StoredRecord]] = {}
-        for row in session.execute(select(*_STORED).where(_BATCH.request_key.in_(list(keys)))):
-            record = _stored(row)
-            found.setdefault(record.request_key, []).append(record)
+        for chunk in range(0, len(overlapping), 100):  # bounded statements for a 1,000-item feedback
+            for row in session.execute(select(*_STORED).where(or_(*overlapping[chunk : chunk + 100]))):
+                record = _stored(row)
+                found.setdefault(record.request_key, []).append(record)
         return found
 
     def sweep(self, before: float) -> int:
@@ -280,7 +290,7 @@ class PredictionLogStore:
         wanted = {pid: split_id(pid) for pid in ids}
         if not wanted:
             return {}
-        found = self._records(session, {key for key, _ in wanted.values()})
+        found = self._records(session, wanted.values())
         decoded: dict[str, LoggedPrediction] = {}
         for pid, (key, position) in wanted.items():
             record = _holding(found.get(key, ()), position)
@@ -390,13 +400,10 @@ class PredictionLogStore:
 
     def recent(self, limit: int) -> list[RecentPrediction]:
         """The newest logged predictions with their truth, at most `limit`, for the Monitoring page."""
-        query = select(*_STORED).order_by(_BATCH.created_at.desc()).limit(limit)
         with self._sessions() as session:
             found: list[LoggedPrediction] = []
-            for row in session.execute(query):
-                found += _stored(row).decode(limit=limit - len(found))
-                if len(found) >= limit:
-                    break
+            for record in self._newest(session, None, limit):
+                found += record.decode(limit=limit - len(found))
             truths = {
                 pid: (label, value, labelled_at)
                 for pid, label, value, labelled_at in session.execute(
@@ -410,19 +417,33 @@ class PredictionLogStore:
     def features_since(self, since: float, limit: int) -> list[dict[str, Any]]:
         """The input rows logged since `since` (a missing value is None), newest first, at most `limit`:
         recent inputs for drift."""
-        query = (
-            select(*_STORED)
-            .where(_BATCH.created_at >= since)
-            .order_by(_BATCH.created_at.desc())
-            .limit(limit)  # each record holds a row at least
-        )
         inputs: list[dict[str, Any]] = []
         with self._sessions() as session:
-            for row in session.execute(query):
-                inputs += _stored(row).input_rows(limit=limit - len(inputs))
-                if len(inputs) >= limit:
-                    break
+            for record in self._newest(session, since, limit):
+                inputs += record.input_rows(limit=limit - len(inputs))
         return inputs
+
+    def _newest(self, session: Session, since: float | None, rows: int) -> list[StoredRecord]:
+        """The newest records (since `since`) holding `rows` logged rows: their sizes are read first,
+        so that only the records needed are read whole."""
+        sizes = select(_BATCH.request_key, _BATCH.first_row, _BATCH.logged).order_by(_BATCH.created_at.desc())
+        if since is not None:
+            sizes = sizes.where(_BATCH.created_at >= since)
+        needed: list[tuple[str, int]] = []
+        total = 0
+        for key, first, logged in session.execute(sizes.limit(rows)):  # a row a record at least
+            needed.append((key, first))
+            total += logged
+            if total >= rows:
+                break
+        order = {record: i for i, record in enumerate(needed)}
+        found: list[StoredRecord] = []
+        for chunk in range(0, len(needed), 500):
+            picked = [
+                and_(_BATCH.request_key == k, _BATCH.first_row == f) for k, f in needed[chunk : chunk + 500]
+            ]
+            found += [_stored(row) for row in session.execute(select(*_STORED).where(or_(*picked)))]
+        return sorted(found, key=lambda r: order[r.request_key, r.first_row])
 
     def count(self) -> int:
         """The logged predictions."""

@@ -256,3 +256,20 @@ def test_migration_0007_moves_the_per_row_log_into_records_and_back(empty_databa
         assert back["handwritten"]["predicted_value"] == 2.5
     finally:
         engine.dispose()
+
+
+def test_a_requests_chunks_are_found_by_row_and_the_newest_rows_read_across_records(
+    store: PredictionLogStore,
+) -> None:
+    first = np.arange(9, dtype=np.float64).reshape(3, 3)
+    _logged_to(store, first, _classified(3), ["csv-0", "csv-1", "csv-2"], sample=1.0)
+    time.sleep(0.01)  # the second chunk is the newer
+    _logged_to(store, first + 100, _classified(3), ["csv-3", "csv-4", "csv-5"], sample=1.0)
+    statuses = store.label(
+        [Truth("csv-4", label="x"), Truth("csv-1", label="y"), Truth("csv-6", label="x")], time.time()
+    )
+    assert statuses == ["recorded", "recorded", "unknown"]
+    found = sorted(json.loads(r.features)["a"] for r in store.labelled(10))
+    assert found == [3.0, 103.0], "each row decoded from its own chunk's record"
+    assert [r.logged.prediction_id for r in store.recent(4)] == ["csv-3", "csv-4", "csv-5", "csv-0"]
+    assert [row["a"] for row in store.features_since(0, 5)] == [100.0, 103.0, 106.0, 0.0, 3.0]
