@@ -125,7 +125,7 @@ class RefreshTokenRow(Base):
 
 
 class PredictionLogRow(Base):
-    """One predicted row (sampled by PREDICTION_LOG_SAMPLE), and its ground truth once sent.
+    """One labelled prediction (POST /feedback), decoded from its PredictionBatchRow, with its truth.
 
     Kept PREDICTION_LOG_DAYS; never a token or a password, only the username."""
 
@@ -149,3 +149,39 @@ class PredictionLogRow(Base):
     shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     shadow_label: Mapped[str | None] = mapped_column(String(255), nullable=True)
     shadow_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PredictionBatchRow(Base):
+    """The log of one model call (a request, or a CSV chunk): its sampled rows' inputs and answers
+    encoded whole (app.core.prediction_records), and a shadow challenger's answers to the same rows.
+
+    Every logged prediction is here; PredictionLogRow holds the labelled ones, one row each."""
+
+    __tablename__ = "prediction_batches"
+
+    request_key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    first_row: Mapped[int] = mapped_column(Integer, primary_key=True)  # a CSV chunk's offset
+    created_at: Mapped[float] = mapped_column(Float, index=True)  # Unix time
+    model_version: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)  # rows the model answered: ids first_row .. + rows - 1
+    logged: Mapped[int] = mapped_column(Integer)  # of those, the sampled rows stored here
+    positions: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # int32; None: all
+    features: Mapped[str] = mapped_column(Text)  # the feature names, a JSON list
+    inputs_format: Mapped[str] = mapped_column(String(8))
+    inputs: Mapped[bytes] = mapped_column(LargeBinary)
+    classes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    label_index: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    probabilities: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    answer_values: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The sum of the stored rows' top probabilities: the mean confidence, aggregated in SQL.
+    confidence_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shadow_classes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    shadow_label_index: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    shadow_values: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Of the stored rows: how many the shadow answered, how many as the champion did, and the sum of
+    # the differences between their values (regression), for /monitoring's agreement in SQL.
+    shadow_compared: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow_agreed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow_difference_sum: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,21 +1,26 @@
 """Prediction ids and the sampled prediction log, written off the request path.
 
 Every answered row gets an id: a random key per request (96 bits from `secrets`, unguessable) and the
-row's position, `Xy3...-0`, `Xy3...-1`: one random draw per request, not per row. A request hands its
-sampled rows to a bounded in-memory buffer (a list append under a lock) and goes on; the writer
-thread turns them into rows and inserts them in one transaction every FLUSH_SECONDS. A full
-buffer, or a database that refuses a batch, drops those rows and counts them
+row's position, `Xy3...-0`, `Xy3...-1`: one random draw per request, not per row. A model call (a
+request, or a CSV chunk continuing its request's numbering) hands its matrix, its answers and which
+rows were sampled (one vectorised draw) to a bounded in-memory buffer, by reference (a list append
+under a lock), and goes on. The writer thread encodes each call as one record (its sampled rows'
+inputs and answers as arrays, app.core.prediction_records: no Python object per row) and inserts a
+flush's records in one executemany and one transaction every FLUSH_SECONDS. A full buffer, or a
+database that refuses a batch, drops those rows and counts them
 (predictor_prediction_log_rows_total{result}): the answer never waits for the log. The same thread
 deletes what is older than PREDICTION_LOG_DAYS every SWEEP_SECONDS.
 
-Stored per row: the id, the time, the model version, the username (never a token or a password), the
-input row and the answer.
+A shadow challenger's answers to a call's logged rows go to the same record (record_shadow): in the
+same insert when they arrive within the flush, else as an update of the record.
+
+Stored per call: the request key and first row, the time, the model version, the username (never a
+token or a password), the sampled rows' positions, inputs and answers.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 import time
@@ -23,9 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import msgspec
 import numpy as np
 
+from app.core.prediction_records import RECORD_COLUMNS, encode_record, encode_shadow, split_id
 from app.observability import metrics
 from app.serving.predictor import Answers, Predictor
 
@@ -47,51 +52,78 @@ def request_key() -> str:
 
 
 class PredictionSink(Protocol):
-    """Where the log's rows go (app.db.prediction_log.PredictionLogStore)."""
+    """Where the log's records go (app.db.prediction_log.PredictionLogStore)."""
 
-    def insert_rows(self, rows: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
-        """Rows in LOG_COLUMNS' order, then shadow answers to rows written before, as (version, label,
-        value, prediction_id) (app.db.prediction_log)."""
+    def insert_rows(self, records: Sequence[Sequence[Any]], shadow_answers: Sequence[Sequence[Any]]) -> None:
+        """Records in RECORD_COLUMNS' order (then SHADOW_COLUMNS when a shadow answered them in the
+        same flush), then shadow answers to records written before, as SHADOW_COLUMNS + (request key,
+        first row) (app.core.prediction_records)."""
         ...
 
     def sweep(self, before: float) -> int: ...
 
 
-@dataclass(frozen=True)
-class _Batch:
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, on the request path
+class _Call:
+    """One model call as the request handed it over: references, nothing copied or encoded yet."""
+
     at: float
     version: str
     user: str
-    features: tuple[str, ...]
-    matrix: np.ndarray
+    features: Sequence[str]
+    key: str
+    first: int
+    matrix: np.ndarray  # every row of the call; `sampled` picks the logged ones
     answers: Answers
-    ids: list[str]
-    shadow: bool = False  # a shadow challenger's answers to logged rows, not the champion's
+    sampled: np.ndarray | None  # boolean mask; None: all rows
+    logged: int
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.logged
+
+    def encode(self) -> list[Any]:
+        """The record, in RECORD_COLUMNS' order (SHADOW_COLUMNS follow if a shadow's answers come
+        in the same flush)."""
+        matrix, answers, positions = self.matrix, self.answers, None
+        if self.sampled is not None:
+            matrix, answers = matrix[self.sampled], _take(answers, self.sampled)
+            positions = np.flatnonzero(self.sampled)
+        return encode_record(
+            self.key,
+            self.first,
+            self.at,
+            self.version,
+            self.user,
+            len(self.matrix),
+            positions,
+            self.features,
+            matrix,
+            answers.classes,
+            answers.label_index,
+            answers.probabilities,
+            answers.values,
+        )
 
 
-_encode = msgspec.json.Encoder().encode  # in C; NaN (a missing value) is written null
+@dataclass(slots=True)
+class _ShadowAnswer:
+    """A shadow challenger's answers to one call's logged rows."""
 
+    key: str
+    first: int
+    version: str
+    answers: Answers  # the logged rows only, in the record's order
+    agreed: int
+    difference: float | None  # the sum of |shadow - champion| (regression)
 
-def _json(value: Any) -> str:
-    return _encode(value).decode()
+    def __len__(self) -> int:
+        return len(self.answers)
 
-
-def _answer_columns(answers: Answers) -> list[tuple[str, str | None, float | None, float | None]]:
-    """Per row: the answer's JSON as /predict gave it, the label, the value, the top probability."""
-    if answers.values is not None:
-        return [(_json({"value": v}), None, v, None) for v in answers.values.tolist()]
-    labels = answers.labels.tolist() if answers.labels is not None else []
-    if answers.probabilities is None:
-        return [(_json({"label": label}), label, None, None) for label in labels]
-    classes = answers.classes
-    tops = answers.probabilities.max(axis=1).tolist()
-    return [
-        (_json({"label": label, "probabilities": dict(zip(classes, p, strict=True))}), label, None, top)
-        for label, p, top in zip(labels, answers.probabilities.tolist(), tops, strict=True)
-    ]
+    def encode(self) -> list[Any]:
+        answers = self.answers
+        return encode_shadow(
+            self.version, answers.classes, answers.label_index, answers.values, self.agreed, self.difference
+        )
 
 
 class PredictionLog:
@@ -114,8 +146,8 @@ class PredictionLog:
         self.flush_seconds = flush_seconds
         self.sweep_seconds = sweep_seconds
         self._clock = clock
-        self._random = random.Random()  # noqa: S311 - sampling, not security
-        self._pending: list[_Batch] = []
+        self._random = np.random.default_rng()  # sampling, not security
+        self._pending: list[_Call | _ShadowAnswer] = []
         self._pending_rows = 0
         self._writing = 0  # rows taken by the writer, not yet written
         self._lock = threading.Lock()
@@ -128,38 +160,42 @@ class PredictionLog:
     # --- the request side: never blocks on the database ---
 
     def sampled(self, rows: int) -> np.ndarray | None:
-        """Which of a request's rows to log: None for all of them, else a boolean mask."""
+        """Which of a call's rows to log: None for all of them, else a boolean mask (one numpy draw)."""
         if self.sample >= 1:
             return None
-        return np.asarray([self._random.random() < self.sample for _ in range(rows)], dtype=bool)
+        return self._random.random(rows) < self.sample
 
     def record(
         self, predictor: Predictor, user: str, matrix: np.ndarray, answers: Answers, ids: list[str]
     ) -> np.ndarray | None:
-        """Queue a request's sampled rows; returns which were queued (None: all, as `sampled`)."""
+        """Queue a model call's sampled rows (`ids`: its rows' ids, the first naming its record);
+        returns which were queued (None: all, as `sampled`)."""
         if self.sample <= 0 or not ids:
             return np.zeros(len(ids), dtype=bool) if ids else None
         mask = self.sampled(len(ids))
-        if mask is not None:
-            if not mask.any():
-                return mask
-            matrix, answers, ids = (
-                matrix[mask],
-                _take(answers, mask),
-                [i for i, m in zip(ids, mask, strict=True) if m],
-            )
-        features = tuple(f.name for f in predictor.metadata.features)
-        batch = _Batch(self._clock(), predictor.version, user, features, matrix, answers, ids)
-        return (
-            mask if self._queue(batch) else np.zeros(len(mask) if mask is not None else len(ids), dtype=bool)
+        logged = len(ids) if mask is None else int(np.count_nonzero(mask))
+        if logged == 0:
+            return mask
+        key, first = split_id(ids[0])
+        features = predictor.metadata.feature_names
+        call = _Call(
+            self._clock(), predictor.version, user, features, key, first, matrix, answers, mask, logged
         )
+        if self._queue(call):
+            return mask
+        return np.zeros(len(ids), dtype=bool)
 
-    def record_shadow(self, version: str, answers: Answers, ids: list[str]) -> None:
-        """Queue a shadow challenger's answers to logged rows (judged once their feedback arrives)."""
-        if ids:
-            self._queue(_Batch(self._clock(), version, "", (), np.empty((0, 0)), answers, ids, shadow=True))
+    def record_shadow(
+        self, version: str, record: str, answers: Answers, agreed: int, difference: float | None
+    ) -> None:
+        """Queue a shadow challenger's answers to the logged rows of the call whose first id is
+        `record` (judged once their feedback arrives), with how many agreed with the champion's and
+        the sum of the differences between their values (regression)."""
+        if len(answers):
+            key, first = split_id(record)
+            self._queue(_ShadowAnswer(key, first, version, answers, agreed, difference))
 
-    def _queue(self, batch: _Batch) -> bool:
+    def _queue(self, batch: _Call | _ShadowAnswer) -> bool:
         with self._lock:
             if self._pending_rows + len(batch) > self.buffer_rows:
                 full = True
@@ -232,40 +268,37 @@ class PredictionLog:
             if stopped:
                 return
 
-    def write(self, batches: list[_Batch]) -> None:
-        rows: list[list[Any]] = []  # LOG_COLUMNS' order
-        by_id: dict[str, list[Any]] = {}
-        later: list[tuple[Any, ...]] = []  # shadow answers to rows an earlier flush wrote
+    def write(self, batches: list[_Call | _ShadowAnswer]) -> None:
+        records: list[list[Any]] = []
+        by_key: dict[tuple[str, int], list[Any]] = {}
+        later: list[list[Any]] = []  # shadow answers to records an earlier flush wrote
+        rows = 0
         for batch in batches:
-            if batch.shadow:
-                # Its champion rows are usually in this same flush (the shadow answers within tens of
-                # milliseconds): its answer goes in their columns, not in rows of its own.
-                for pid, label, value in zip(batch.ids, *_label_and_value(batch.answers), strict=True):
-                    row = by_id.get(pid)
-                    if row is not None:
-                        row[-3:] = (batch.version, label, value)
-                    else:
-                        later.append((batch.version, label, value, pid))
+            if isinstance(batch, _ShadowAnswer):
+                # Its record is usually in this same flush (the shadow answers within tens of
+                # milliseconds): its answers go in the record's columns, not in an update.
+                record = by_key.get((batch.key, batch.first))
+                if record is not None and len(record) == len(RECORD_COLUMNS):
+                    record += batch.encode()
+                else:
+                    later.append([*batch.encode(), batch.key, batch.first])
                 continue
-            names, user = batch.features, batch.user[:64]
-            features = [_json(dict(zip(names, values, strict=True))) for values in batch.matrix.tolist()]
-            for pid, inputs, answer in zip(batch.ids, features, _answer_columns(batch.answers), strict=True):
-                row = [pid, batch.at, batch.version, user, inputs, *answer, None, None, None]
-                rows.append(row)
-                by_id[pid] = row
-        shadow_rows = later
+            record = batch.encode()
+            records.append(record)
+            by_key[batch.key, batch.first] = record
+            rows += batch.logged
         try:
-            self.sink.insert_rows(rows, shadow_rows)
+            self.sink.insert_rows(records, later)
         except Exception as exc:  # the database: these rows are lost, the next batch tries again
-            metrics.PREDICTION_LOG_ROWS.labels(result="write_failed").inc(len(rows) + len(shadow_rows))
+            metrics.PREDICTION_LOG_ROWS.labels(result="write_failed").inc(rows)
             if not self._failing:
-                log.warning("prediction log: %d rows not written: %s", len(rows) + len(shadow_rows), exc)
+                log.warning("prediction log: %d rows not written: %s", rows, exc)
             self._failing = True
             return
         if self._failing:
             log.info("prediction log written again")
         self._failing = False
-        metrics.PREDICTION_LOG_ROWS.labels(result="written").inc(len(rows) + len(shadow_rows))
+        metrics.PREDICTION_LOG_ROWS.labels(result="written").inc(rows)
 
     def sweep(self) -> None:
         try:
@@ -275,14 +308,6 @@ class PredictionLog:
             return
         if deleted:
             log.info("prediction log: %d rows past PREDICTION_LOG_DAYS deleted", deleted)
-
-
-def _label_and_value(answers: Answers) -> tuple[list[Any], list[Any]]:
-    """Per row: the label (None for a regression) and the value (None for a classifier)."""
-    if answers.values is not None:
-        return [None] * len(answers), answers.values.tolist()
-    labels = answers.labels.tolist() if answers.labels is not None else []
-    return labels, [None] * len(labels)
 
 
 def _take(answers: Answers, mask: np.ndarray) -> Answers:

@@ -239,27 +239,44 @@ class ShadowRunner:
             return
         self._seconds.observe(time.perf_counter() - started)
         self._failing = False
-        same = _agreement(_stacked(group), answers)
+        champion = _stacked(group)
+        same = _agreement(champion, answers)
         agreed = int(same.sum())
         self._rows["agreed"].inc(agreed)
         self._rows["disagreed"].inc(len(same) - agreed)
         if self._log is not None:
-            self._record(group, answers)
+            self._record(group, champion, answers, same)
 
-    def _record(self, group: list[_Offered], answers: Answers) -> None:
-        """The shadow's answers to the rows the prediction log kept."""
+    def _record(self, group: list[_Offered], champion: Answers, answers: Answers, same: np.ndarray) -> None:
+        """The shadow's answers to the rows the prediction log kept, to each call's record, with how
+        many agreed with the champion's: one record_shadow per call, array slices, no loop per row."""
         assert self._log is not None
-        label_index, values = answers.label_index, answers.values
-        ids = [i for b in group for i in b.ids]
-        if any(b.logged is not None for b in group):
-            kept = np.concatenate([np.ones(len(b), bool) if b.logged is None else b.logged for b in group])
-            if not kept.any():
-                return
-            ids = [i for i, keep in zip(ids, kept.tolist(), strict=True) if keep]
-            label_index = None if label_index is None else label_index[kept]
-            values = None if values is None else values[kept]
-        # A shadow row stores the label or the value only: no probabilities for the writer to encode.
-        self._log.record_shadow(self.version, Answers(answers.classes, label_index, None, values), ids)
+        start = 0
+        for batch in group:
+            rows = slice(start, start + len(batch))
+            start += len(batch)
+            if batch.logged is not None and not batch.logged.any():
+                continue
+            kept = batch.logged
+            label_index = None if answers.label_index is None else answers.label_index[rows]
+            values = None if answers.values is None else answers.values[rows]
+            agreed = same[rows]
+            difference = None
+            if values is not None and champion.values is not None:
+                gap = np.abs(values - champion.values[rows])
+                difference = float(gap.sum() if kept is None else gap[kept].sum())
+            if kept is not None:
+                label_index = None if label_index is None else label_index[kept]
+                values = None if values is None else values[kept]
+                agreed = agreed[kept]
+            # The label or the value only: no probabilities for the writer to encode.
+            self._log.record_shadow(
+                self.version,
+                batch.ids[0],
+                Answers(answers.classes, label_index, None, values),
+                int(agreed.sum()),
+                difference,
+            )
 
 
 def _groups(batches: list[_Offered]) -> list[list[_Offered]]:

@@ -17,8 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from sqlalchemy import select
 
 from app.core.config import Settings
+from app.core.prediction_records import RECORD_COLUMNS, LoggedPrediction
 from app.db.models import PredictionLogRow
-from app.db.prediction_log import PredictionLogStore
+from app.db.prediction_log import PredictionLogStore, Truth
 from app.main import create_app
 from app.serving.prediction_log import PredictionLog
 from app.serving.predictor import Answers
@@ -39,8 +40,15 @@ def _predict(client: TestClient, headers: dict[str, str], rows: list[dict[str, A
     return response.json()["predictions"]
 
 
-def _logged(client: TestClient) -> dict[str, PredictionLogRow]:
+def _logged(client: TestClient) -> dict[str, LoggedPrediction]:
+    """Every logged prediction, decoded from its record."""
     assert client.app.state.services.prediction_log.flush()  # type: ignore[attr-defined]
+    store: PredictionLogStore = client.app.state.services.predictions  # type: ignore[attr-defined]
+    return {r.logged.prediction_id: r.logged for r in store.recent(10_000)}
+
+
+def _labelled(client: TestClient) -> dict[str, PredictionLogRow]:
+    """The labelled predictions, a row each."""
     with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
         return {row.prediction_id: row for row in session.scalars(select(PredictionLogRow))}
 
@@ -97,8 +105,8 @@ def test_every_path_answers_unique_ids_and_logs_them(
     row = logged[ids[1]]
     assert row.username == USER[0]
     assert row.model_version == client.get("/model-info", headers=user_headers).json()["version"]
-    assert json.loads(row.features) == ROWS[1]
-    answer = json.loads(row.answer)
+    assert row.features == ROWS[1]
+    answer = row.answer
     assert answer["label"] == row.predicted_label and row.confidence == max(answer["probabilities"].values())
     # Never a token or a password: only the username.
     stored = " ".join(f"{r.username} {r.features} {r.answer}" for r in logged.values())
@@ -128,12 +136,13 @@ def test_feedback_records_relabels_and_reports_unknown_and_invalid_items(
     ]  # fmt: skip
     assert (body["recorded"], body["relabelled"], body["unknown"], body["invalid"]) == (2, 1, 1, 2)
     assert "tulip" in body["items"][4]["detail"] and "setosa" in body["items"][4]["detail"]
-    logged = _logged(client)
-    assert (logged[first].true_label, logged[second].true_label) == ("setosa", "virginica")
+    labelled = _labelled(client)
+    assert (labelled[first].true_label, labelled[second].true_label) == ("setosa", "virginica")
+    assert json.loads(labelled[second].features) == ROWS[1], "the row decoded from its record"
 
     again = _feedback(client, admin_headers, [{"prediction_id": first, "label": "versicolor"}]).json()
     assert again["items"][0]["status"] == "relabelled"
-    assert _logged(client)[first].true_label == "versicolor"
+    assert _labelled(client)[first].true_label == "versicolor"
     assert REGISTRY.get_sample_value("predictor_feedback_items_total", {"status": "unknown"}) >= 1
 
 
@@ -273,7 +282,7 @@ def test_a_full_buffer_drops_and_counts_and_never_blocks(serving_predictor: Any)
         assert after - dropped == 8
         sink.release.set()
         assert prediction_log.flush()
-        assert len(sink.rows) == 4 + 8
+        assert sum(record[RECORD_COLUMNS.index("logged")] for record in sink.rows) == 4 + 8
         assert sink.swept and sink.swept[0] < time.time() - 29 * 86400
     finally:
         sink.release.set()
@@ -320,7 +329,7 @@ def serving_predictor(client: TestClient) -> Any:
     return client.app.state.services.serving.current  # type: ignore[attr-defined]
 
 
-def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
+def test_a_shadow_answer_lands_in_its_record_in_the_same_flush_or_a_later_one(
     client: TestClient, serving_predictor: Any
 ) -> None:
     import numpy as np
@@ -329,19 +338,25 @@ def test_a_shadow_answer_lands_in_its_row_in_the_same_flush_or_a_later_one(
     prediction_log = PredictionLog(store, sample=1, buffer_rows=100, retention_days=30, flush_seconds=60)
     stop = prediction_log.start()
     try:
-        answers = _answers(2)
-        prediction_log.record(serving_predictor, "u", np.zeros((2, 4)), answers, ["a-0", "a-1"])
-        prediction_log.record_shadow("v9", _answers(1), ["a-0"])  # the same flush: one row, both answers
+        prediction_log.record(serving_predictor, "u", np.zeros((2, 4)), _answers(2), ["a-0", "a-1"])
+        prediction_log.record_shadow("v9", "a-0", _answers(2), 2, None)  # the same flush
         assert prediction_log.flush()
         prediction_log.record(serving_predictor, "u", np.zeros((1, 4)), _answers(1), ["b-0"])
         assert prediction_log.flush()
-        prediction_log.record_shadow("v9", _answers(1), ["b-0"])  # after its row was written
+        prediction_log.record_shadow("v9", "b-0", _answers(1), 0, None)  # after its record was written
+        assert prediction_log.flush()
+        # Feedback before the shadow's answer: the labelled row gets it when it comes.
+        prediction_log.record(serving_predictor, "u", np.zeros((1, 4)), _answers(1), ["c-0"])
+        assert prediction_log.flush()
+        assert store.label([Truth("c-0", label="a")], at=time.time()) == ["recorded"]
+        prediction_log.record_shadow("v9", "c-0", _answers(1), 1, None)
         assert prediction_log.flush()
     finally:
         stop()
-    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
-        found = {
-            r.prediction_id: (r.shadow_version, r.shadow_label)
-            for r in session.scalars(select(PredictionLogRow))
-        }
-    assert found == {"a-0": ("v9", "a"), "a-1": (None, None), "b-0": ("v9", "a")}
+    found = {
+        r.logged.prediction_id: (r.logged.shadow_version, r.logged.shadow_label) for r in store.recent(10)
+    }
+    assert found == {"a-0": ("v9", "a"), "a-1": ("v9", "a"), "b-0": ("v9", "a"), "c-0": ("v9", "a")}
+    (agreement,) = store.shadow_agreement(0, 0.01)
+    assert (agreement.version, agreement.compared, agreement.agreed) == ("v9", 4, 3)
+    assert _labelled(client)["c-0"].shadow_version == "v9"

@@ -12,12 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sklearn.datasets import load_iris
-from sqlalchemy import select
 
 from app.adapters.model_store import ModelStore
 from app.core.config import Settings
 from app.core.versions import VersionRecord, now
-from app.db.models import PredictionLogRow
 from app.db.prediction_log import Truth
 from app.main import create_app
 from tests.support.answers import masked
@@ -97,16 +95,16 @@ def test_a_shadow_scores_the_traffic_and_never_changes_an_answer(
     assert shadow_rows("v2", "failed") == before["failed"]
     # Its answers to the logged rows are kept, by the ids the champion's answer gave.
     ids = [p["prediction_id"] for p in beside.json()["predictions"]]
-    with client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
-        logged = dict(
-            session.execute(
-                select(PredictionLogRow.prediction_id, PredictionLogRow.shadow_label).where(
-                    PredictionLogRow.shadow_version == "v2"
-                )
-            ).all()
-        )
+    store = client.app.state.services.predictions  # type: ignore[attr-defined]
+    logged = {
+        r.logged.prediction_id: r.logged.shadow_label
+        for r in store.recent(500)
+        if r.logged.shadow_version == "v2"
+    }
     assert sorted(logged) == sorted(ids)
     assert set(logged.values()) == {"setosa", "versicolor", "virginica"}
+    (agreement,) = [a for a in store.shadow_agreement(0, 0.01) if a.version == "v2"]
+    assert (agreement.compared, agreement.agreed) == (len(rows), agreed)
 
     listing = client.get("/models", headers=user_headers).json()
     assert (listing["serving"], listing["shadow"]) == ("v1", "v2")

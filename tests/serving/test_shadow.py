@@ -60,11 +60,13 @@ class FakeShadow:
 
 @dataclass
 class FakeLog:
-    recorded: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    recorded: list[tuple[str, str, list[str], int]] = field(default_factory=list)
 
-    def record_shadow(self, version: str, answers: Answers, ids: list[str]) -> None:
+    def record_shadow(
+        self, version: str, record: str, answers: Answers, agreed: int, difference: float | None
+    ) -> None:
         labels = [CLASSES[i] for i in answers.label_index.tolist()] if answers.label_index is not None else []
-        self.recorded.append((version, labels, ids))
+        self.recorded.append((version, record, labels, agreed))
 
 
 def labels_of(*labels: str) -> Answers:
@@ -212,14 +214,9 @@ def test_only_the_logged_rows_go_to_the_prediction_log(champion: Predictor):
         assert runner.flush()
     finally:
         runner.stop()
-    recorded = [(labels, ids) for version, labels, ids in log.recorded if version == shadow.version]
-    flat = [pair for labels, ids in recorded for pair in zip(labels, ids, strict=True)]
-    assert flat == [
-        ("virginica", all_ids[0]),
-        ("setosa", all_ids[1]),
-        ("virginica", some_ids[0]),
-        ("virginica", some_ids[2]),
-    ]
+    # One per call with a logged row, named by the call's first id: the logged rows' answers only.
+    recorded = [(record, labels) for version, record, labels, _ in log.recorded if version == shadow.version]
+    assert recorded == [(all_ids[0], ["virginica", "setosa"]), (some_ids[0], ["virginica", "virginica"])]
 
 
 def test_regression_answers_agree_within_the_relative_tolerance(tmp_path: Path):

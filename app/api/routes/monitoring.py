@@ -8,7 +8,6 @@ Scope admin: the answer holds users' inputs and usernames.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import UTC, datetime
@@ -23,8 +22,8 @@ from app.api.deps import AdminDep, PredictionsDep, ServingDep, SettingsDep
 from app.core.artifacts import REFERENCE_PROFILE_FILE, ReferenceProfile
 from app.core.quality import Confusion, Errors, Quality
 from app.db.hour_bucket import HOUR_SECONDS
-from app.db.models import PredictionLogRow
 from app.db.prediction_log import HourlyCounts, PredictionLogStore, ShadowCounts
+from app.db.prediction_log import RecentPrediction as LoggedRecent
 from app.observability.drift_histograms import feature_histograms
 from app.serving.predictor import Predictor
 from app.serving.shadow import AGREEMENT_RTOL
@@ -233,7 +232,7 @@ def _drift(
                 "unavailable": f"version {current.version} has no readable {REFERENCE_PROFILE_FILE}",
             }
         )
-    inputs = [json.loads(features) for features in store.features_since(since, DRIFT_ROWS)]
+    inputs = store.features_since(since, DRIFT_ROWS)
     histograms = feature_histograms(profile, current.metadata.feature_names, inputs)
     return DriftReport(
         model_version=current.version,
@@ -279,14 +278,15 @@ def _shadow(store: PredictionLogStore, serving: ServingState, since: float) -> S
     )
 
 
-def _recent(row: PredictionLogRow) -> RecentPrediction:
+def _recent(row: LoggedRecent) -> RecentPrediction:
+    logged = row.logged
     return RecentPrediction(
-        prediction_id=row.prediction_id,
-        time=_moment(row.created_at),
-        model_version=row.model_version,
-        username=row.username,
-        input=json.loads(row.features),
-        answer=json.loads(row.answer),
+        prediction_id=logged.prediction_id,
+        time=_moment(logged.created_at),
+        model_version=logged.model_version,
+        username=logged.username,
+        input=logged.features,
+        answer=logged.answer,
         true_label=row.true_label,
         true_value=row.true_value,
         labelled_at=_moment(row.labelled_at) if row.labelled_at is not None else None,
