@@ -30,7 +30,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.core.prediction_records import RECORD_COLUMNS, encode_record, encode_shadow, split_id
+from app.core.prediction_records import (
+    RECORD_COLUMNS,
+    encode_calls,
+    encode_record,
+    encode_shadow,
+    split_id,
+)
 from app.observability import metrics
 from app.serving.predictor import Answers, Predictor
 
@@ -80,6 +86,32 @@ class _Call:
 
     def __len__(self) -> int:
         return self.logged
+
+    def kind(self) -> tuple[Any, ...]:
+        """What calls encoded together share: the version, the columns, the classes, the arrays."""
+        answers = self.answers
+        return (
+            self.version,
+            tuple(self.features),
+            answers.classes,
+            answers.label_index is None,
+            answers.probabilities is None,
+            answers.values is None,
+            self.matrix.dtype == np.float64,
+        )
+
+    # The answers' arrays, as encode_calls reads a call (app.core.prediction_records.Call).
+    @property
+    def label_index(self) -> np.ndarray | None:
+        return self.answers.label_index
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        return self.answers.probabilities
+
+    @property
+    def values(self) -> np.ndarray | None:
+        return self.answers.values
 
     def encode(self) -> list[Any]:
         """The record, in RECORD_COLUMNS' order (SHADOW_COLUMNS follow if a shadow's answers come
@@ -271,22 +303,36 @@ class PredictionLog:
     def write(self, batches: list[_Call | _ShadowAnswer]) -> None:
         records: list[list[Any]] = []
         by_key: dict[tuple[str, int], list[Any]] = {}
-        later: list[list[Any]] = []  # shadow answers to records an earlier flush wrote
         rows = 0
+        # Calls of one version whose rows are all stored are encoded together (encode_calls): most
+        # are one-row requests, for which a record of its own would cost a dozen numpy calls.
+        whole: dict[tuple[Any, ...], list[_Call]] = {}
+        shadows: list[_ShadowAnswer] = []
         for batch in batches:
             if isinstance(batch, _ShadowAnswer):
-                # Its record is usually in this same flush (the shadow answers within tens of
-                # milliseconds): its answers go in the record's columns, not in an update.
-                record = by_key.get((batch.key, batch.first))
-                if record is not None and len(record) == len(RECORD_COLUMNS):
-                    record += batch.encode()
-                else:
-                    later.append([*batch.encode(), batch.key, batch.first])
+                shadows.append(batch)
+                continue
+            rows += batch.logged
+            if batch.sampled is None:
+                whole.setdefault(batch.kind(), []).append(batch)
                 continue
             record = batch.encode()
             records.append(record)
             by_key[batch.key, batch.first] = record
-            rows += batch.logged
+        for (version, features, classes, *_), calls in whole.items():
+            encoded = encode_calls(version, features, classes, calls)
+            for call, record in zip(calls, encoded, strict=True):
+                records.append(record)
+                by_key[call.key, call.first] = record
+        later: list[list[Any]] = []  # shadow answers to records an earlier flush wrote
+        for shadow in shadows:
+            # Its record is usually in this same flush (the shadow answers within tens of
+            # milliseconds): its answers go in the record's columns, not in an update.
+            answered = by_key.get((shadow.key, shadow.first))
+            if answered is not None and len(answered) == len(RECORD_COLUMNS):
+                answered += shadow.encode()
+            else:
+                later.append([*shadow.encode(), shadow.key, shadow.first])
         try:
             self.sink.insert_rows(records, later)
         except Exception as exc:  # the database: these rows are lost, the next batch tries again

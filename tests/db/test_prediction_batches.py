@@ -16,11 +16,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, func, select, text
 
-from app.core.prediction_records import StoredRecord
+from app.core.prediction_records import StoredRecord, encode_calls
 from app.db.models import PredictionBatchRow, PredictionLogRow
 from app.db.prediction_log import PredictionLogStore, Truth
 from app.db.session import MIGRATIONS_DIR, Database
-from app.serving.prediction_log import PredictionLog
+from app.serving.prediction_log import PredictionLog, _Call
 from app.serving.predictor import Answers
 
 NAMES = ("a", "b", "c")
@@ -273,3 +273,33 @@ def test_a_requests_chunks_are_found_by_row_and_the_newest_rows_read_across_reco
     assert found == [3.0, 103.0], "each row decoded from its own chunk's record"
     assert [r.logged.prediction_id for r in store.recent(4)] == ["csv-3", "csv-4", "csv-5", "csv-0"]
     assert [row["a"] for row in store.features_since(0, 5)] == [100.0, 103.0, 106.0, 0.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["classified", "labels only", "regression", "categorical"],
+)
+def test_calls_encoded_together_are_the_records_each_would_be_alone(kind: str) -> None:
+    """The writer encodes a flush's whole calls of one version together (encode_calls): each record
+    must be byte for byte what encode_record makes of that call alone."""
+    sizes = [1, 3, 1, 2]
+    calls = []
+    for i, rows in enumerate(sizes):
+        matrix = np.arange(rows * 3, dtype=np.float64).reshape(rows, 3) + i
+        if kind == "categorical":
+            matrix = matrix.astype(object)
+            matrix[:, 0] = "red"
+        if kind == "regression":
+            answers = Answers((), values=np.linspace(0, 1, rows) + i)
+        elif kind == "labels only":
+            answers = Answers(("x", "y", "z"), label_index=np.arange(rows) % 3)
+        else:
+            answers = _classified(rows)
+        calls.append(_Call(100.0 + i, "v1", "alice", NAMES, f"key{i}", i * 10, matrix, answers, None, rows))
+    together = encode_calls("v1", NAMES, calls[0].answers.classes, calls)
+    alone = [call.encode() for call in calls]
+    for mine, theirs in zip(together, alone, strict=True):
+        assert mine[:15] == theirs[:15]
+        assert (mine[15] is None) == (theirs[15] is None)
+        if mine[15] is not None:
+            assert mine[15] == pytest.approx(theirs[15], rel=1e-12)
