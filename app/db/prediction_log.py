@@ -188,8 +188,8 @@ class PredictionLogStore:
         SHADOW_COLUMNS when a shadow's answers came with them, then shadow answers to records written
         in an earlier batch, as SHADOW_COLUMNS + (request key, first row).
 
-        Straight to the driver's executemany: building SQLAlchemy's parameters cost more per record
-        than the insert itself (python -m bench.prediction_log)."""
+        Straight to the driver, a few hundred records per INSERT (RECORDS_PER_INSERT): building
+        SQLAlchemy's parameters cost more per record than the insert itself (bench.prediction_log)."""
         with self._sessions() as session:
             connection = session.connection()
             style = connection.dialect.paramstyle

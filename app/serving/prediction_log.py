@@ -6,7 +6,7 @@ request, or a CSV chunk continuing its request's numbering) hands its matrix, it
 rows were sampled (one vectorised draw) to a bounded in-memory buffer, by reference (a list append
 under a lock), and goes on. The writer thread encodes each call as one record (its sampled rows'
 inputs and answers as arrays, app.core.prediction_records: no Python object per row) and inserts a
-flush's records in one executemany and one transaction every FLUSH_SECONDS. A full buffer, or a
+flush's records a few hundred per INSERT, in one transaction, every FLUSH_SECONDS. A full buffer, or a
 database that refuses a batch, drops those rows and counts them
 (predictor_prediction_log_rows_total{result}): the answer never waits for the log. The same thread
 deletes what is older than PREDICTION_LOG_DAYS every SWEEP_SECONDS.
