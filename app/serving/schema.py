@@ -10,6 +10,7 @@ for every protocol, in the same words.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -108,7 +109,42 @@ class RequestSchema:
         try:
             request = self.parse_model.model_validate_json(body)
         except ValidationError as exc:
-            raise RowError(_clean_errors(exc)) from None
+            errors = _clean_errors(exc)
+            raise RowError(self._in_order(errors + self._value_errors(body, errors))) from None
         # `instances` is a field of the model create_model built at run time: mypy cannot see it.
         rows = request.instances  # type: ignore[attr-defined]
         return self.fast.assemble([tuple(row.__dict__.values()) for row in rows])
+
+    def _value_errors(self, body: bytes, type_errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the validator says of the cells pydantic took, so that one answer names every bad
+        cell of a body whose only faults are cells (a wrong type, a field left out or added): a null
+        where training had no gaps, say, beside a string in a numeric column."""
+        if any("field" not in e for e in type_errors):
+            return []  # the body itself is malformed (not JSON, no instances, a row not an object)
+        try:
+            # The standard library's reader takes 1e999 as infinity, as pydantic does; msgspec refuses it.
+            rows = json.loads(body)["instances"]
+            bad = {(e["row"], e["field"]) for e in type_errors}
+            names = [f.name for f in self.features]
+            # A cell pydantic refused holds a stand-in the validator takes; its error is pydantic's.
+            stand_ins = [0.0 if f.type == "numeric" else (f.categories or [""])[0] for f in self.features]
+            cells = [
+                tuple(
+                    stand_in if (i, name) in bad else row.get(name, stand_in)
+                    for name, stand_in in zip(names, stand_ins, strict=True)
+                )
+                for i, row in enumerate(rows)
+            ]
+            self.validator.check(self.fast.assemble(cells))
+        except RowError as exc:
+            return [e for e in exc.errors if (e.get("row"), e.get("field")) not in bad]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # not rows of cells after all: pydantic's errors say what is wrong
+        return []
+
+    def _in_order(self, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The body's own errors first, then by row, then by feature in model.json's order."""
+        position = {f.name: j for j, f in enumerate(self.features)}
+        return sorted(
+            errors, key=lambda e: (e.get("row", -1), position.get(e.get("field", ""), len(position)))
+        )

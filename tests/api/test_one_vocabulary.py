@@ -95,6 +95,24 @@ def test_a_wrong_type_reads_the_same_in_json_and_csv(client: TestClient, user_he
     assert error == "input 'sepal_width' is FP64: its data must be numbers (or null)"
 
 
+def test_a_body_with_a_wrong_type_still_names_every_bad_value(
+    client: TestClient, user_headers: Headers
+) -> None:
+    """pydantic answers for a cell of the wrong type; the validator's words for the other cells come
+    in the same 422, in row and feature order, as the CSV's answer names both too."""
+    row = dict(zip(IRIS_FEATURES, GOOD, strict=True))
+    rows = [{**row, "petal_width": None}, {**row, "sepal_width": "abc", "petal_length": float("inf")}]
+    found = _predict(client, user_headers, rows)
+    assert [(e["row"], e["field"], e["type"]) for e in found] == [
+        (0, "petal_width", "missing_value"),
+        (1, "sepal_width", "float_parsing"),
+        (1, "petal_length", "finite_number"),
+    ]
+    csv = _csv(client, user_headers, IRIS_FEATURES, ["5.1,3.5,1.4,", "5.1,abc,1e999,0.2"])
+    for json_item, csv_item in zip(found, csv, strict=True):
+        _same_words(json_item, csv_item, None)
+
+
 def test_a_too_large_batch_reads_the_same_in_json_and_v2(client: TestClient, user_headers: Headers) -> None:
     rows = [dict(zip(IRIS_FEATURES, GOOD, strict=True))] * 6  # MAX_BATCH_ROWS is 5 here
     [json_item] = _predict(client, user_headers, rows)
