@@ -63,25 +63,8 @@ def _blob(array: np.ndarray | None, dtype: str) -> bytes | None:
     return None if array is None else np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-def _top_sum(probabilities: np.ndarray) -> float:
-    """The sum of each row's top probability. Column by column (a loop over the classes): numpy's
-    max along a row of a few classes costs ~20x more per row; the ufuncs themselves, as ndarray.max
-    and .sum add µs per call."""
-    top = probabilities[:, 0]
-    for column in probabilities.T[1:]:
-        top = np.maximum(top, column)
-    return float(np.add.reduce(top))
-
-
 def _index_dtype(classes: int) -> str:
     return "u1" if classes <= 256 else "<i4"
-
-
-def encode_inputs(matrix: np.ndarray) -> tuple[str, bytes]:
-    """(format, bytes) of the stored rows' inputs."""
-    if matrix.dtype == np.float64:
-        return FLOAT_INPUTS, np.ascontiguousarray(matrix).tobytes()
-    return JSON_INPUTS, _encode(matrix.tolist())
 
 
 def encode_record(
@@ -100,30 +83,12 @@ def encode_record(
     values: np.ndarray | None,
 ) -> list[Any]:
     """One record in RECORD_COLUMNS' order. `matrix` and the answers hold the stored rows only."""
-    inputs_format, inputs = encode_inputs(matrix)
-    confidence = None if probabilities is None else _top_sum(probabilities)
-    return [
-        key,
-        first,
-        at,
-        version,
-        user[:64],
-        rows,
-        len(matrix),
-        _blob(positions, "<i4"),
-        _encode(list(features)).decode(),
-        inputs_format,
-        inputs,
-        None if label_index is None else _encode(list(classes)).decode(),
-        _blob(label_index, _index_dtype(len(classes))),
-        _blob(probabilities, "<f4"),
-        _blob(values, "<f8"),
-        confidence,
-    ]
+    call = CallRows(key, first, at, user, rows, positions, matrix, label_index, probabilities, values)
+    return encode_calls(version, features, classes, [call])[0]
 
 
 class Call(Protocol):
-    """One model call whose rows are all stored, as the writer holds it (app.serving.prediction_log)."""
+    """One model call's stored rows, as the writer holds them (app.serving.prediction_log)."""
 
     @property
     def key(self) -> str: ...
@@ -134,13 +99,33 @@ class Call(Protocol):
     @property
     def user(self) -> str: ...
     @property
-    def matrix(self) -> np.ndarray: ...
+    def rows(self) -> int: ...  # the call's rows, stored or not
+    @property
+    def positions(self) -> np.ndarray | None: ...  # the stored rows' offsets; None: every row
+    @property
+    def matrix(self) -> np.ndarray: ...  # the stored rows
     @property
     def label_index(self) -> np.ndarray | None: ...
     @property
     def probabilities(self) -> np.ndarray | None: ...
     @property
     def values(self) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallRows:
+    """A Call made of arrays already cut to the stored rows (a sampled call, a migrated row)."""
+
+    key: str
+    first: int
+    at: float
+    user: str
+    rows: int
+    positions: np.ndarray | None
+    matrix: np.ndarray
+    label_index: np.ndarray | None
+    probabilities: np.ndarray | None
+    values: np.ndarray | None
 
 
 def _arrays(arrays: list[np.ndarray | None]) -> list[np.ndarray] | None:
@@ -151,9 +136,11 @@ def _arrays(arrays: list[np.ndarray | None]) -> list[np.ndarray] | None:
 def encode_calls(
     version: str, features: Sequence[str], classes: Sequence[str], calls: Sequence[Call]
 ) -> list[list[Any]]:
-    """The records of calls of one model version whose rows are all stored, as `encode_record` makes
-    them one by one, with each array encoded once for all of them and cut per call: a one-row call,
-    the most frequent, costs a few slices of bytes rather than a dozen numpy calls."""
+    """The records of calls of one model version whose arrays are alike (the same columns and kinds
+    of answer), each array encoded once for all of them and its bytes cut per call: a one-row call,
+    the most frequent, costs a few slices of bytes rather than a dozen numpy calls. The mean
+    confidence's sum is taken column by column (a loop over the classes): numpy's max along a row of
+    a few classes costs ~20x more per row."""
     counts = np.fromiter((len(c.matrix) for c in calls), dtype=np.intp, count=len(calls))
     starts = np.concatenate(([0], np.cumsum(counts)))
     bounds = starts.tolist()
@@ -192,9 +179,9 @@ def encode_calls(
             c.at,
             version,
             c.user[:64],
-            rows,
-            rows,
-            None,
+            c.rows,
+            logged,
+            _blob(c.positions, "<i4"),
             features_json,
             inputs_format,
             data,
@@ -204,7 +191,7 @@ def encode_calls(
             value,
             confidence,
         ]
-        for c, rows, data, label, probability, value, confidence in zip(
+        for c, logged, data, label, probability, value, confidence in zip(
             calls, counts.tolist(), inputs, labels, probabilities, values, confidences, strict=True
         )
     ]

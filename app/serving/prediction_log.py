@@ -32,8 +32,9 @@ import numpy as np
 
 from app.core.prediction_records import (
     RECORD_COLUMNS,
+    Call,
+    CallRows,
     encode_calls,
-    encode_record,
     encode_shadow,
     split_id,
 )
@@ -113,24 +114,28 @@ class _Call:
     def values(self) -> np.ndarray | None:
         return self.answers.values
 
-    def encode(self) -> list[Any]:
-        """The record, in RECORD_COLUMNS' order (SHADOW_COLUMNS follow if a shadow's answers come
-        in the same flush)."""
-        matrix, answers, positions = self.matrix, self.answers, None
-        if self.sampled is not None:
-            matrix, answers = matrix[self.sampled], _take(answers, self.sampled)
-            positions = np.flatnonzero(self.sampled)
-        return encode_record(
+    @property
+    def rows(self) -> int:
+        return len(self.matrix)
+
+    @property
+    def positions(self) -> np.ndarray | None:
+        return None  # read only when every row is stored: a sampled call is stored() first
+
+    def stored(self) -> Call:
+        """The call as encode_calls takes it: itself, or a sampled call's stored rows only."""
+        mask = self.sampled
+        if mask is None:
+            return self
+        answers = _take(self.answers, mask)
+        return CallRows(
             self.key,
             self.first,
             self.at,
-            self.version,
             self.user,
             len(self.matrix),
-            positions,
-            self.features,
-            matrix,
-            answers.classes,
+            np.flatnonzero(mask),
+            self.matrix[mask],
             answers.label_index,
             answers.probabilities,
             answers.values,
@@ -304,22 +309,17 @@ class PredictionLog:
         records: list[list[Any]] = []
         by_key: dict[tuple[str, int], list[Any]] = {}
         rows = 0
-        # Calls of one version whose rows are all stored are encoded together (encode_calls): most
-        # are one-row requests, for which a record of its own would cost a dozen numpy calls.
-        whole: dict[tuple[Any, ...], list[_Call]] = {}
+        # Calls of one version are encoded together (encode_calls): most are one-row requests, for
+        # which a record of its own would cost a dozen numpy calls.
+        alike: dict[tuple[Any, ...], list[Call]] = {}
         shadows: list[_ShadowAnswer] = []
         for batch in batches:
             if isinstance(batch, _ShadowAnswer):
                 shadows.append(batch)
                 continue
             rows += batch.logged
-            if batch.sampled is None:
-                whole.setdefault(batch.kind(), []).append(batch)
-                continue
-            record = batch.encode()
-            records.append(record)
-            by_key[batch.key, batch.first] = record
-        for (version, features, classes, *_), calls in whole.items():
+            alike.setdefault(batch.kind(), []).append(batch.stored())
+        for (version, features, classes, *_), calls in alike.items():
             encoded = encode_calls(version, features, classes, calls)
             for call, record in zip(calls, encoded, strict=True):
                 records.append(record)

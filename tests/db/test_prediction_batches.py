@@ -280,8 +280,9 @@ def test_a_requests_chunks_are_found_by_row_and_the_newest_rows_read_across_reco
     ["classified", "labels only", "regression", "categorical"],
 )
 def test_calls_encoded_together_are_the_records_each_would_be_alone(kind: str) -> None:
-    """The writer encodes a flush's whole calls of one version together (encode_calls): each record
-    must be byte for byte what encode_record makes of that call alone."""
+    """The writer encodes a flush's calls of one version together (encode_calls), cutting each array's
+    bytes per call: each record must be byte for byte the record of that call alone, a sampled call's
+    included, and decode back to the rows it stored."""
     sizes = [1, 3, 1, 2]
     calls = []
     for i, rows in enumerate(sizes):
@@ -295,11 +296,17 @@ def test_calls_encoded_together_are_the_records_each_would_be_alone(kind: str) -
             answers = Answers(("x", "y", "z"), label_index=np.arange(rows) % 3)
         else:
             answers = _classified(rows)
-        calls.append(_Call(100.0 + i, "v1", "alice", NAMES, f"key{i}", i * 10, matrix, answers, None, rows))
-    together = encode_calls("v1", NAMES, calls[0].answers.classes, calls)
-    alone = [call.encode() for call in calls]
-    for mine, theirs in zip(together, alone, strict=True):
+        sampled = np.array([True, False, True]) if rows == 3 else None  # rows 0 and 2 of 3 stored
+        logged = rows if sampled is None else 2
+        call = _Call(100.0 + i, "v1", "alice", NAMES, f"key{i}", i * 10, matrix, answers, sampled, logged)
+        calls.append(call.stored())
+    classes = ("x", "y", "z") if kind != "regression" else ()
+    together = encode_calls("v1", NAMES, classes, calls)
+    alone = [encode_calls("v1", NAMES, classes, [call])[0] for call in calls]
+    for mine, theirs, call in zip(together, alone, calls, strict=True):
         assert mine[:15] == theirs[:15]
-        assert (mine[15] is None) == (theirs[15] is None)
-        if mine[15] is not None:
-            assert mine[15] == pytest.approx(theirs[15], rel=1e-12)
+        assert mine[15] == (None if theirs[15] is None else pytest.approx(theirs[15], rel=1e-12))
+        rows = StoredRecord(*mine).decode()
+        offsets = list(range(call.rows)) if call.positions is None else call.positions.tolist()
+        assert [r.prediction_id for r in rows] == [f"{call.key}-{call.first + o}" for o in offsets]
+        assert [list(r.features.values()) for r in rows] == call.matrix.tolist()
