@@ -109,8 +109,36 @@ class CandidateInfo(_Strict):
     metrics: dict[str, float]
 
 
+ImportedFlavor = Literal["lightgbm", "xgboost", "catboost", "sklearn", "onnx"]
+
+
+class ModelSource(_Strict):
+    """Where a model trained elsewhere came from (`models import`); the pipeline's own have none."""
+
+    uri: str  # the MLflow model URI as given, or the file's name
+    sha256: str  # of the file, or of the MLflow model's folder (its files' digests, in path order)
+    flavor: ImportedFlavor
+    libraries: dict[str, str]  # the libraries that read and compiled it, with their versions
+    mlflow_run_id: str | None = None
+    registered_model: str | None = None  # the registry entry it was read from
+    registered_version: str | None = None
+
+
+class Parity(_Strict):
+    """How the compiled ONNX graph answers against the original library, on real rows."""
+
+    rows: int
+    rows_from: Literal["sample", "input_example", "schema"]  # the --sample, MLflow's example, drawn
+    labels_differing: int  # classification: rows whose label differs (0, or the import is refused)
+    max_difference: float  # the largest |probability or value| difference
+    tolerance: float  # what it had to be within (1e-5 unless --tolerance widened it)
+
+
 class ModelMetadata(_Strict):
-    """models/model.json: everything serving needs to know about models/model.joblib."""
+    """models/model.json: everything serving needs to know about the model folder.
+
+    The pipeline's own models carry model.joblib (sha256) beside model.onnx; a model imported from
+    elsewhere is model.onnx alone (sha256 None), with its `source` and `parity`."""
 
     version: str
     name: str  # the champion's candidate name
@@ -124,7 +152,7 @@ class ModelMetadata(_Strict):
     trained_at: str
     git_commit: str
     data_md5: str
-    sha256: str
+    sha256: str | None  # model.joblib's; None: no pickled pipeline (an imported model)
     # model.onnx; None when the champion did not convert (then serving unpickles model.joblib).
     onnx: ModelFile | None = None  # why not: the champion's CandidateInfo.onnx_error
     compiled: ModelFile | None = None  # an older train's model.npz, unused
@@ -135,6 +163,8 @@ class ModelMetadata(_Strict):
     python_version: str
     sklearn_version: str
     candidates: list[CandidateInfo] = []
+    source: ModelSource | None = None  # imported: where from
+    parity: Parity | None = None  # imported: the compiled graph against the original library
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelMetadata:

@@ -63,6 +63,8 @@ def load_pipeline(model_dir: Path, metadata: ModelMetadata | None = None) -> tup
     """model.json and the scikit-learn pipeline of model.joblib, verified first (training side:
     evaluate and the promotion gate score it)."""
     metadata = metadata or ModelMetadata.read(model_dir)
+    if metadata.sha256 is None:
+        raise ModelLoadError(f"version {metadata.version} was imported: it has no scikit-learn pipeline")
     payload = read_inside(model_dir, MODEL_FILE, metadata.sha256)
     return metadata, unpickle(payload, MODEL_FILE)
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.artifacts import ImportedFlavor, Parity
+
 REQUEST_FILE = "request.json"  # the job's arguments, in jobs/<job id>/
 RESULT_FILE = "result.json"  # its answer, beside them
 FEEDBACK_FILE = "feedback.jsonl"  # the labelled predictions it adds, one FeedbackRow a line
@@ -134,3 +136,23 @@ class Job(BaseModel):
     message: str | None = None
     # On failure: one line saying why.
     reason: str | None = None
+
+
+ImportStep = Literal["source", "schema", "compile", "parity", "gate", "publish"]
+
+
+class ImportOutcome(_Message):
+    """What `models import --json` prints as its last line, and POST /models/import answers: the
+    version it published, or the step that refused it and why (nothing published then)."""
+
+    status: Literal["imported", "refused"]
+    step: ImportStep | None = None  # refused: where
+    error: str | None = None  # refused: one line saying why and what to pass
+    version: str | None = None
+    name: str | None = None
+    task: str | None = None
+    flavor: ImportedFlavor | None = None
+    parity: Parity | None = None
+    gate: GateOutcome | None = None  # when the sample had the target and a version was serving
+    served: bool = False  # --serve: every replica now serves it
+    lines: list[str] = []  # what the command said, step by step

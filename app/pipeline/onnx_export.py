@@ -61,12 +61,13 @@ class ExportError(Exception):
     """The pipeline cannot be served as ONNX; the message says why (train prints it)."""
 
 
-def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 0) -> bytes:
-    """The pipeline as an ONNX file, verified against the pipeline on probe rows."""
+def to_onnx(pipeline: Pipeline, task: Task, features: list[Feature]) -> Any:
+    """The pipeline as an ONNX ModelProto in this service's layout (inputs as `_initial_types`,
+    probabilities or values out), unchecked; ExportError when no converter takes it. Training's
+    `export` and `models import` (app/importing) both convert through here."""
     _register_converters()
     from skl2onnx import convert_sklearn
 
-    classes = [str(c) for c in getattr(pipeline, "classes_", [])] if task == "classification" else []
     model_options: dict[str, Any] = {"zipmap": False} if task == "classification" else {}
     if hasattr(pipeline.steps[-1][1], "n_neighbors"):
         # onnxruntime's CDist op instead of a Scan loop over the training rows: ~60x faster per call
@@ -83,7 +84,13 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
         raise ExportError(
             f"skl2onnx cannot convert it: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from None
+    return model
 
+
+def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 0) -> bytes:
+    """The pipeline as an ONNX file, verified against the pipeline on probe rows."""
+    model = to_onnx(pipeline, task, features)
+    classes = [str(c) for c in getattr(pipeline, "classes_", [])] if task == "classification" else []
     probe = probe_rows(features, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

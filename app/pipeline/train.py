@@ -303,7 +303,7 @@ def train(params: Params, ws: layout.Workspace = layout.PROJECT, set_alias: bool
 
     print(
         f"train: model {ws.models_dir / MODEL_FILE} "
-        f"(version {metadata.version}, sha256 {metadata.sha256[:12]}...)"
+        f"(version {metadata.version}, sha256 {(metadata.sha256 or '')[:12]}...)"
     )
     print(
         f"train: MLflow {tracking.tracking_uri()}: experiment '{params.train.experiment}', "

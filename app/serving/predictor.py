@@ -138,7 +138,7 @@ def load_model(
     model_dir: Path,
     metadata: ModelMetadata,
     path: str,
-    sha256: str,
+    sha256: str | None,
     onnx: ModelFile | None,
     owner: str = "",
     threads: int = 1,
@@ -148,6 +148,15 @@ def load_model(
     Both files are checked against their sha256 either way: a folder with a tampered model.joblib
     is refused even when its ONNX file would serve. `owner` prefixes errors ("candidate svc: ").
     """
+    if sha256 is None:  # imported: the graph alone, nothing to fall back to
+        if onnx is None:
+            raise ModelLoadError(f"{owner}{METADATA_FILE} names neither a pipeline nor an ONNX graph")
+        graph = read_inside(model_dir, onnx.path, onnx.sha256, owner)
+        try:
+            model = OnnxModel.from_bytes(graph, threads=threads)
+        except OnnxError as exc:
+            raise ModelLoadError(f"{owner}{onnx.path} cannot serve: {exc}") from None
+        return Model(model, "onnx", classes=model.classes)
     payload = read_inside(model_dir, path, sha256, owner)
     if onnx is not None:
         graph = read_inside(model_dir, onnx.path, onnx.sha256, owner)
