@@ -61,10 +61,16 @@ class ExportError(Exception):
     """The pipeline cannot be served as ONNX; the message says why (train prints it)."""
 
 
-def to_onnx(pipeline: Pipeline, task: Task, features: list[Feature]) -> Any:
+def to_onnx(
+    pipeline: Pipeline,
+    task: Task,
+    features: list[Feature],
+    initial_types: list[tuple[str, Any]] | None = None,
+) -> Any:
     """The pipeline as an ONNX ModelProto in this service's layout (inputs as `_initial_types`,
     probabilities or values out), unchecked; ExportError when no converter takes it. Training's
-    `export` and `models import` (app/importing) both convert through here."""
+    `export` and `models import` (app/importing) both convert through here; an imported pipeline
+    that selects columns by name passes inputs named by them (`initial_types`)."""
     _register_converters()
     from skl2onnx import convert_sklearn
 
@@ -78,7 +84,10 @@ def to_onnx(pipeline: Pipeline, task: Task, features: list[Feature]) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = convert_sklearn(
-                pipeline, initial_types=_initial_types(features), options=options, target_opset=OPSET
+                pipeline,
+                initial_types=initial_types or _initial_types(features),
+                options=options,
+                target_opset=OPSET,
             )
     except Exception as exc:  # skl2onnx raises many kinds: each is "not convertible"
         raise ExportError(
