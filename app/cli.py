@@ -4,12 +4,15 @@ python -m app.cli users create alice --scope predict      (prompts for the passw
 python -m app.cli users list | disable NAME | enable NAME | reset-password NAME | delete NAME
 python -m app.cli users set-scopes NAME --scope predict    (replaces the user's scopes)
 python -m app.cli models publish [--serve] [--force]      (after dvc repro: models/ to the model store)
+python -m app.cli models import SOURCE [--sample CSV] [--target COLUMN] [--name NAME] [--serve] [--force]
+    [--tolerance X]       (a model trained elsewhere: compiled to ONNX, checked for parity, published)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,7 +30,9 @@ from app.db.session import Database
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 users = typer.Typer(no_args_is_help=True, help="Create, list, disable, reset or delete users.")
 cli.add_typer(users, name="users")
-models = typer.Typer(no_args_is_help=True, help="Publish the pipeline's output to the model store.")
+models = typer.Typer(
+    no_args_is_help=True, help="Publish the pipeline's output, or import a model trained elsewhere."
+)
 cli.add_typer(models, name="models")
 
 PasswordOption = Annotated[
@@ -172,6 +177,79 @@ def publish(
             typer.echo(line)
     except PublishError as exc:
         raise typer.Exit(_fail_models(str(exc))) from None
+
+
+@models.command("import")
+def import_(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, an MLflow model folder, or a "
+            "LightGBM (text), XGBoost (.json, .ubj), CatBoost (.cbm), ONNX or joblib file"
+        ),
+    ],
+    sample: Annotated[
+        Path | None,
+        typer.Option(help="A CSV of real rows: the columns, the parity check, drift's reference, the gate."),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="The sample's ground-truth column: metrics, the gate, drift.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The model's name (default: the file's or the registry's).")
+    ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Make it the champion on every replica, through the promotion gate."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --serve: skip the promotion gate.")] = False,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Parity: the largest probability or value difference accepted (default 1e-5)."),
+    ] = None,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the outcome as one JSON line last (POST /models/import reads it)."
+        ),
+    ] = False,
+    no_code: Annotated[
+        bool,
+        typer.Option("--no-code", hidden=True, help="Refuse pickles and MLflow models (the HTTP route's)."),
+    ] = False,
+    upload_name: Annotated[str | None, typer.Option(hidden=True, help="An uploaded file's own name.")] = None,
+) -> None:
+    """Import a model trained elsewhere: compiled to ONNX, checked against its library, published.
+
+    A joblib file unpickles, so it runs code: import only files you trust."""
+    from app.importing.importer import import_model
+    from app.importing.request import ImportRequest
+
+    if force and not serve:
+        raise typer.BadParameter("it skips the promotion gate of --serve: use both", param_hint="--force")
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise typer.Exit(_fail_models(settings_error(exc))) from None
+    request = ImportRequest(
+        source=source,
+        sample=sample,
+        target=target,
+        name=name,
+        serve=serve,
+        force=force,
+        tolerance=tolerance,
+        allow_code=not no_code,
+        upload_name=upload_name,
+    )
+    outcome = import_model(settings, request, say=typer.echo)
+    if json_:
+        typer.echo(outcome.model_dump_json())
+    if outcome.status == "refused":
+        raise typer.Exit(
+            _fail_models(f"import refused at {outcome.step}: {outcome.error}; nothing published")
+        )
+    typer.echo(f"imported {outcome.version}")
 
 
 def _fail_models(message: str) -> int:

@@ -18,7 +18,7 @@ RECORD_FILE = "version.json"
 # Versions are training timestamps; anything else would be a path trick.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-Origin = Literal["pipeline", "retrain"]
+Origin = Literal["pipeline", "retrain", "import"]
 Status = Literal["accepted", "rejected"]
 
 

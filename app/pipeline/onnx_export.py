@@ -288,6 +288,62 @@ def _float64_imputer(stock: Callable[..., None]) -> Callable[..., None]:
     return convert
 
 
+class _TreeAttributes:
+    """A converter's container that fixes what skl2onnx 1.20 writes for HistGradientBoosting:
+    Python booleans among the missing-value directions (nodes_missing_value_tracks_true), which
+    ONNX's integer attributes refuse, and, with `wide`, float64 thresholds and weights that it would
+    write as float32 attributes: they go in ai.onnx.ml opset 3's `*_as_tensor` attributes instead."""
+
+    WIDE = ("nodes_values", "base_values", "class_weights", "target_weights", "nodes_hitrates")
+
+    def __init__(self, container: Any, wide: bool = False) -> None:
+        self._container, self._wide = container, wide
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+    def add_node(self, *args: Any, **attributes: Any) -> Any:
+        from onnx import numpy_helper
+
+        fixed: dict[str, Any] = {}
+        for key, value in attributes.items():
+            if isinstance(value, list | tuple) and any(isinstance(v, bool | np.bool_) for v in value):
+                value = [int(v) for v in value]
+            if self._wide and key in self.WIDE and isinstance(value, np.ndarray):
+                key, value = f"{key}_as_tensor", numpy_helper.from_array(value.astype(np.float64))
+            fixed[key] = value
+        return self._container.add_node(*args, **fixed)
+
+
+def _float64_hist_trees(stock: Callable[..., None], op_type: str) -> Callable[..., None]:
+    """HistGradientBoosting on a float64 input, compared in float64 as scikit-learn compares it: its
+    thresholds are values of the training data, so a row computed in float32 (a StandardScaler before
+    it) lands on the other side of one (160 of 1,500 rows moved, by up to 0.34, on a one-hot + scaler
+    pipeline). The stock converter at ai.onnx.ml opset 3, its float64 thresholds and weights kept
+    (_TreeAttributes); onnxruntime answers in float32: cast to the float64 outputs the graph declares."""
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    from skl2onnx.proto import onnx_proto
+
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        source = operator.inputs[0]
+        if not isinstance(source.type, DoubleTensorType):
+            stock(scope, operator, _TreeAttributes(container))
+            return
+        twins = [
+            scope.declare_local_variable(f"{o.raw_name}32", FloatTensorType())
+            if isinstance(o.type, DoubleTensorType)
+            else o
+            for o in operator.outputs
+        ]
+        wide = _TreeAttributes(container, wide=True)
+        stock(scope, _Retyped(operator, [source], twins), wide, op_type, "ai.onnx.ml", 3)
+        for twin, output in zip(twins, operator.outputs, strict=True):
+            if twin is not output:
+                _cast(scope, container, twin.full_name, output.full_name, onnx_proto.TensorProto.DOUBLE)
+
+    return convert
+
+
 def _float64_svr(stock: Callable[..., None]) -> Callable[..., None]:
     """SVR in plain ONNX ops: value = sum_i dual_i * K(x, sv_i) + intercept.
 
@@ -350,6 +406,8 @@ def _register_converters() -> None:
     from sklearn.ensemble import (
         GradientBoostingClassifier,
         GradientBoostingRegressor,
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
         RandomForestClassifier,
         RandomForestRegressor,
     )
@@ -360,6 +418,8 @@ def _register_converters() -> None:
     replacements: list[tuple[type, Callable[[Any], Callable[..., None]]]] = [
         (SimpleImputer, _float64_imputer),
         (SVR, _float64_svr),
+        (HistGradientBoostingClassifier, lambda stock: _float64_hist_trees(stock, "TreeEnsembleClassifier")),
+        (HistGradientBoostingRegressor, lambda stock: _float64_hist_trees(stock, "TreeEnsembleRegressor")),
     ]
     for model in (DecisionTreeClassifier, RandomForestClassifier, GradientBoostingClassifier):
         replacements.append((model, lambda stock: _float32_trees(stock, "TreeEnsembleClassifier")))
