@@ -19,6 +19,9 @@ ALLOWED = {
     "serving": {"core", "adapters", "observability"},
     "jobs": {"core", "adapters", "serving"},
     "api": {"core", "adapters", "db", "serving", "observability"},
+    # `models import`, an operator's command: reads models with their libraries, compiles them with
+    # the pipeline's converters, publishes through the store and the serving pointer.
+    "importing": {"core", "adapters", "db", "serving", "pipeline"},
     "ui": set(),
 }
 WIRING = {

@@ -249,7 +249,7 @@ def _registered(uri: str) -> tuple[str | None, str | None]:
     try:
         if "@" in reference and not rest:
             name, _, alias = reference.partition("@")
-            return name, client.get_model_version_by_alias(name, alias).version
+            return name, str(client.get_model_version_by_alias(name, alias).version)
         return name, rest or None
     except Exception:  # the model was read: its registry entry is lineage, not a requirement
         return name, None
