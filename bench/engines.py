@@ -1,11 +1,14 @@
-"""Per candidate type, per call: the scikit-learn pipeline against the ONNX model that serves it.
+"""Per candidate type, per call: the model's own library against the ONNX model that serves it.
 
     python -m bench.engines [--repeats 200]
 
 Fits every candidate on Iris (classification) and on diabetes (regression) in this process, exports
 each as train does (app/pipeline/onnx_export.py), then times one call of each engine on 1 and on
-100 rows, alternating engines so both see the same machine. Each figure is the median of `repeats`
-calls; the ratio (pipeline / ONNX) is what to compare across machines. No server is involved.
+100 rows, alternating engines so both see the same machine. Then the same for models trained
+elsewhere and imported (`models import`, app/importing): a LightGBM classifier and an XGBoost
+regressor, their own `predict_proba` / `predict` against the compiled graph. Each figure is the
+median of `repeats` calls; the ratio (library / ONNX) is what to compare across machines. No server
+is involved.
 """
 
 from __future__ import annotations
@@ -90,8 +93,49 @@ def measure(repeats: int = 200) -> list[EngineTiming]:
     return timings
 
 
+def measure_imported(repeats: int = 200) -> list[EngineTiming]:
+    """A LightGBM classifier and an XGBoost regressor fitted here, compiled as `models import`
+    compiles them, each timed against its library's own predict."""
+    import lightgbm
+    import pandas as pd
+    import xgboost
+
+    from app.core.artifacts import ModelSource
+    from app.importing.importer import compiled_model
+    from app.importing.schema import infer_schema
+    from app.importing.sources import Loaded
+
+    timings = []
+    rng = np.random.default_rng(0)
+    for task, flavor in (("classification", "lightgbm"), ("regression", "xgboost")):
+        _, x, y = _data(task)
+        if flavor == "lightgbm":
+            model: Any = lightgbm.LGBMClassifier(n_estimators=100, verbose=-1).fit(x, y)
+        else:
+            model = xgboost.XGBRegressor(n_estimators=100).fit(x, y)
+        source = ModelSource(uri=f"bench-{flavor}", sha256="0" * 64, flavor=flavor, libraries={})
+        loaded = Loaded(model, flavor, source)
+        sample = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, compiled = compiled_model(loaded, infer_schema(loaded, sample, None))
+        reference = model.predict if task == "regression" else model.predict_proba
+        for rows in ROWS:
+            batch = x[rng.integers(0, len(x), rows)]
+            compiled(batch), reference(batch)  # warm both
+            library_us, onnx_us = [], []
+            for _ in range(5):
+                library_us.append(_median_us(lambda f=reference, b=batch: f(b), max(repeats // 5, 1)))
+                onnx_us.append(_median_us(lambda f=compiled, b=batch: f(b), max(repeats // 5, 1)))
+            name = f"{flavor} (imported)"
+            timings.append(
+                EngineTiming(task, name, rows, statistics.median(library_us), statistics.median(onnx_us))
+            )
+    return timings
+
+
 def format_timings(timings: list[EngineTiming]) -> str:
-    header = ["task", "candidate", "rows", "pipeline µs", "onnx µs", "x faster"]
+    header = ["task", "candidate", "rows", "library µs", "onnx µs", "x faster"]
     lines = [
         [t.task, t.candidate, str(t.rows), f"{t.pipeline_us:,.1f}", f"{t.onnx_us:,.1f}", f"{t.ratio:.1f}"]
         for t in timings
@@ -116,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=200, help="calls per figure (median)")
     args = parser.parse_args()
-    print(format_timings(measure(args.repeats)))
+    print(format_timings(measure(args.repeats) + measure_imported(args.repeats)))
 
 
 if __name__ == "__main__":

@@ -953,8 +953,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: list[engines.EngineTiming] = []
     try:
         if args.engines and not args.cold_only:
-            say("engines: one call per candidate type, scikit-learn pipeline vs ONNX (in this process)")
-            timings = engines.measure()
+            say("engines: one call per candidate type and imported model, library vs ONNX (this process)")
+            timings = engines.measure() + engines.measure_imported()
         for champion in args.champions:
             comparisons += bench_champion(champion, scratch, processes, args, cold, rss)
         if wants_variants(args):

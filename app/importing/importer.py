@@ -84,16 +84,8 @@ def _run(settings: Settings, request: ImportRequest, say: Callable[[str], None])
     )
     for note in schema.notes:
         say(f"schema: {note}")
-    graph, numeric = compile_model(loaded, schema)
-    spec = OnnxSpec(task=schema.task, classes=schema.classes, features=schema.names, numeric=numeric)
-    _set_metadata(graph, SPEC_KEY, spec.model_dump_json())
-    try:
-        compiled = OnnxModel.from_bytes(graph.SerializeToString(), check=False)
-    except Exception as exc:
-        raise Refused(
-            "compile", f"onnxruntime cannot run the compiled graph: {exc}".splitlines()[0]
-        ) from None
-    layout = "one matrix" if numeric else "one input per column"
+    graph, compiled = compiled_model(loaded, schema)
+    layout = "one matrix" if compiled.spec.numeric else "one input per column"
     say(f"compile: {len(graph.graph.node)} ONNX nodes, {layout} in")
     rows, rows_from = parity_rows(schema, sample, loaded.example)
     tolerance = DEFAULT_TOLERANCE if request.tolerance is None else request.tolerance
@@ -127,6 +119,18 @@ def _run(settings: Settings, request: ImportRequest, say: Callable[[str], None])
         gate=published.gate,
         served=published.served,
     )
+
+
+def compiled_model(loaded: Loaded, schema: ModelSchema) -> tuple[Any, OnnxModel]:
+    """The compiled graph (its spec recorded in it) and the onnxruntime session serving would run."""
+    graph, numeric = compile_model(loaded, schema)
+    spec = OnnxSpec(task=schema.task, classes=schema.classes, features=schema.names, numeric=numeric)
+    _set_metadata(graph, SPEC_KEY, spec.model_dump_json())
+    try:
+        return graph, OnnxModel.from_bytes(graph.SerializeToString(), check=False)
+    except Exception as exc:
+        message = f"onnxruntime cannot run the compiled graph: {exc}".splitlines()[0]
+        raise Refused("compile", message) from None
 
 
 def read_sample(path: Path | None, target: str | None) -> pd.DataFrame | None:
