@@ -10,6 +10,7 @@ as scikit-learn's LabelEncoder numbers them). What cannot be known is refused, s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ THRESHOLD_MARGIN = 0.1
 NATIVE_GAPS = ("lightgbm", "xgboost", "catboost")
 # The missing_fraction that lets serving take gaps in a column no data showed any in.
 GAPS_ALLOWED = 1e-6
+_MADE_UP_NAME = re.compile(r"^(Column_\d+|f\d+|\d+)$")
 
 
 @dataclass
@@ -143,10 +145,8 @@ def _own_columns(loaded: Loaded) -> tuple[list[tuple[str, bool]] | None, dict[st
 
 
 def _generic(names: list[str]) -> bool:
-    """Names a library makes up when it was given none (Column_0, f0, 0, ...)."""
-    return all(
-        (n.startswith(("Column_", "f")) and n.lstrip("Column_f").isdigit()) or n.isdigit() for n in names
-    )
+    """Names a library makes up when it was given none (LightGBM's Column_0, XGBoost's f0, CatBoost's 0)."""
+    return all(_MADE_UP_NAME.match(name) for name in names)
 
 
 def _is_category_info(info: Any) -> bool:
