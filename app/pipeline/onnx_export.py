@@ -117,10 +117,13 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
 
 
 def standardization(pipeline: Pipeline, features: list[Feature]) -> Standardization | None:
-    """The pipeline's StandardScaler and the raw columns it scales (both shapes build_pipeline makes)."""
+    """The pipeline's StandardScaler and the raw columns it scales (both shapes build_pipeline makes),
+    for serving to refuse the rows scikit-learn refuses; None when no row is refused."""
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import StandardScaler
 
+    if _answers_every_finite_row(pipeline.steps[-1][1]):
+        return None
     numeric = [i for i, f in enumerate(features) if f.type == "numeric"]
     found: list[tuple[Any, list[int]]] = []
     for _, step in pipeline.steps[:-1]:
@@ -145,6 +148,17 @@ def standardization(pipeline: Pipeline, features: list[Feature]) -> Standardizat
         scale=[float(v) for v in (scaler.scale_ if scaler.with_std else np.ones(len(columns)))],
         limit=limit,
     )
+
+
+# The packages of LightGBM's, XGBoost's and CatBoost's models (and of LabelledXGBClassifier's base).
+_BOOSTER_LIBRARIES = ("lightgbm.", "xgboost.", "catboost.")
+
+
+def _answers_every_finite_row(model: Any) -> bool:
+    """LightGBM, XGBoost and CatBoost answer a row whose standardised value overflows: their trees
+    send +-inf down a branch (in the graph too, measured on the probe rows), where scikit-learn's
+    estimators refuse it."""
+    return any(kind.__module__.startswith(_BOOSTER_LIBRARIES) for kind in type(model).__mro__)
 
 
 def probe_rows(features: list[Feature], seed: int = 0, rows: int = PROBE_ROWS) -> np.ndarray:

@@ -90,6 +90,17 @@ def test_converts_to_onnx_that_answers_held_out_rows_as_the_pipeline(task: str, 
     assert disagreement(ours, theirs, _task(task)) is None
 
 
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost", "catboost"])
+def test_boosted_trees_answer_rows_whose_standardised_value_overflows(name: str):
+    # Their trees take the +-inf the scaler gives, in the graph as in the library: nothing is refused.
+    pipeline = fitted("regression", name)
+    model = OnnxModel.from_bytes(export(pipeline, "regression", FEATURES))
+    assert model.spec.standardization is None
+    rows = np.array([["kind1", 1.7976931348623157e308], ["kind2", -1e300], ["kind3", 5e-324]], dtype=object)
+    ours, theirs = model(rows), pipeline_answers(pipeline, "regression")(rows)
+    assert np.isfinite(ours).all() and disagreement(ours, theirs, "regression") is None
+
+
 @pytest.mark.parametrize("task", ["regression", "multiclass"])
 @pytest.mark.parametrize("name", NEW)
 def test_cross_validation_fits_them_as_train_does(task: str, name: str, tmp_path: Path, monkeypatch):
