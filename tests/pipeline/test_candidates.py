@@ -140,6 +140,13 @@ def test_lightgbm_and_xgboost_split_on_the_categories_catboost_and_mlp_see_one_h
     assert xgboost.feature_types == ["q", "c"]
     assert any(isinstance(n.get("split_condition"), list) for n in _xgboost_nodes(xgboost))
 
+    # An unseen category's code, -1, is a missing value to both.
+    for name in NATIVE_CATEGORICAL:
+        model = fitted("regression", name).named_steps["model"]
+        unseen = np.column_stack([np.linspace(-2, 2, 20), np.full(20, -1.0)])
+        missing = np.column_stack([unseen[:, 0], np.full(20, np.nan)])
+        np.testing.assert_array_equal(model.predict(unseen), model.predict(missing))
+
 
 def _xgboost_nodes(booster) -> list[dict]:
     import json
