@@ -14,6 +14,10 @@ converters do not reproduce them in double precision, so this module replaces th
   regression by 3e-6). Here the rows are rounded to float32 first, as scikit-learn does, and the
   trees are written at ai.onnx.ml opset 3, with float64 thresholds and leaf values.
 - SVR: onnxruntime has no float64 SVMRegressor: the RBF kernel is written in plain ONNX ops.
+- Gradient-boosted trees, registered here: LightGBM and XGBoost through onnxmltools' converters,
+  CatBoost through its own ONNX export. Each graph computes as its library does (LightGBM in float64;
+  XGBoost on float32 features, adding tree by tree in float32; CatBoost on float32 features, adding in
+  float64), where the converters compute in float32 (up to 2.2e-6 off on diabetes).
 
 Categorical columns are strings, with MISSING_CATEGORY for a gap (ONNX string tensors hold no NaN).
 Every column is one graph input when some are categorical; all-numeric data is one float64 matrix.
@@ -385,7 +389,8 @@ def _axis_constant(scope: Any, container: Any, axis: int) -> str:
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 # The tree attributes ai.onnx.ml opset 3 also takes as a float64 tensor, `<name>_as_tensor`.
 _FLOAT64_ATTRIBUTES = ("nodes_values", "class_weights", "target_weights", "base_values")
-# What a classifier's converter is asked for (zipmap=False: to_onnx wants the probability matrix).
+# The options a classifier's converter takes, as skl2onnx's LightGBM example registers them (to_onnx
+# passes zipmap=False: the probabilities as a matrix).
 _CLASSIFIER_OPTIONS: dict[str, Any] = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
 
 _CATBOOST_CLASSIFIER = "CatBoostCatBoostClassifier"
