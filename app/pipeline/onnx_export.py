@@ -14,6 +14,10 @@ converters do not reproduce them in double precision, so this module replaces th
   regression by 3e-6). Here the rows are rounded to float32 first, as scikit-learn does, and the
   trees are written at ai.onnx.ml opset 3, with float64 thresholds and leaf values.
 - SVR: onnxruntime has no float64 SVMRegressor: the RBF kernel is written in plain ONNX ops.
+- Gradient-boosted trees, registered here: LightGBM and XGBoost through onnxmltools' converters,
+  CatBoost through its own ONNX export. Each graph computes as its library does (LightGBM in float64;
+  XGBoost on float32 features, adding tree by tree in float32; CatBoost on float32 features, adding in
+  float64), where the converters compute in float32 (up to 2.2e-6 off on diabetes).
 
 Categorical columns are strings, with MISSING_CATEGORY for a gap (ONNX string tensors hold no NaN).
 Every column is one graph input when some are categorical; all-numeric data is one float64 matrix.
@@ -126,10 +130,13 @@ def export(pipeline: Pipeline, task: Task, features: list[Feature], seed: int = 
 
 
 def standardization(pipeline: Pipeline, features: list[Feature]) -> Standardization | None:
-    """The pipeline's StandardScaler and the raw columns it scales (both shapes build_pipeline makes)."""
+    """The pipeline's StandardScaler and the raw columns it scales (both shapes build_pipeline makes),
+    for serving to refuse the rows scikit-learn refuses; None when no row is refused."""
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import StandardScaler
 
+    if _answers_every_finite_row(pipeline.steps[-1][1]):
+        return None
     numeric = [i for i, f in enumerate(features) if f.type == "numeric"]
     found: list[tuple[Any, list[int]]] = []
     for _, step in pipeline.steps[:-1]:
@@ -154,6 +161,17 @@ def standardization(pipeline: Pipeline, features: list[Feature]) -> Standardizat
         scale=[float(v) for v in (scaler.scale_ if scaler.with_std else np.ones(len(columns)))],
         limit=limit,
     )
+
+
+# The packages of LightGBM's, XGBoost's and CatBoost's models (and of LabelledXGBClassifier's base).
+_BOOSTER_LIBRARIES = ("lightgbm.", "xgboost.", "catboost.")
+
+
+def _answers_every_finite_row(model: Any) -> bool:
+    """LightGBM, XGBoost and CatBoost answer a row whose standardised value overflows: their trees
+    send +-inf down a branch (in the graph too, measured on the probe rows), where scikit-learn's
+    estimators refuse it."""
+    return any(kind.__module__.startswith(_BOOSTER_LIBRARIES) for kind in type(model).__mro__)
 
 
 def probe_rows(features: list[Feature], seed: int = 0, rows: int = PROBE_ROWS) -> np.ndarray:
@@ -225,32 +243,65 @@ class _Retyped:
 def _float32_trees(stock: Callable[..., None], op_type: str) -> Callable[..., None]:
     """Trees on a float64 input: rounded to float32 (and back) as scikit-learn's trees round it, then
     the stock converter at ai.onnx.ml opset 3 (float64 thresholds, chosen by skl2onnx so that x <= w
-    exactly when float32(x) <= t, and float64 leaf values). onnxruntime answers those ops in float32:
-    cast to the float64 outputs the graph declares."""
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
-    from skl2onnx.proto import onnx_proto
+    exactly when float32(x) <= t, and float64 leaf values)."""
+    from skl2onnx.common.data_types import DoubleTensorType
 
     def convert(scope: Any, operator: Any, container: Any) -> None:
         source = operator.inputs[0]
         if not isinstance(source.type, DoubleTensorType):
             stock(scope, operator, container)
             return
-        narrow = scope.declare_local_variable("x32", FloatTensorType(source.type.shape))
-        _cast(scope, container, source.full_name, narrow.full_name, onnx_proto.TensorProto.FLOAT)
-        twins = [
-            scope.declare_local_variable(f"{o.raw_name}32", FloatTensorType())
-            if isinstance(o.type, DoubleTensorType)
-            else o
-            for o in operator.outputs
-        ]
-        wide = scope.declare_local_variable("x32as64", DoubleTensorType(source.type.shape))
-        _cast(scope, container, narrow.full_name, wide.full_name, onnx_proto.TensorProto.DOUBLE)
-        stock(scope, _Retyped(operator, [wide], twins), container, op_type, "ai.onnx.ml", 3)
-        for twin, output in zip(twins, operator.outputs, strict=True):
-            if twin is not output:
-                _cast(scope, container, twin.full_name, output.full_name, onnx_proto.TensorProto.DOUBLE)
+        wide = _widened(scope, container, _float32(scope, container, source))
+        _float_outputs(
+            scope,
+            operator,
+            container,
+            [wide],
+            lambda scope, operator, container: stock(scope, operator, container, op_type, "ai.onnx.ml", 3),
+        )
 
     return convert
+
+
+def _float32(scope: Any, container: Any, source: Any) -> Any:
+    """A float64 variable rounded to float32, as the libraries that compute in float32 round it."""
+    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.proto import onnx_proto
+
+    narrow = scope.declare_local_variable("x32", FloatTensorType(source.type.shape))
+    _cast(scope, container, source.full_name, narrow.full_name, onnx_proto.TensorProto.FLOAT)
+    return narrow
+
+
+def _widened(scope: Any, container: Any, narrow: Any) -> Any:
+    """A float32 variable as float64, for tree ops whose thresholds are float64."""
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.proto import onnx_proto
+
+    wide = scope.declare_local_variable("x32as64", DoubleTensorType(narrow.type.shape))
+    _cast(scope, container, narrow.full_name, wide.full_name, onnx_proto.TensorProto.DOUBLE)
+    return wide
+
+
+def _float_outputs(
+    scope: Any, operator: Any, container: Any, inputs: list[Any], convert: Callable[..., None]
+) -> None:
+    """`convert` run on the operator seen with `inputs` and float32 twins of its float64 outputs
+    (onnxruntime's ai.onnx.ml tree ops answer in float32 only), then the twins cast to the float64
+    outputs the graph declares."""
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    from skl2onnx.proto import onnx_proto
+
+    twins = [
+        scope.declare_local_variable(f"{o.raw_name}32", FloatTensorType())
+        if isinstance(o.type, DoubleTensorType)
+        else o
+        for o in operator.outputs
+    ]
+    convert(scope, _Retyped(operator, inputs, twins), container)
+    for twin, output in zip(twins, operator.outputs, strict=True):
+        if twin is not output:
+            _cast(scope, container, twin.full_name, output.full_name, onnx_proto.TensorProto.DOUBLE)
 
 
 def _cast(scope: Any, container: Any, source: str, target: str, to: int) -> None:
@@ -398,9 +449,263 @@ def _axis_constant(scope: Any, container: Any, axis: int) -> str:
     return name
 
 
+# --- gradient-boosted trees: onnxmltools' converters (LightGBM, XGBoost), CatBoost's own export ----
+
+_TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+# The tree attributes ai.onnx.ml opset 3 also takes as a float64 tensor, `<name>_as_tensor`.
+_FLOAT64_ATTRIBUTES = ("nodes_values", "class_weights", "target_weights", "base_values")
+# The options a classifier's converter takes, as skl2onnx's LightGBM example registers them (to_onnx
+# passes zipmap=False: the probabilities as a matrix).
+_CLASSIFIER_OPTIONS: dict[str, Any] = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+
+_CATBOOST_CLASSIFIER = "CatBoostCatBoostClassifier"
+
+Rewrite = Callable[[str, list[str], list[str], dict[str, Any]], None]
+
+
+class _TreeNodes:
+    """A converter's container, except that each tree-ensemble node it adds goes to `rewrite`
+    (op type, inputs, outputs, attributes) to be written otherwise."""
+
+    def __init__(self, container: Any, rewrite: Rewrite) -> None:
+        self._container, self._rewrite = container, rewrite
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+    def add_node(self, op_type: str, inputs: Any, outputs: Any, **attrs: Any) -> None:
+        if op_type not in _TREE_OPS:
+            self._container.add_node(op_type, inputs, outputs, **attrs)
+            return
+        attrs.pop("op_domain", None)
+        attrs.pop("op_version", None)
+        listed = [inputs] if isinstance(inputs, str) else list(inputs)
+        self._rewrite(op_type, listed, [outputs] if isinstance(outputs, str) else list(outputs), attrs)
+
+
+def _add(scope: Any, container: Any, op: str, inputs: list[str], output: str = "", **attrs: Any) -> str:
+    """A node of `op`, named by the scope; returns its output (a new variable unless given)."""
+    output = output or scope.get_unique_variable_name(op.lower())
+    container.add_node(op, inputs, output, name=scope.get_unique_operator_name(op), **attrs)
+    return output
+
+
+def _float64_tree_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Thresholds, leaf values and base values as float64 tensors (ai.onnx.ml opset 3): onnxruntime
+    then compares a float64 input with them and adds leaf values in float64."""
+    from onnx import numpy_helper
+
+    rewritten = {}
+    for key, value in attrs.items():
+        if key in _FLOAT64_ATTRIBUTES:
+            rewritten[f"{key}_as_tensor"] = numpy_helper.from_array(np.asarray(value, dtype=np.float64))
+        elif key != "nodes_hitrates":  # unused by onnxruntime, and float32 only
+            rewritten[key] = value
+    return rewritten
+
+
+def _float64_lightgbm(stock: Callable[..., None]) -> Callable[..., None]:
+    """LightGBM compares the float64 features with float64 thresholds and adds its leaf values in
+    float64; onnxmltools writes both as float32 attributes and the graph computes in float32
+    (regression on diabetes: 9e-7 off, near the tolerance). Here its tree nodes get the float64
+    values of its dump (17 significant digits, exact) and the float64 input itself."""
+
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        def float64_trees(op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, Any]) -> None:
+            attrs = _float64_tree_attributes(attrs)
+            container.add_node(op_type, inputs, outputs, op_domain="ai.onnx.ml", op_version=3, **attrs)
+
+        _float_outputs(
+            scope,
+            operator,
+            container,
+            operator.inputs,
+            lambda scope, operator, _: stock(scope, operator, _TreeNodes(container, float64_trees)),
+        )
+
+    return convert
+
+
+def _float32_xgboost(stock: Callable[..., None]) -> Callable[..., None]:
+    """XGBoost rounds the features to float32 and compares them with float32 thresholds (onnxmltools
+    writes the same), then adds its trees' leaf values one tree at a time in float32, starting from
+    the base score. onnxruntime's tree op adds them in another order: 2.2e-6 apart on diabetes (the
+    values are ~150, where float32 steps are 1.5e-5). Here each tree is an output column of its own,
+    and CumSum, which adds in order, adds them as XGBoost does: the same float32 numbers."""
+
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        def tree_by_tree(op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, Any]) -> None:
+            scores = _added_in_order(scope, container, inputs, attrs, op_type)
+            _answers_from_scores(scope, container, scores, outputs, attrs, op_type)
+
+        narrow = _float32(scope, container, operator.inputs[0])
+        _float_outputs(
+            scope,
+            operator,
+            container,
+            [narrow],
+            lambda scope, operator, _: stock(scope, operator, _TreeNodes(container, tree_by_tree)),
+        )
+
+    return convert
+
+
+def _added_in_order(
+    scope: Any, container: Any, inputs: list[str], attrs: dict[str, Any], op_type: str
+) -> str:
+    """XGBoost's margins, (rows, classes) in float32: base score + tree 0 + tree 1 + ..., tree t
+    belonging to class t % classes (one tree per class and round, XGBoost's order)."""
+    from skl2onnx.proto import onnx_proto
+
+    leaves = "class" if op_type == "TreeEnsembleClassifier" else "target"
+    trees = np.asarray(attrs[f"{leaves}_treeids"], dtype=np.int64)
+    columns = np.asarray(attrs[f"{leaves}_ids"], dtype=np.int64)
+    weights = np.asarray(attrs[f"{leaves}_weights"], dtype=np.float32)
+    n_trees, n_columns = int(trees.max()) + 1, int(columns.max()) + 1
+    if n_trees % n_columns or (columns != trees % n_columns).any():
+        raise NotImplementedError("XGBoost trees that are not one per class and round")
+    base = np.broadcast_to(np.asarray(attrs.get("base_values", [0.0]), dtype=np.float32), (n_columns,))
+    first = trees < n_columns
+    # XGBoost's first addition, base + leaf value, rounded to float32 as it rounds it.
+    weights[first] = weights[first] + base[columns[first]]
+    per_tree = {k: v for k, v in attrs.items() if k.startswith("nodes_") and k != "nodes_hitrates"}
+    per_tree |= {
+        "target_treeids": trees.tolist(),
+        "target_nodeids": list(attrs[f"{leaves}_nodeids"]),
+        "target_ids": trees.tolist(),
+        "target_weights": weights.tolist(),
+        "n_targets": n_trees,
+    }
+
+    def constant(name: str, values: list[int], shape: list[int]) -> str:
+        unique = scope.get_unique_variable_name(name)
+        container.add_initializer(unique, onnx_proto.TensorProto.INT64, shape, values)
+        return unique
+
+    leaf_values = _add(scope, container, "TreeEnsembleRegressor", inputs, op_domain="ai.onnx.ml", **per_tree)
+    rounds = n_trees // n_columns
+    shape = constant("rounds", [-1, rounds, n_columns], [3])
+    by_round = _add(scope, container, "Reshape", [leaf_values, shape])
+    running = _add(scope, container, "CumSum", [by_round, constant("axis", [1], [])])
+    return _add(scope, container, "Gather", [running, constant("last", [rounds - 1], [])], axis=1)
+
+
+def _answers_from_scores(
+    scope: Any, container: Any, scores: str, outputs: list[str], attrs: dict[str, Any], op_type: str
+) -> None:
+    """What the tree op would have answered from these margins: values, or a label and
+    probabilities (post_transform LOGISTIC: one margin, two columns; SOFTMAX: one per class)."""
+    from skl2onnx.proto import onnx_proto
+
+    transform = attrs.get("post_transform", "NONE")
+    if op_type == "TreeEnsembleRegressor":
+        if transform != "NONE":
+            raise NotImplementedError(f"XGBoost regression with post_transform {transform}")
+        _add(scope, container, "Identity", [scores], outputs[0])
+        return
+    label, probabilities = outputs
+    if transform == "LOGISTIC":
+        positive = _add(scope, container, "Sigmoid", [scores])
+        one = scope.get_unique_variable_name("one")
+        container.add_initializer(one, onnx_proto.TensorProto.FLOAT, [], [1.0])
+        negative = _add(scope, container, "Sub", [one, positive])
+        _add(scope, container, "Concat", [negative, positive], probabilities, axis=1)
+    elif transform == "SOFTMAX":
+        _add(scope, container, "Softmax", [scores], probabilities, axis=1)
+    else:
+        raise NotImplementedError(f"XGBoost classification with post_transform {transform}")
+    _label_of_most_probable(scope, container, probabilities, label, attrs)
+
+
+def _label_of_most_probable(
+    scope: Any, container: Any, probabilities: str, label: str, attrs: dict[str, Any]
+) -> None:
+    """The label output: the class of the largest probability (the first on a tie, as argmax picks),
+    among the class labels the tree op's attributes name."""
+    from skl2onnx.proto import onnx_proto
+
+    classes = scope.get_unique_variable_name("classes")
+    if "classlabels_strings" in attrs:
+        names = [c if isinstance(c, bytes) else str(c).encode() for c in attrs["classlabels_strings"]]
+        container.add_initializer(classes, onnx_proto.TensorProto.STRING, [len(names)], names)
+    else:
+        numbers = [int(c) for c in attrs["classlabels_int64s"]]
+        container.add_initializer(classes, onnx_proto.TensorProto.INT64, [len(numbers)], numbers)
+    best = _add(scope, container, "ArgMax", [probabilities], axis=1, keepdims=0)
+    _add(scope, container, "Gather", [classes, best], label)
+
+
+def _catboost(scope: Any, operator: Any, container: Any) -> None:
+    """CatBoost's own ONNX export of the model (its tree ops, without the ZipMap it ends with), spliced
+    into the pipeline's graph. CatBoost rounds the features to float32 and compares them with float32
+    borders, but adds its leaf values in float64: the export's float32 sums were 2e-6 off on diabetes,
+    so its tree nodes get float64 attributes and the float32-rounded input as float64."""
+    from catboost.utils import convert_to_onnx_object
+    from onnx import helper, numpy_helper
+    from skl2onnx.proto import onnx_proto
+
+    graph = convert_to_onnx_object(operator.raw_operator).graph
+    if len(graph.input) != 1:
+        raise NotImplementedError("a CatBoost model with more than one input")
+    wide = _widened(scope, container, _float32(scope, container, operator.inputs[0]))
+    renamed = {graph.input[0].name: wide.full_name}
+
+    def ours(name: str) -> str:
+        if name not in renamed:
+            renamed[name] = scope.get_unique_variable_name(name)
+        return renamed[name]
+
+    for initializer in graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        container.add_initializer(
+            ours(initializer.name), initializer.data_type, list(array.shape), array.ravel().tolist()
+        )
+    for node in graph.node:
+        if node.op_type == "ZipMap":  # probabilities as maps: the matrix it reads is what we answer
+            renamed[node.output[0]] = ours(node.input[0])
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in _TREE_OPS:
+            attrs = _float64_tree_attributes(attrs) | {"op_version": 3}
+        container.add_node(
+            node.op_type,
+            [ours(name) for name in node.input],
+            [ours(name) for name in node.output],
+            op_domain=node.domain,
+            name=scope.get_unique_operator_name(node.op_type),
+            **attrs,
+        )
+    answers = [ours(o.name) for o in graph.output]
+    double = onnx_proto.TensorProto.DOUBLE
+    if len(operator.outputs) == 1:  # a regressor: its predictions, (rows, 1)
+        _cast(scope, container, answers[0], operator.outputs[0].full_name, double)
+        return
+    label, probabilities = operator.outputs
+    _cast(scope, container, answers[-1], probabilities.full_name, double)
+    classes = [c if isinstance(c, str) else int(c) for c in operator.raw_operator.classes_]
+    key = "classlabels_strings" if all(isinstance(c, str) for c in classes) else "classlabels_int64s"
+    _label_of_most_probable(scope, container, probabilities.full_name, label.full_name, {key: classes})
+
+
+def _catboost_classifier_outputs(
+    scope: Any, model: Any, inputs: list[Any], custom_parsers: Any = None
+) -> Any:
+    """skl2onnx's parser for CatBoost's classifier: a label and probabilities. skl2onnx's own parser
+    gives a classifier those outputs only if it is a scikit-learn ClassifierMixin, which CatBoost's
+    is not (to_onnx asks for no ZipMap)."""
+    from skl2onnx.common.data_types import Int64TensorType, guess_tensor_type
+
+    operator = scope.declare_local_operator(_CATBOOST_CLASSIFIER, model)
+    operator.inputs = inputs
+    operator.outputs.append(scope.declare_local_variable("label", Int64TensorType()))
+    operator.outputs.append(scope.declare_local_variable("probabilities", guess_tensor_type(inputs[0].type)))
+    return operator.outputs
+
+
 @cache
 def _register_converters() -> None:
-    """Swap in the float64 converters above, once per process (skl2onnx keeps one registry)."""
+    """Swap in the float64 converters above and register the gradient-boosted trees', once per
+    process (skl2onnx keeps one registry)."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common._registration import get_converter, get_shape_calculator
     from sklearn.ensemble import (
@@ -430,4 +735,45 @@ def _register_converters() -> None:
         stock = get_converter(alias)
         update_registered_converter(
             model, alias, get_shape_calculator(alias), wrap(stock), options=stock.get_allowed_options()
+        )
+    _register_boosters()
+
+
+def _register_boosters() -> None:
+    """LightGBM and XGBoost through onnxmltools' converters, as skl2onnx's example "Convert a pipeline
+    with a LightGBM classifier" registers them; CatBoost through its own export. The bare library
+    classes too: `models import` converts models fitted elsewhere."""
+    from catboost import CatBoostClassifier, CatBoostRegressor
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from xgboost import XGBClassifier, XGBRegressor
+
+    from app.pipeline.xgboost_labels import LabelledXGBClassifier
+
+    boosters: list[tuple[type, str, Callable[..., None]]] = [
+        (LGBMClassifier, "LightGbmLGBMClassifier", _float64_lightgbm(convert_lightgbm)),
+        (LGBMRegressor, "LightGbmLGBMRegressor", _float64_lightgbm(convert_lightgbm)),
+        (XGBClassifier, "XGBoostXGBClassifier", _float32_xgboost(convert_xgboost)),
+        (LabelledXGBClassifier, "XGBoostLabelledXGBClassifier", _float32_xgboost(convert_xgboost)),
+        (XGBRegressor, "XGBoostXGBRegressor", _float32_xgboost(convert_xgboost)),
+        (CatBoostClassifier, _CATBOOST_CLASSIFIER, _catboost),
+        (CatBoostRegressor, "CatBoostCatBoostRegressor", _catboost),
+    ]
+    for model, alias, convert in boosters:
+        classifier = "Classifier" in model.__name__
+        update_registered_converter(
+            model,
+            alias,
+            calculate_linear_classifier_output_shapes
+            if classifier
+            else calculate_linear_regressor_output_shapes,
+            convert,
+            options=_CLASSIFIER_OPTIONS if classifier else None,
+            parser=_catboost_classifier_outputs if model is CatBoostClassifier else None,
         )

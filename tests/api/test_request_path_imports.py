@@ -1,5 +1,6 @@
-"""Serving stays light: no mlflow and no pandas on the request path, no scikit-learn, scipy or
-joblib at all when the model folder has its ONNX file (model.onnx), whatever the candidate type.
+"""Serving stays light: no mlflow and no pandas on the request path, no scikit-learn, scipy, joblib,
+LightGBM, XGBoost or CatBoost at all when the model folder has its ONNX file (model.onnx), whatever
+the candidate type.
 
 Each check runs in a fresh interpreter with some modules made unimportable, as in a serving-only
 install, where predictions must still succeed. A model without an ONNX file needs scikit-learn,
@@ -102,10 +103,10 @@ def _serve_once(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_every_candidate_type_serves_from_onnx_without_scikit_learn_scipy_joblib_pandas_or_mlflow(
+def test_every_candidate_type_serves_from_onnx_without_any_training_library(
     tmp_path: Path,
 ) -> None:
-    guarded = ["sklearn", "scipy", "joblib", "pandas", "mlflow"]
+    guarded = ["sklearn", "scipy", "joblib", "pandas", "mlflow", "lightgbm", "xgboost", "catboost"]
     outcome = _serve_once(tmp_path, "block", guarded, onnx=True, models=EVERY_CANDIDATE)
     assert outcome["statuses"] == [200, 200] * len(EVERY_CANDIDATE)
     assert outcome["served_by"] == ["onnx"] * len(EVERY_CANDIDATE)

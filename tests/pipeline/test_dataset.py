@@ -95,14 +95,14 @@ def test_csv_source_needs_a_target_and_an_existing_file(tmp_path: Path):
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        ({"candidates": {"xgboost": {}}}, "train.candidates: Value error, unknown candidate 'xgboost'"),
+        ({"candidates": {"lgbm": {}}}, "train.candidates: Value error, unknown candidate 'lgbm'"),
         ({"metric": "accuracyy"}, "train.metric: Value error, unknown metric 'accuracyy'"),
         ({"candidates": {}}, "list at least one candidate"),
         ({"cv_fold": 3}, "train.cv_fold: Extra inputs are not permitted"),
         # Per task, each name is checked against that task's candidates.
         (
-            {"candidates": {"regression": {"xgboost": {}}}},
-            "train.candidates.regression: Value error, unknown candidate 'xgboost' (known: decision_tree,",
+            {"candidates": {"regression": {"lgbm": {}}}},
+            "train.candidates.regression: Value error, unknown candidate 'lgbm' (known: catboost,",
         ),
         (
             {"candidates": {"classification": ["svc", "svr"]}},

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from app.adapters.onnx_model import OnnxModel
-from app.core.artifacts import ModelMetadata, ReferenceProfile, matrix_dtype, sha256_of
+from app.adapters.onnx_model import OnnxModel, disagreement
+from app.core.artifacts import MISSING_CATEGORY, ModelMetadata, ReferenceProfile, matrix_dtype, sha256_of
+from app.core.loading import pipeline_answers
 from tests.support.pipeline import DEFAULT_PARAMS, customer_frame, run_stage, write_params
 
 pytestmark = pytest.mark.slow
@@ -161,6 +162,43 @@ def test_generated_data_with_categories_and_missing_values(project: Path, task: 
         dtype=object,
     )
     assert len(model.predict(rows)) == 3
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_boosted_trees_and_the_network_train_and_serve_as_onnx(project: Path, task: str):
+    target = "churn" if task == "classification" else "spend"
+    customer_frame(200, task).to_csv(project / "data/input/customers.csv", index=False)
+    candidates = {
+        "lightgbm": {"n_estimators": 30},
+        "xgboost": {"n_estimators": 30},
+        "catboost": {"iterations": 50},
+        "mlp": {"batch_size": 32},
+    }
+    write_params(
+        project,
+        data={"source": "data/input/customers.csv", "target": target},
+        train={"candidates": candidates, "cv_folds": 3},
+    )
+    for stage in ("prepare", "train"):
+        run_stage(stage, project)
+    meta = ModelMetadata.read(project / "models")
+    assert [c.name for c in meta.candidates] == list(candidates)
+    assert all(c.onnx for c in meta.candidates), {c.name: c.onnx_error for c in meta.candidates}
+    # Raw rows as serving passes them: a gap in each kind of column, a city never seen.
+    rows = np.array(
+        [
+            [35.0, 20000.0, "paris", "pro"],
+            [np.nan, 1.0, MISSING_CATEGORY, "basic"],
+            [50.0, 3e4, "tokyo", "plus"],
+        ],
+        dtype=object,
+    )
+    for candidate in meta.candidates:
+        assert candidate.onnx is not None
+        model = OnnxModel.from_bytes((project / "models" / candidate.onnx.path).read_bytes())
+        answer = pipeline_answers(joblib.load(project / "models" / candidate.path), meta.task)
+        assert disagreement(model(rows), answer(rows), meta.task) is None
+    assert not (project / "catboost_info").exists()
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
