@@ -333,3 +333,36 @@ def test_an_imported_version_serves_without_any_model_library(project: Path) -> 
     assert outcome["statuses"] == [200, 200] * len(cases)
     assert outcome["served_by"] == ["onnx"] * len(cases)
     assert outcome["loaded"] == []
+
+
+@pytest.mark.parametrize("booster", ["lightgbm", "xgboost", "catboost"])
+def test_boosters_inside_scikit_learn_pipelines(project: Path, booster: str) -> None:
+    """Imputer, scaler and an encoder in a ColumnTransformer, then the booster: one graph, parity held."""
+    import catboost
+    import joblib
+    import lightgbm
+    import xgboost
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    data = shop_data(seed=6).assign(bought=lambda f: (f.bought == "yes").astype(int))
+    encoder = OrdinalEncoder() if booster == "xgboost" else OneHotEncoder(handle_unknown="ignore")
+    models = {
+        "lightgbm": lambda: lightgbm.LGBMClassifier(n_estimators=20, verbose=-1),
+        "xgboost": lambda: xgboost.XGBClassifier(n_estimators=20),
+        "catboost": lambda: catboost.CatBoostClassifier(iterations=20, verbose=0, allow_writing_files=False),
+    }
+    numbers = Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())])
+    prepare = ColumnTransformer([("numbers", numbers, ["age", "income"]), ("city", encoder, ["city"])])
+    pipeline = Pipeline([("prepare", prepare), ("model", models[booster]())])
+    pipeline.fit(data[["age", "income", "city"]], data.bought)
+    joblib.dump(pipeline, project / "pipeline.joblib")
+    data.to_csv(project / "sample.csv", index=False)
+
+    code, output = run_import("pipeline.joblib", "--sample", "sample.csv", "--target", "bought")
+
+    assert code == 0, output
+    assert f"parity: {ROWS} sample rows, labels identical" in output
+    assert len(stored_versions(project)) == 1
