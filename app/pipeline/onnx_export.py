@@ -242,8 +242,9 @@ class _Retyped:
 
 def _float32_trees(stock: Callable[..., None], op_type: str) -> Callable[..., None]:
     """Trees on a float64 input: rounded to float32 (and back) as scikit-learn's trees round it, then
-    the stock converter at ai.onnx.ml opset 3 (float64 thresholds, chosen by skl2onnx so that x <= w
-    exactly when float32(x) <= t, and float64 leaf values)."""
+    the stock converter at ai.onnx.ml opset 3. Its attributes are float32 (skl2onnx writes no
+    `*_as_tensor`), which is exact here: a row already rounded to float32 takes the branch it takes
+    in scikit-learn, whose thresholds are chosen between float32 values."""
     from skl2onnx.common.data_types import DoubleTensorType
 
     def convert(scope: Any, operator: Any, container: Any) -> None:

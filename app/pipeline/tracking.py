@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import warnings
@@ -58,6 +59,10 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
+# Candidates whose pipeline holds another library's model: its distribution name on PyPI.
+BOOSTER_LIBRARIES = {"lightgbm": "lightgbm", "xgboost": "xgboost-cpu", "catboost": "catboost"}
+
+
 def log_candidates(
     fitted: list[Fitted],
     params: Params,
@@ -108,13 +113,16 @@ def log_candidates(
             mlflow.log_metrics(
                 {f"cv_{metric}": candidate.cv_score} | {f"test_{k}": v for k, v in candidate.metrics.items()}
             )
+            # A booster's pipeline needs its library to load back (`mlflow models serve`, the bench's peers).
+            library = BOOSTER_LIBRARIES.get(candidate.name)
+            needed = requirements + ([f"{library}=={importlib.metadata.version(library)}"] if library else [])
             signature = infer_signature(example, candidate.pipeline.predict(x_example))
             info = mlflow.sklearn.log_model(
                 candidate.pipeline,
                 name="model",
                 signature=signature,
                 input_example=example,
-                pip_requirements=requirements,
+                pip_requirements=needed,
                 # skops (MLflow's safe format) asks which types to trust: this pipeline was fitted
                 # a moment ago in this process, so all of its own types are.
                 skops_trusted_types=get_untrusted_types(data=skops_dumps(candidate.pipeline)),
