@@ -4,9 +4,10 @@ Limits, by path (the paths of app/api/routes, outside any root_path):
 
 - `/predict/csv`: MAX_CSV_BYTES, 1 GiB unless the setting says otherwise. The route streams the file,
   scoring it a chunk at a time in bounded memory, so this is a quota per request, not a memory guard.
-- `/predict`, `/train` and the V2 infer routes (`/v2/models/{name}[/versions/{version}]/infer`):
-  MAX_BODY_BYTES, 32 MiB. Far above MAX_BATCH_ROWS rows of any reasonable width, and room for a
-  training CSV; a guard against memory abuse, not a quota.
+- `/predict`, `/train`, `/models/import` and the V2 infer routes
+  (`/v2/models/{name}[/versions/{version}]/infer`): MAX_BODY_BYTES, 32 MiB. Far above MAX_BATCH_ROWS
+  rows of any reasonable width, and room for a training CSV, or a model file and its sample CSV (a
+  larger model is imported from the command line); a guard against memory abuse, not a quota.
 - everything else: SMALL_BODY_BYTES, 64 KiB. The /token form and the admin JSON bodies (a user, a
   version to roll back to) are a few hundred bytes; the other routes take no body.
 
@@ -38,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_BODY_BYTES = 32 * 1024 * 1024
 SMALL_BODY_BYTES = 64 * 1024
 MAX_CSV_BYTES = 1024**3  # the setting's default
-LARGE_BODY_PATHS = frozenset({"/predict", "/train"})
+LARGE_BODY_PATHS = frozenset({"/predict", "/train", "/models/import"})
 CSV_BODY_PATHS = frozenset({"/predict/csv"})
 # The V2 infer routes, whatever the model's name and version.
 _V2_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")

@@ -55,7 +55,8 @@ class TrainingRequest:
 _FORM_FLAG = TypeAdapter(bool)  # "true", "false", "1", "0", ... as FastAPI reads a form's boolean
 
 
-def _refused(error: ValidationError, *loc: str) -> RequestValidationError:
+def invalid_fields(error: ValidationError, *loc: str) -> RequestValidationError:
+    """A form's or a body's fields that pydantic refused, answered 422 as FastAPI answers its own."""
     return RequestValidationError([{**e, "loc": ("body", *loc, *e["loc"])} for e in error.errors()])
 
 
@@ -78,7 +79,7 @@ async def _training_form(request: Request) -> TrainingRequest:
         try:
             include = _FORM_FLAG.validate_python(flag) if flag is not None else False
         except ValidationError as exc:
-            raise _refused(exc, FEEDBACK_FIELD) from None
+            raise invalid_fields(exc, FEEDBACK_FIELD) from None
         upload = Upload(await field.read(), safe_name(field.filename)) if field is not None else None
         return TrainingRequest(upload, TrainOptions(include_feedback=include))
     finally:  # its spooled files, also when a field is refused
@@ -102,7 +103,7 @@ async def read_training_request(request: Request) -> TrainingRequest:
     try:
         return TrainingRequest(None, TrainOptions.model_validate_json(body))
     except ValidationError as exc:
-        raise _refused(exc) from None
+        raise invalid_fields(exc) from None
 
 
 def safe_name(name: str | None) -> str | None:

@@ -232,6 +232,23 @@ def load_settings() -> Settings:
         raise SystemExit(settings_error(exc)) from None
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as the environment variables that set them, for a subprocess that reads its own
+    (get_settings()): it then runs with this process's settings, however they were built (.env, the
+    environment, a test's Settings). Unset ones (None) are left out."""
+    environment = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        environment[name.upper()] = str(value)
+    return environment
+
+
 def missing_project(settings: Settings) -> str | None:
     """Why a retraining worker could not run a job from here, or None: each job reads the project's
     params file (TRAIN_PARAMS, relative to the folder the worker runs in) afresh."""

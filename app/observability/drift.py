@@ -18,12 +18,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.artifacts import CategoricalProfile, Feature, NumericProfile, ReferenceProfile
+from app.core.artifacts import (
+    REFERENCE_PROFILE_FILE,
+    CategoricalProfile,
+    Feature,
+    NumericProfile,
+    ReferenceProfile,
+)
 
 # Keeps log(actual / expected) finite when a bin is empty on one side.
 EPSILON = 1e-4
 # The bin of the categories training never saw.
 OTHER_CATEGORIES = "(other)"
+
+
+def no_reference_profile(version: str) -> str:
+    """Why a version has no drift (an imported one without a labelled sample, a damaged file), in the
+    words GET /monitoring and GET /model-info share."""
+    return f"version {version} has no readable {REFERENCE_PROFILE_FILE}"
 
 
 def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:

@@ -106,6 +106,13 @@ MODEL_CACHE_FULL = Gauge(
     multiprocess_mode="livemax",
 )
 MODEL_RELOADS = Counter("model_reloads", "Model reload attempts.", ["result"], namespace=NAMESPACE)
+# POST /models/import (app/api/routes/model_import.py): imported, refused by one of the import's
+# steps, invalid (refused before it ran: a pickle, an archive, an empty file, a bad field), failed
+# (the command ended without an answer) or timeout (stopped after IMPORT_TIMEOUT_SECONDS).
+MODEL_IMPORT_RESULTS = ("imported", "refused", "invalid", "failed", "timeout")
+MODEL_IMPORTS = Counter(
+    "model_imports", "Models uploaded to POST /models/import, by result.", ["result"], namespace=NAMESPACE
+)
 MODEL_TRAINED = Gauge(
     "model_trained_timestamp_seconds",
     "When the serving model was trained (Unix time).",
@@ -280,6 +287,8 @@ for _reason in AUTH_FAILURE_REASONS:
     AUTH_FAILURES.labels(reason=_reason)
 for _result in RELOAD_RESULTS:
     MODEL_RELOADS.labels(result=_result)
+for _result in MODEL_IMPORT_RESULTS:
+    MODEL_IMPORTS.labels(result=_result)
 MODEL_LOADED.set(0)
 MODEL_STORE_UP.set(1)
 REVOCATION_STORE_UP.set(1)

@@ -184,6 +184,14 @@ def model_page(api: ApiClient, admin: bool) -> None:
         return
     st.metric("Serving version", info["version"])
     st.write(f"Champion: **{info['name']}** ({info['task']}), trained {info['trained_at']}")
+    source, parity = info.get("source"), info.get("parity")
+    if source and parity:
+        st.write(
+            f"Imported from **{source['uri']}** ({source['flavor']}): its ONNX graph answers within "
+            f"{parity['max_difference']:.2g} of it on {parity['rows']} rows"
+        )
+    if info.get("drift", "on") != "on":
+        st.caption(f"Drift monitoring {info['drift']}")
     st.dataframe(pd.DataFrame({"metric": list(info["metrics"]), "test": list(info["metrics"].values())}))
     st.subheader("Versions")
     table = pd.DataFrame(
@@ -195,6 +203,9 @@ def model_page(api: ApiClient, admin: bool) -> None:
                 "model": v["name"],
                 v["metric"]: v["metrics"].get(v["metric"]),
                 "origin": v.get("origin"),
+                # Where an imported version came from, and how close its ONNX graph answers to it.
+                "source": f"{v['source']['flavor']}: {v['source']['uri']}" if v.get("source") else "",
+                "parity": _difference(v.get("parity_max_difference")),
                 "mlflow version": v.get("registered_version"),
                 "mlflow alias": (v.get("mlflow_alias") or {}).get("status", ""),
             }
@@ -205,6 +216,10 @@ def model_page(api: ApiClient, admin: bool) -> None:
     if admin:
         retrain_section(api)
         rollback_section(api, [v["version"] for v in versions["versions"]], versions["serving"])
+
+
+def _difference(value: float | None) -> str:
+    return "" if value is None else f"{value:.2g}"
 
 
 def retrain_section(api: ApiClient) -> None:

@@ -298,11 +298,27 @@ def test_without_a_reference_profile_drift_says_why(
 ) -> None:
     (model_dir / REFERENCE_PROFILE_FILE).unlink()
     with TestClient(create_app(settings_factory())) as client:
-        drift = monitoring(client, bearer(get_token(client, *ADMIN)))["drift"]
+        headers = bearer(get_token(client, *ADMIN))
+        drift = monitoring(client, headers)["drift"]
+        info = client.get("/model-info", headers=headers).json()
     assert (
         drift["features"] == []
         and drift["unavailable"] == f"version v1 has no readable {REFERENCE_PROFILE_FILE}"
     )
+    # /model-info says so too, in the same words (an imported version without a labelled sample).
+    assert info["drift"] == f"off: version v1 has no readable {REFERENCE_PROFILE_FILE}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "drift"),
+    [({}, "on"), ({"drift_enabled": False}, "off: DRIFT_ENABLED or METRICS_ENABLED is false")],
+)
+def test_model_info_says_whether_drift_is_measured(
+    settings_factory: Callable[..., Settings], overrides: dict[str, object], drift: str
+) -> None:
+    with TestClient(create_app(settings_factory(**overrides))) as client:
+        info = client.get("/model-info", headers=bearer(get_token(client, *ADMIN))).json()
+    assert info["drift"] == drift
 
 
 def test_only_admins_read_it(client: TestClient, user_headers: dict[str, str]) -> None:

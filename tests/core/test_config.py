@@ -11,6 +11,7 @@ from app.core.config import (
     EXAMPLE_SECRET_KEY,
     Settings,
     get_settings,
+    settings_environment,
     settings_error,
 )
 from app.core.security import PRODUCTION_COST, PasswordCost
@@ -29,6 +30,25 @@ def _as_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _settings(**values: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_a_subprocess_reads_the_same_settings_from_their_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built = _settings(
+        secret_key=STRONG,
+        database_url="sqlite:////tmp/elsewhere.db",
+        model_store_url="s3://bucket/versions",
+        model_cache_dir="/tmp/cache",
+        metrics_enabled=False,
+        promotion_tolerance=0.25,
+        redis_url=None,
+    )
+    environment = settings_environment(built)
+    assert environment["MODEL_STORE_URL"] == "s3://bucket/versions" and "REDIS_URL" not in environment
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert _settings() == built
 
 
 def test_development_accepts_the_example_values() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.adapters.import_command import IMPORT_TIMEOUT_SECONDS
 from app.api.body_limit import MAX_BODY_BYTES, BodyTooLarge
 from app.core.config import Settings
 from app.observability.middleware import _SAFE_REQUEST_ID
@@ -90,6 +91,14 @@ def test_the_body_limit_is_the_apis_and_so_is_the_answer_past_it():
     assert "client_max_body_size" not in location("/")
 
 
+def test_a_model_import_is_waited_for_as_long_as_the_api_lets_it_run():
+    imported = location("= /models/import")
+    assert "proxy_pass http://predictor_api;" in imported
+    waits = re.search(r"proxy_read_timeout (\d+)s;", imported)
+    assert waits and int(waits[1]) > IMPORT_TIMEOUT_SECONDS
+    assert "client_max_body_size" not in imported  # the API's MAX_BODY_BYTES, set for the server
+
+
 def test_a_csv_upload_streams_through_up_to_the_apis_csv_limit():
     """/predict/csv: the API's MAX_CSV_BYTES default, and no buffering either way: the replica scores
     the file as it arrives, and the client reads answer rows while it is still sending."""
@@ -100,7 +109,9 @@ def test_a_csv_upload_streams_through_up_to_the_apis_csv_limit():
     assert "error_page 413 @csv_too_large;" in csv
     assert refusal("@csv_too_large") == {"detail": BodyTooLarge(CSV_DEFAULT).detail}
     # Set once for the server, so both locations send the replicas the same headers.
-    assert not any("proxy_set_header" in location(name) for name in ("/", "/v2/", "= /predict/csv"))
+    assert not any(
+        "proxy_set_header" in location(name) for name in ("/", "/v2/", "= /predict/csv", "= /models/import")
+    )
 
 
 def test_the_replicas_learn_who_called_and_how():

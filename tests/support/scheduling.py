@@ -21,6 +21,7 @@ LONG_FILES: dict[str, float] = {
     "tests/pipeline/test_onnx_export.py": 100,
     "tests/deploy/test_replicas.py": 77,
     "tests/api/test_train.py": 70,
+    "tests/api/test_model_import.py": 70,
     "tests/pipeline/test_dvc.py": 60,
     "tests/observability/test_stack_e2e.py": 44,
     "tests/api/test_train_feedback.py": 38,

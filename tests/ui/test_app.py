@@ -97,6 +97,10 @@ def test_model_page_for_a_user_has_no_admin_actions() -> None:
     app.sidebar.radio[0].set_value("Model").run()
     assert app.metric[0].value == SERVING
     assert [s.value for s in app.subheader] == ["Versions"]
+    # Where each version came from: the pipeline's own have no source, nor parity to show.
+    versions = app.dataframe[1].value
+    assert list(versions["origin"]) == ["pipeline", "pipeline"]
+    assert list(versions["source"]) == ["", ""] and list(versions["parity"]) == ["", ""]
 
 
 def test_admin_rolls_back_and_sees_a_failed_job_explained() -> None:

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, ChampionAliasDep, ClaimsDep, PredictorDep, ServingDep
 from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
-from app.core.artifacts import ModelMetadata
+from app.core.artifacts import ImportedFlavor, ModelMetadata, ModelSource
 from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome, GateOutcome
 from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
 from app.db.models import User
+from app.observability.drift import no_reference_profile
 from app.observability.metrics import MODEL_RELOADS
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
@@ -23,19 +24,34 @@ log = logging.getLogger("predictor")
 
 
 class ModelInfo(ModelMetadata):
-    """model.json as served, and how: when it was loaded, and what runs it."""
+    """model.json as served, and how: when it was loaded, what runs it, whether drift is measured."""
 
     loaded_at: str
     # onnx: model.onnx in onnxruntime; pipeline: the unpickled model.joblib.
     served_by: Literal["onnx", "pipeline"]
+    # "on", or "off: " and why: drift switched off, or no reference profile (an imported version
+    # without a labelled sample has none).
+    drift: str
 
 
 @router.get("/model-info")
-def model_info(_: ClaimsDep, predictor: PredictorDep) -> ModelInfo:
-    """model.json as served: version, metrics, feature schema, classes, candidates, what serves it."""
+def model_info(_: ClaimsDep, predictor: PredictorDep, serving: ServingDep) -> ModelInfo:
+    """model.json as served: version, metrics, feature schema, classes, candidates, where an imported
+    model came from and its parity, what serves it, whether drift is measured."""
     return ModelInfo(
-        **dict(predictor.metadata), loaded_at=predictor.loaded_at, served_by=predictor.model.source
+        **dict(predictor.metadata),
+        loaded_at=predictor.loaded_at,
+        served_by=predictor.model.source,
+        drift=_drift(predictor, serving),
     )
+
+
+def _drift(predictor: Predictor, serving: ServingState) -> str:
+    if predictor.drift is not None:
+        return "on"
+    if serving.model.drift is None:
+        return "off: DRIFT_ENABLED or METRICS_ENABLED is false"
+    return f"off: {no_reference_profile(predictor.version)}"
 
 
 _STORE_DOWN = {"model": ErrorDetail, "description": "The model store does not answer: nothing changed"}
@@ -98,6 +114,11 @@ def reload_model(admin: AdminDep, serving: ServingDep) -> ReloadResponse:
     return ReloadResponse(previous_version=previous.version if previous else None, model_version=new.version)
 
 
+class ImportedFrom(BaseModel):
+    flavor: ImportedFlavor  # the library that read it
+    uri: str  # the file's name, or the MLflow model URI
+
+
 class ModelVersion(BaseModel):
     version: str
     name: str
@@ -109,7 +130,10 @@ class ModelVersion(BaseModel):
     shadow: bool = False  # scoring the same traffic in the background (POST /model/shadow)
     # accepted, or rejected: a challenger that failed the promotion gate
     status: str
-    origin: str | None = None
+    origin: str | None = None  # pipeline, retrain or import
+    source: ImportedFrom | None = None  # import: where from; None for the pipeline's own
+    # import: the largest difference between the compiled graph and the original library
+    parity_max_difference: float | None = None
     job_id: str | None = None
     gate: GateOutcome | None = None
     mlflow_run_id: str | None = None
@@ -154,6 +178,8 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 shadow=meta.version == shadow_version,
                 status=record.status if record else "accepted",
                 origin=record.origin if record else None,
+                source=_imported_from(meta.source),
+                parity_max_difference=meta.parity.max_difference if meta.parity else None,
                 job_id=record.job_id if record else None,
                 gate=record.gate if record else None,
                 mlflow_run_id=meta.mlflow_run_id,
@@ -164,6 +190,10 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
             )
         )
     return VersionsResponse(serving=serving_version, shadow=shadow_version, versions=versions)
+
+
+def _imported_from(source: ModelSource | None) -> ImportedFrom | None:
+    return ImportedFrom(flavor=source.flavor, uri=source.uri) if source is not None else None
 
 
 def _alias_outcome(serving: ServingState) -> tuple[str | None, AliasOutcome | None]:

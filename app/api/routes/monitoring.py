@@ -24,6 +24,7 @@ from app.core.quality import Confusion, Errors, Quality
 from app.db.hour_bucket import HOUR_SECONDS
 from app.db.prediction_log import HourlyCounts, PredictionLogStore, ShadowCounts
 from app.db.prediction_log import RecentPrediction as LoggedRecent
+from app.observability.drift import no_reference_profile
 from app.observability.drift_histograms import feature_histograms
 from app.serving.predictor import Predictor
 from app.serving.shadow import AGREEMENT_RTOL
@@ -229,7 +230,7 @@ def _drift(
         return empty.model_copy(
             update={
                 "model_version": current.version,
-                "unavailable": f"version {current.version} has no readable {REFERENCE_PROFILE_FILE}",
+                "unavailable": no_reference_profile(current.version),
             }
         )
     inputs = store.features_since(since, DRIFT_ROWS)
