@@ -218,6 +218,9 @@ def import_(
         typer.Option("--no-code", hidden=True, help="Refuse pickles and MLflow models (the HTTP route's)."),
     ] = False,
     upload_name: Annotated[str | None, typer.Option(hidden=True, help="An uploaded file's own name.")] = None,
+    sample_name: Annotated[
+        str | None, typer.Option(hidden=True, help="An uploaded sample's own name.")
+    ] = None,
 ) -> None:
     """Import a model trained elsewhere: compiled to ONNX, checked against its library, published.
 
@@ -241,15 +244,17 @@ def import_(
         tolerance=tolerance,
         allow_code=not no_code,
         upload_name=upload_name,
+        sample_name=sample_name,
     )
     outcome = import_model(settings, request, say=typer.echo)
+    if outcome.status == "imported":
+        typer.echo(f"imported {outcome.version}")
+    else:
+        _fail_models(f"import refused at {outcome.step}: {outcome.error}; nothing published")
     if json_:
-        typer.echo(outcome.model_dump_json())
+        typer.echo(outcome.model_dump_json())  # last, as --json says
     if outcome.status == "refused":
-        raise typer.Exit(
-            _fail_models(f"import refused at {outcome.step}: {outcome.error}; nothing published")
-        )
-    typer.echo(f"imported {outcome.version}")
+        raise typer.Exit(1)
 
 
 def _fail_models(message: str) -> int:

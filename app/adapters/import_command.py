@@ -57,6 +57,7 @@ class ImportFiles:
     model: Path  # the saved upload
     upload_name: str  # what the user called it: its format, by suffix, and the version's source
     sample: Path | None = None  # a saved CSV of real rows
+    sample_name: str | None = None  # what the user called it, for messages
 
 
 class ImportFailed(Exception):
@@ -72,6 +73,8 @@ def command_line(files: ImportFiles, options: ImportOptions) -> list[str]:
     arguments = [str(files.model), f"--upload-name={files.upload_name}", "--no-code", "--json"]
     if files.sample is not None:
         arguments.append(f"--sample={files.sample}")
+        if files.sample_name is not None:
+            arguments.append(f"--sample-name={files.sample_name}")
     if options.target is not None:
         arguments.append(f"--target={options.target}")
     if options.name is not None:

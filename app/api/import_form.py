@@ -23,25 +23,18 @@ from starlette.datastructures import FormData, UploadFile
 
 from app.adapters.import_command import ImportFiles, ImportOptions
 from app.api.uploads import FILE_FIELD, invalid_fields, is_multipart, safe_name
+from app.core.model_formats import code_refused, is_pickle
 
 SAMPLE_FIELD = "sample"
 OPTION_FIELDS = tuple(ImportOptions.model_fields)  # target, name, serve, force, tolerance
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and later
 ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b")  # zip, gzip (a .tar.gz)
 ARCHIVE_SUFFIXES = (".zip", ".gz", ".tgz", ".tar")
 MLFLOW_DESCRIPTOR = "MLmodel"
 # An MLflow model uploaded as a folder: its MLmodel, the model's files, its environment's.
 MAX_FILES = 32
-# In the importer's words (app.importing.sources.CODE_REFUSED; the API does not import the importer).
-PICKLE_REFUSED = (
-    "A pickle (joblib) file runs Python code as it loads, so it is only imported from the command line, "
-    "for a file you trust: python -m app.cli models import FILE"
-)
-MLFLOW_REFUSED = (
-    "An MLflow model (a folder, or one zipped) may run its own Python code as it loads, so it is only "
-    "imported from the command line, for a model you trust: python -m app.cli models import FOLDER "
-    "(or its models:/ URI)"
+PICKLE_REFUSED = code_refused("A pickle (joblib) file", "FILE")
+MLFLOW_REFUSED = code_refused(
+    "An MLflow model (a folder, or one zipped) may be one that", "FOLDER (or its models:/ URI)"
 )
 
 
@@ -61,7 +54,13 @@ class ImportForm:
 
     @property
     def files(self) -> ImportFiles:
-        return ImportFiles(self.model.path, self.model.name, self.sample.path if self.sample else None)
+        sample = self.sample
+        return ImportFiles(
+            self.model.path,
+            self.model.name,
+            sample.path if sample else None,
+            sample.name if sample else None,
+        )
 
 
 async def read_import_form(request: Request, folder: Path) -> ImportForm:
@@ -139,7 +138,7 @@ async def _refuse_code(model: UploadFile) -> None:
     await model.seek(0)
     if not head:
         raise _unprocessable("the model file is empty")
-    if name.endswith(PICKLE_SUFFIXES) or head.startswith(PICKLE_MAGIC):
+    if is_pickle(head, name):
         raise _unsupported(PICKLE_REFUSED)
     if name.endswith(ARCHIVE_SUFFIXES) or head.startswith(ARCHIVE_MAGIC):
         # No model format this reads is an archive: it is an MLflow model's folder, zipped.

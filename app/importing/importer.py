@@ -76,7 +76,7 @@ def _run(settings: Settings, request: ImportRequest, say: Callable[[str], None])
     else:
         loaded = read_source(request.source, request.allow_code)
     say(f"source: {loaded.source.uri} ({loaded.flavor}, sha256 {loaded.source.sha256[:12]}...)")
-    sample = read_sample(request.sample, request.target)
+    sample = read_sample(request.sample, request.target, request.sample_name)
     schema = infer_schema(loaded, sample, request.target)
     say(
         f"schema: {schema.task}, {len(schema.features)} columns ({_column_summary(schema)})"
@@ -133,7 +133,8 @@ def compiled_model(loaded: Loaded, schema: ModelSchema) -> tuple[Any, OnnxModel]
         raise Refused("compile", message) from None
 
 
-def read_sample(path: Path | None, target: str | None) -> pd.DataFrame | None:
+def read_sample(path: Path | None, target: str | None, name: str | None = None) -> pd.DataFrame | None:
+    """The --sample CSV (`name`: what the user called it, when it was uploaded)."""
     if path is None:
         if target is not None:
             raise Refused("schema", "--target names a column of --sample: pass the sample too")
@@ -142,10 +143,10 @@ def read_sample(path: Path | None, target: str | None) -> pd.DataFrame | None:
         sample = pd.read_csv(path)
     except Exception as exc:
         raise Refused(
-            "schema", f"the sample {path} is not a CSV pandas reads: {exc}".splitlines()[0]
+            "schema", f"the sample {name or path} is not a CSV pandas reads: {exc}".splitlines()[0]
         ) from None
     if sample.empty:
-        raise Refused("schema", f"the sample {path} has no rows")
+        raise Refused("schema", f"the sample {name or path} has no rows")
     if target is not None and target not in sample.columns:
         raise Refused(
             "schema",

@@ -17,3 +17,4 @@ class ImportRequest:
     tolerance: float | None = None  # parity's, None: DEFAULT_TOLERANCE
     allow_code: bool = True  # False over HTTP: no pickle, no MLflow model (they may run code)
     upload_name: str | None = None  # an uploaded file's own name (source is then its saved path)
+    sample_name: str | None = None  # an uploaded sample's own name, for messages

@@ -17,16 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from app.core.artifacts import ImportedFlavor, ModelSource
+from app.core.model_formats import code_refused, is_pickle
 from app.importing.errors import Refused
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 # MLflow flavors we read, in the order we prefer them when a model has several.
 MLFLOW_FLAVORS: tuple[ImportedFlavor, ...] = ("onnx", "lightgbm", "xgboost", "catboost", "sklearn")
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-CODE_REFUSED = (
-    "{what} runs Python code as it loads, so it is only imported from the command line, for a file "
-    "you trust: python -m app.cli models import {name}"
-)
 LIBRARY_OF: dict[ImportedFlavor, str] = {
     "lightgbm": "lightgbm",
     "xgboost": "xgboost-cpu",
@@ -84,7 +80,7 @@ def read_file(path: Path, name: str, allow_code: bool) -> Loaded:
 
     if flavor == "sklearn":
         if not allow_code:
-            raise Refused("source", CODE_REFUSED.format(what="A pickle (joblib) file", name=name))
+            raise Refused("source", code_refused("A pickle (joblib) file", name))
         import joblib
 
         try:
@@ -121,7 +117,7 @@ def sniff(payload: bytes, name: str) -> ImportedFlavor:
     """The format of a model file, by its first bytes, else its name; Refused when neither tells."""
     head = payload[:4096]
     suffix = Path(name).suffix.lower()
-    if suffix in PICKLE_SUFFIXES or head[:1] == b"\x80":  # pickle protocol 2+
+    if is_pickle(head, name):
         return "sklearn"
     if head.startswith(b"CBM1"):
         return "catboost"
@@ -193,7 +189,7 @@ def _read_mlflow(uri: str, allow_code: bool) -> Loaded:
             "be compiled",
         )
     if not allow_code and _runs_code(flavor, flavors[flavor]):
-        raise Refused("source", CODE_REFUSED.format(what=f"The MLflow model {uri}", name=uri))
+        raise Refused("source", code_refused(f"The MLflow model {uri}", uri))
     loaders = {
         "onnx": "mlflow.onnx",
         "lightgbm": "mlflow.lightgbm",
