@@ -518,7 +518,7 @@ def test_csv_uploads_get_an_ingress_of_their_own_unbuffered_up_to_max_csv_bytes(
     """ingress-nginx reads its body limit and buffering per Ingress: /predict/csv (Exact) gets the
     API's CSV limit and no buffering, the other routes keep the shared annotations."""
     by_name = {ingress["metadata"]["name"]: ingress for ingress in objects("production", "Ingress")}
-    assert set(by_name) == {"predictor-api", "predictor-api-csv"}
+    assert set(by_name) == {"predictor-api", "predictor-api-csv", "predictor-api-import"}
     routes, csv = by_name["predictor-api"], by_name["predictor-api-csv"]
     shared = merged(VALUES["ingress"]["annotations"], PRODUCTION["ingress"]["annotations"])
     assert routes["metadata"]["annotations"] == shared
@@ -532,8 +532,29 @@ def test_csv_uploads_get_an_ingress_of_their_own_unbuffered_up_to_max_csv_bytes(
         assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/predict/csv", "Exact")]
     assert csv["spec"]["tls"] == routes["spec"]["tls"]
     assert [r["host"] for r in csv["spec"]["rules"]] == [r["host"] for r in routes["spec"]["rules"]]
-    alone = render(merged(PRODUCTION, {"ingress": {"csvUpload": {"enabled": False}}}), RELEASES["production"])
+    alone = render(
+        merged(PRODUCTION, {"ingress": {"csvUpload": {"enabled": False}, "modelImport": {"enabled": False}}}),
+        RELEASES["production"],
+    )
     assert [d["metadata"]["name"] for d in alone if d["kind"] == "Ingress"] == ["predictor-api"]
+
+
+def test_model_imports_get_an_ingress_that_waits_past_the_import_timeout():
+    """POST /models/import answers once the model is compiled and checked (the API stops it at
+    IMPORT_TIMEOUT_SECONDS): its own Ingress (Exact path) waits longer for the answer than that."""
+    from app.adapters.import_command import IMPORT_TIMEOUT_SECONDS
+
+    by_name = {ingress["metadata"]["name"]: ingress for ingress in objects("production", "Ingress")}
+    imports = by_name["predictor-api-import"]
+    notes = imports["metadata"]["annotations"]
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > IMPORT_TIMEOUT_SECONDS
+    shared = merged(VALUES["ingress"]["annotations"], PRODUCTION["ingress"]["annotations"])
+    assert (
+        notes["nginx.ingress.kubernetes.io/proxy-body-size"]
+        == shared["nginx.ingress.kubernetes.io/proxy-body-size"]
+    )
+    for rule in imports["spec"]["rules"]:
+        assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/models/import", "Exact")]
 
 
 def test_the_ingress_controller_holds_slow_bodies_and_refuses_large_ones():
