@@ -86,7 +86,7 @@ def publish_import(
         if not serve:
             return Published(metadata, outcome, False)
         if not passed and current is not None:
-            say(f"kept as a rejected challenger; still serving {current.version}")
+            say(f"kept as a rejected challenger; still serving {current.version} (--force serves it anyway)")
             return Published(metadata, outcome, False)
         try:  # what replicas will load, verified as they will
             Predictor.load(store.fetch(metadata.version), settings.max_batch_rows, None)
