@@ -29,6 +29,19 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class FieldErrors(BaseModel):
+    """A 422 for fields FastAPI or a route refused (RequestValidationError), each with where and why:
+    for the `responses=` of the routes that read their form themselves."""
+
+    detail: list[FieldError]
+
+
 async def _row_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RowError)
     validation_failed([e.get("field") for e in exc.errors], known_features(request))

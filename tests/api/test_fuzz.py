@@ -36,6 +36,7 @@ CHANGING = [
     "POST /model/reload",
     "POST /model/rollback",
     "POST /model/shadow",
+    "POST /models/import",
     "POST /predict",
     "POST /predict/csv",
     "POST /token",

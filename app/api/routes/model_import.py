@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.adapters.import_command import IMPORT_TIMEOUT_SECONDS, ImportFailed, ImportTimedOut, run_import
 from app.api.deps import AdminDep, SettingsDep
-from app.api.errors import ErrorDetail
+from app.api.errors import ErrorDetail, FieldErrors
 from app.api.import_form import IMPORT_FORM_DOC, ImportForm, read_import_form
 from app.core.messages import ImportOutcome
 from app.db.models import User
@@ -44,7 +44,7 @@ log = logging.getLogger("predictor")
             "line imports them), or a body that is not multipart/form-data",
         },
         422: {
-            "model": ImportOutcome | ErrorDetail,
+            "model": ImportOutcome | ErrorDetail | FieldErrors,
             "description": "Refused by a step of the import (an ImportOutcome: status refused, the step, "
             "why; nothing published), or a form that is not right (an empty file, an unknown field)",
         },
