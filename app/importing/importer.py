@@ -90,8 +90,11 @@ def _run(settings: Settings, request: ImportRequest, say: Callable[[str], None])
     rows, rows_from = parity_rows(schema, sample, loaded.example)
     tolerance = DEFAULT_TOLERANCE if request.tolerance is None else request.tolerance
     parity = check_parity(compiled, native_answers(loaded, schema), rows, rows_from, schema, tolerance)
+    where = f"{rows_from} rows"
+    if rows_from == "input_example":
+        where = f"rows ({len(loaded.example)} from MLflow's input example, the rest drawn from the schema)"
     say(
-        f"parity: {parity.rows} {rows_from} rows, labels identical, largest difference "
+        f"parity: {parity.rows} {where}, labels identical, largest difference "
         f"{parity.max_difference:.2g} (tolerance {tolerance:g})"
     )
     probe = _probe_rows(rows[:PROBE_ROWS], schema)

@@ -1,11 +1,12 @@
 """Step 4 of an import: the compiled graph against the original library, on real rows.
 
-The rows are the --sample's, else MLflow's input example, else drawn from the schema (each numeric
-column uniform over its range, widened; each categorical column over its categories; a few gaps where
-gaps are served). Labels must be identical and every probability or value within the tolerance
-(absolute, 1e-5 by default): ONNX conversion is where answers silently change (float32 rounding
-moving a row down another branch, an encoder converted wrong), so a miss refuses the import with the
-number of rows that differ, the largest difference and a row that shows it.
+The rows are the --sample's, else MLflow's input example (topped up with drawn rows to 500), else
+drawn from the schema (each numeric column uniform over its range, widened; each categorical column
+over its categories; a few gaps where gaps are served). Labels must be identical and every
+probability or value within the tolerance (absolute, 1e-5 by default): ONNX conversion is where
+answers silently change (float32 rounding moving a row down another branch, an encoder converted
+wrong), so a miss refuses the import with the number of rows that differ, the largest difference and
+a row that shows it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def parity_rows(
     if sample is not None:
         return matrix_of(sample.head(SAMPLE_ROWS_MAX), schema), "sample"
     if isinstance(example, pd.DataFrame) and all(name in example.columns for name in schema.names):
-        return matrix_of(example, schema), "input_example"
+        # An input example is often a handful of rows: drawn rows widen what parity covers.
+        rows = matrix_of(example, schema)
+        if len(rows) < DRAWN_ROWS:
+            rows = np.concatenate([rows, drawn_rows(schema, seed, DRAWN_ROWS - len(rows))])
+        return rows, "input_example"
     return drawn_rows(schema, seed), "schema"
 
 
