@@ -18,7 +18,9 @@ from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.direct_routes import direct_route
 from app.api.routes import (
+    api_keys,
     auth,
+    clients,
     feedback,
     health,
     metrics,
@@ -133,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitoring,
         train,
         users,
+        clients,
+        api_keys,
         metrics,
     )
     for router in (module.router for module in routers):
