@@ -71,6 +71,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         version = current.version if current else None
         if version not in cache:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            api_keys.document_api_keys(spec)
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             if current is not None:
                 generated = current.schema.request_model.model_json_schema(

@@ -224,3 +224,11 @@ def test_predict_with_a_key_asks_the_database_nothing(
     finally:
         event.remove(engine, "before_cursor_execute", listener)
     assert statements == []
+
+
+def test_swagger_ui_takes_an_api_key_wherever_a_token_goes(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    predict = spec["paths"]["/predict"]["post"]["security"]
+    assert {"OAuth2PasswordBearer": ["predict"]} in predict and {"APIKeyHeader": []} in predict
+    assert "security" not in spec["paths"]["/health"]["get"]

@@ -168,3 +168,18 @@ def _withdraw(request: Request, key_ids: list[str]) -> None:
         revoke(
             request, revoke_key(key_id), "key revoked, but other replicas may accept it until it is re-read"
         )
+
+
+API_KEY_SCHEME = "APIKeyHeader"
+
+
+def document_api_keys(spec: dict[str, Any]) -> None:
+    """Swagger UI's Authorize dialog takes an API key too: X-API-Key, beside OAuth2, on every operation
+    a token opens (OpenAPI's security list is a choice of one; a key's scopes are checked as a token's)."""
+    components = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+    components[API_KEY_SCHEME] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and any("OAuth2PasswordBearer" in s for s in security):
+                security.append({API_KEY_SCHEME: []})
