@@ -12,6 +12,10 @@ dictionary lookup and a SHA-256, and the database is asked once per key every KE
 for an id it does not know). Revoking a key is a token-kind revocation of its id (`revoke_key`),
 which every replica's RevocationList applies within REVOCATION_REFRESH_SECONDS, so a cached key is
 refused there before its entry is read again.
+
+A miss reads the database from the caller's thread, which for /predict is the event loop
+(app.api.deps.bearer_claims is synchronous): one primary-key read, once per key and period. Ids the
+database does not have are remembered as long, so a made-up key costs one read per made-up id.
 """
 
 from __future__ import annotations

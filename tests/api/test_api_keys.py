@@ -232,3 +232,10 @@ def test_swagger_ui_takes_an_api_key_wherever_a_token_goes(client: TestClient) -
     predict = spec["paths"]["/predict"]["post"]["security"]
     assert {"OAuth2PasswordBearer": ["predict"]} in predict and {"APIKeyHeader": []} in predict
     assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_logout_with_a_key_says_how_to_revoke_it(client: TestClient, user_headers: dict[str, str]) -> None:
+    key = _key(client, user_headers)["key"]
+    answer = client.post("/logout", headers=bearer(key))
+    assert answer.status_code == 400 and "DELETE /api-keys" in answer.json()["detail"]
+    assert _predicts(client, key) == 200

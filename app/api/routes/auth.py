@@ -305,6 +305,8 @@ def refresh(
 def logout(request: Request, settings: SettingsDep) -> None:
     """Withdraws the bearer token and every refresh token of its login; the token gets 401 after."""
     claims = bearer_claims(request, NO_SCOPES)
+    if claims.method == "api_key":  # it has no end of its own to revoke it until
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "an API key is revoked with DELETE /api-keys/{id}")
     revoke(request, revoke_token(claims), "not logged out")
     if claims.fam is not None:
         _withdraw_family(request, settings, claims.fam)
