@@ -3,6 +3,8 @@
 python -m app.cli users create alice --scope predict      (prompts for the password)
 python -m app.cli users list | disable NAME | enable NAME | reset-password NAME | delete NAME
 python -m app.cli users set-scopes NAME --scope predict    (replaces the user's scopes)
+python -m app.cli clients create NAME --scope predict     (a service client: prints its id and secret once)
+python -m app.cli clients list | rotate CLIENT_ID | disable CLIENT_ID | delete CLIENT_ID
 python -m app.cli models publish [--serve] [--force]      (after dvc repro: models/ to the model store)
 python -m app.cli models import SOURCE [--sample CSV] [--target COLUMN] [--name NAME] [--serve] [--force]
     [--tolerance X]       (a model trained elsewhere: compiled to ONNX, checked for parity, published)
@@ -20,9 +22,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings, settings_error
-from app.core.revocation import revoke_user
+from app.core.credentials import client_subject, revoke_key
+from app.core.revocation import Revocation, revoke_user
 from app.core.security import SCOPES, use_password_cost
-from app.db import crud
+from app.db import api_keys, crud, service_clients
 from app.db.refresh_tokens import RefreshTokens
 from app.db.revocations import revocation_store
 from app.db.session import Database
@@ -30,6 +33,10 @@ from app.db.session import Database
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 users = typer.Typer(no_args_is_help=True, help="Create, list, disable, reset or delete users.")
 cli.add_typer(users, name="users")
+clients = typer.Typer(
+    no_args_is_help=True, help="Service clients (OAuth2 client credentials): create, list, rotate, disable."
+)
+cli.add_typer(clients, name="clients")
 models = typer.Typer(
     no_args_is_help=True, help="Publish the pipeline's output, or import a model trained elsewhere."
 )
@@ -64,19 +71,30 @@ def _database() -> Iterator[tuple[Database, Settings]]:
         database.dispose()
 
 
-def _change_and_withdraw(username: str, change: Callable[[Session], object]) -> None:
-    """Make the change, then withdraw every token the user holds: the running replicas refuse
-    them within REVOCATION_REFRESH_SECONDS."""
+def _change_and_withdraw(
+    username: str, change: Callable[[Session], object], kept_scopes: list[str] | None = None
+) -> None:
+    """Make the change, then withdraw every token the user holds, and their API keys (those with a
+    scope outside `kept_scopes`, when given): the running replicas refuse them within
+    REVOCATION_REFRESH_SECONDS."""
     with _database() as (database, settings):
         with database.session() as session:
             change(session)
+            withdrawn = api_keys.revoke_owned(session, username, kept_scopes)
         RefreshTokens(database.session, 60.0 * settings.refresh_token_expire_minutes).withdraw_user(username)
-        store = revocation_store(settings.redis_url, database.session, settings.longest_token_seconds)
-        try:
-            store.add(revoke_user(username, settings.longest_token_seconds))
-        except Exception as exc:
-            message = f"done, but the user's tokens could not be revoked ({type(exc).__name__}: {exc}): retry"
-            raise typer.Exit(_fail(message)) from None
+        _revoke(database, settings, [revoke_user(username, settings.longest_token_seconds)], withdrawn)
+
+
+def _revoke(
+    database: Database, settings: Settings, revocations: list[Revocation], key_ids: list[str]
+) -> None:
+    store = revocation_store(settings.redis_url, database.session, settings.longest_token_seconds)
+    try:
+        for revocation in [*revocations, *(revoke_key(key_id) for key_id in key_ids)]:
+            store.add(revocation)
+    except Exception as exc:
+        message = f"done, but the tokens could not be revoked ({type(exc).__name__}: {exc}): retry"
+        raise typer.Exit(_fail(message)) from None
 
 
 def _fail(message: str) -> int:
@@ -130,7 +148,9 @@ def enable(username: str) -> None:
 @users.command("reset-password")
 def reset_password(username: str, password: PasswordOption) -> None:
     """Set a new password, and withdraw the tokens got with the old one."""
-    _change_and_withdraw(username, lambda session: crud.set_password(session, username, password))
+    _change_and_withdraw(
+        username, lambda session: crud.set_password(session, username, password), kept_scopes=list(SCOPES)
+    )
     typer.echo(f"password reset for {username}")
 
 
@@ -140,7 +160,9 @@ def set_scopes(
     scope: Annotated[list[str], typer.Option("--scope", "-s", help=f"Repeatable: {', '.join(SCOPES)}")],
 ) -> None:
     """Replace a user's scopes, and withdraw the tokens they hold (they sign in again)."""
-    _change_and_withdraw(username, lambda session: crud.set_scopes(session, username, scope))
+    _change_and_withdraw(
+        username, lambda session: crud.set_scopes(session, username, scope), kept_scopes=scope
+    )
     typer.echo(f"{username} now has the scopes {' '.join(sorted(set(scope)))}")
 
 
@@ -153,6 +175,76 @@ def delete(
         typer.confirm(f"Delete {username}?", abort=True)
     _change_and_withdraw(username, lambda session: crud.delete_user(session, username))
     typer.echo(f"deleted {username}")
+
+
+@clients.command("create")
+def create_client(
+    name: str,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", "-s", help=f"Repeatable: {', '.join(SCOPES)}")
+    ] = None,
+) -> None:
+    """Create a service client (scope predict unless given); prints its id and secret, once."""
+    with _session() as session:
+        issued = service_clients.create_client(session, name, scope or ["predict"])
+    _print_secret(issued, f"created {issued.client.name} (scopes: {issued.client.scopes})")
+
+
+@clients.command("list")
+def list_clients() -> None:
+    """List service clients with their scopes (never their secrets)."""
+    with _session() as session:
+        rows = service_clients.list_clients(session)
+    if not rows:
+        typer.echo("no clients")
+    for client in rows:
+        state = "disabled" if client.disabled else "active"
+        typer.echo(
+            f"{client.client_id:<20} {client.name:<24} {client.scopes:<16} {state:<8} "
+            f"created {client.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@clients.command("rotate")
+def rotate_client(client_id: str) -> None:
+    """A new secret, printed once; the previous one keeps working for 24 hours."""
+    with _session() as session:
+        issued = service_clients.rotate_secret(session, client_id)
+    _print_secret(issued, "rotated: the previous secret works for 24 more hours")
+
+
+@clients.command("disable")
+def disable_client(client_id: str) -> None:
+    """Refuse the client new tokens, and withdraw its tokens and API keys."""
+    _withdraw_client(client_id, lambda session: service_clients.set_disabled(session, client_id, True))
+    typer.echo(f"disabled {client_id}")
+
+
+@clients.command("delete")
+def delete_client(
+    client_id: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
+) -> None:
+    """Delete a client, withdrawing its tokens and API keys."""
+    if not yes:
+        typer.confirm(f"Delete {client_id}?", abort=True)
+    _withdraw_client(client_id, lambda session: service_clients.delete_client(session, client_id))
+    typer.echo(f"deleted {client_id}")
+
+
+def _withdraw_client(client_id: str, change: Callable[[Session], object]) -> None:
+    subject = client_subject(client_id)
+    with _database() as (database, settings):
+        with database.session() as session:
+            change(session)
+            withdrawn = api_keys.revoke_owned(session, subject)
+        _revoke(database, settings, [revoke_user(subject, settings.longest_token_seconds)], withdrawn)
+
+
+def _print_secret(issued: service_clients.Issued, said: str) -> None:
+    typer.echo(said)
+    typer.echo(f"client_id:     {issued.client.client_id}")
+    typer.echo(f"client_secret: {issued.secret}")
+    typer.echo("The secret is shown this once: keep it in your secret store.")
 
 
 @models.command()

@@ -18,7 +18,9 @@ from app.api import errors
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.direct_routes import direct_route
 from app.api.routes import (
+    api_keys,
     auth,
+    clients,
     feedback,
     health,
     metrics,
@@ -69,6 +71,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         version = current.version if current else None
         if version not in cache:
             spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            api_keys.document_api_keys(spec)
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             if current is not None:
                 generated = current.schema.request_model.model_json_schema(
@@ -133,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         monitoring,
         train,
         users,
+        clients,
+        api_keys,
         metrics,
     )
     for router in (module.router for module in routers):

@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.openapi.models import OAuth2 as OAuth2Model
+from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from app.api.services import Services
 from app.core.config import Settings
+from app.core.credentials import KEY_PREFIX, ExpiredKey, InvalidKey
 from app.core.lockout import Throttle
 from app.core.revocation import Revocation, StoreUnreadable
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
@@ -26,7 +30,7 @@ from app.db.models import User
 from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
 from app.observability.audit import auth_failed
-from app.observability.metrics import REVOCATIONS
+from app.observability.metrics import AUTH, REVOCATIONS
 from app.serving.champion_alias import ChampionAlias
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
@@ -122,7 +126,27 @@ async def get_predictor(request: Request) -> Predictor:
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="token", scopes=SCOPES)
+API_KEY_HEADER = "x-api-key"
+
+
+class _BearerOrApiKey(OAuth2PasswordBearer):
+    """OAuth2PasswordBearer (its OpenAPI name stays), with the client-credentials flow offered beside
+    the password flow in Swagger UI's Authorize dialog, and an API key taken from X-API-Key too."""
+
+    def __init__(self) -> None:
+        super().__init__(tokenUrl="token", scopes=SCOPES, scheme_name="OAuth2PasswordBearer")
+        self.model = OAuth2Model(
+            flows=OAuthFlows(
+                password=OAuthFlowPassword(tokenUrl="token", scopes=SCOPES),
+                clientCredentials=OAuthFlowClientCredentials(tokenUrl="token", scopes=SCOPES),
+            )
+        )
+
+    async def __call__(self, request: HTTPConnection) -> str | None:
+        return request.headers.get(API_KEY_HEADER) or await super().__call__(request)
+
+
+oauth2_scheme = _BearerOrApiKey()
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
@@ -141,7 +165,10 @@ async def prediction_claims(security_scopes: SecurityScopes, request: Request) -
 def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SCOPES) -> TokenClaims:
     """The verified token of the request's Authorization header, which must grant these scopes:
     current_claims without FastAPI (for /predict, which solves no dependency at all). It reads the
-    bearer token as oauth2_scheme does, and refuses as current_claims does."""
+    bearer token (or X-API-Key) as oauth2_scheme does, and refuses as current_claims does."""
+    api_key = request.headers.get(API_KEY_HEADER)
+    if api_key:
+        return _verified_claims(api_key, security_scopes, request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=_BEARER)
@@ -171,10 +198,13 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
     found = services(request)  # not SettingsDep: one dependency less per request
     settings = found.settings
     try:
-        claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
+        if token.startswith(KEY_PREFIX):
+            claims = _api_key_claims(token, found, request)
+        else:
+            claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
     except InvalidToken as exc:
         # Quiet to the caller (one 401 whatever the cause), loud in metrics and logs.
-        auth_failed("expired" if isinstance(exc, ExpiredToken) else "invalid_token", request, str(exc))
+        auth_failed(_refusal(exc), request, str(exc))
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None
@@ -198,13 +228,34 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
     return claims
 
 
+def _refusal(exc: InvalidToken) -> str:
+    if isinstance(exc, ExpiredToken | ExpiredKey):
+        return "expired"
+    return "invalid_key" if isinstance(exc, InvalidKey) else "invalid_token"
+
+
+def _api_key_claims(key: str, found: Services, request: Request) -> TokenClaims:
+    """An API key's claims (sub `key:<id>`, so rate limits count per key), from this replica's cache
+    of verified keys; its owner kept on the request for the logs. InvalidKey when refused."""
+    try:
+        verified = found.api_keys.verify(key)
+    except InvalidKey:
+        AUTH.labels(method="api_key", result="refused").inc()
+        raise
+    request.state.key_owner = verified.record.owner
+    revoked = found.revocations.revoked(verified.claims)  # checked again below, with the tokens'
+    AUTH.labels(method="api_key", result="refused" if revoked else "ok").inc()
+    return verified.claims
+
+
 ClaimsDep = Annotated[TokenClaims, Security(current_claims)]
 AdminClaimsDep = Annotated[TokenClaims, Security(current_claims, scopes=["admin"])]
 
 
 def current_admin(claims: AdminClaimsDep, session: SessionDep, request: Request) -> User:
-    """Admin actions are rare and powerful: check the user still exists and is enabled."""
-    user = crud.get_user(session, claims.sub)
+    """Admin actions are rare and powerful: check the user still exists and is enabled. An API key
+    acts for its owner; a service client's token is no user's, so it is refused here."""
+    user = crud.get_user(session, getattr(request.state, "key_owner", claims.sub))
     if user is None or user.disabled or "admin" not in user.scope_list:
         auth_failed("invalid_token", request, "admin token of a removed, disabled or demoted user")
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER)

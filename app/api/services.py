@@ -20,7 +20,10 @@ from app.adapters.mlflow_alias import update_champion_alias
 from app.adapters.model_store import ModelStore
 from app.api.rate_limits import RateLimits
 from app.core.config import Settings
+from app.core.credentials import ApiKeys
+from app.core.periodic import Periodic
 from app.core.revocation import RevocationList
+from app.db.api_keys import ApiKeyStore
 from app.db.bootstrap import bootstrap
 from app.db.jobs import JobQueue
 from app.db.pointer import DatabasePointer
@@ -37,6 +40,9 @@ from app.serving.inference import scoring_limiter
 from app.serving.prediction_log import PredictionLog
 from app.serving.state import ServingState
 from app.serving.tracing import Tracing
+
+# How often the API keys' last use is written (app.core.credentials.ApiKeys.flush).
+LAST_USE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,7 @@ class Services:
     champion_alias: ChampionAlias  # MLflow's alias, moved after a swap, off the request
     throttle: DatabaseLoginThrottle  # failed logins per username
     revocations: RevocationList  # withdrawn tokens, checked on every request
+    api_keys: ApiKeys  # the API keys this replica verified, in memory; their last use, written in batches
     rate_limits: RateLimits
     refresh_tokens: RefreshTokens
     jobs: JobQueue  # retraining jobs, run by the worker (python -m app.worker), never here
@@ -105,6 +112,12 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
         revocations.refresh()
         stack.callback(revocations.watch(settings.revocation_refresh_seconds).stop)
 
+        api_keys = ApiKeys(ApiKeyStore(database.session))
+        # The keys' last use, written every few seconds rather than on each request; at shutdown the
+        # loop stops, then what is left is written, before the database goes.
+        stack.callback(api_keys.flush)
+        stack.callback(Periodic("api-key-use", LAST_USE_SECONDS, api_keys.flush).start().stop)
+
         predictions = PredictionLogStore(database.session)
         prediction_log = None
         if settings.prediction_log_sample > 0:
@@ -136,6 +149,7 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
                 database.session, settings.login_max_failures, settings.login_window_seconds
             ),
             revocations=revocations,
+            api_keys=api_keys,
             rate_limits=RateLimits.from_settings(settings),
             refresh_tokens=RefreshTokens(database.session, 60.0 * settings.refresh_token_expire_minutes),
             jobs=JobQueue(database.session, settings.job_lease_seconds),

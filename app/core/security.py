@@ -21,6 +21,9 @@ SCOPES: dict[str, str] = {
     "feedback": "Send the ground truth of earlier predictions (POST /feedback).",
 }
 DEFAULT_SCOPES = ("predict",)
+# How a caller authenticated (TokenClaims.method): a user's password, a service client's secret, an
+# API key, or another issuer's token.
+METHODS = ("password", "client_credentials", "api_key", "oidc")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class TokenClaims(BaseModel):
     jti: str
     # The refresh family the token was issued in (app.core.revocation): logging out revokes it.
     fam: str | None = None
+    # How the caller proved who they are (METHODS): the JWT's `mth` claim, absent for a password.
+    method: str = "password"
 
 
 def hash_password(password: str) -> str:
@@ -133,6 +138,7 @@ def create_access_token(
     expires: timedelta,
     now: datetime | None = None,
     family: str | None = None,
+    method: str = "password",
 ) -> str:
     issued = now or datetime.now(UTC)
     claims = {
@@ -144,6 +150,8 @@ def create_access_token(
     }
     if family is not None:
         claims["fam"] = family
+    if method != "password":  # absent means a password: the password grant's tokens stay as they were
+        claims["mth"] = method
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -177,6 +185,7 @@ def _verify(token: str, secret: str) -> TokenClaims:
             algorithms=[ALGORITHM],
             options={"require_exp": True, "require_sub": True, "require_iat": True, "require_jti": True},
         )
+        claims["method"] = claims.pop("mth", "password")
         return TokenClaims.model_validate(claims)
     except ExpiredSignatureError as exc:
         raise ExpiredToken(str(exc).splitlines()[0]) from None

@@ -52,6 +52,8 @@ def create_user(
     username = username.strip()
     if not username or len(username) > 64:
         raise UserError("username must be 1 to 64 characters")
+    if ":" in username:  # client:<id> and key:<id> name service clients and API keys in tokens
+        raise UserError("a username cannot contain ':'")
     if get_user(session, username) is not None:
         raise UserError(f"user '{username}' already exists")
     _check_password(password)

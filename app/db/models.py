@@ -185,3 +185,46 @@ class PredictionBatchRow(Base):
     shadow_compared: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shadow_agreed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     shadow_difference_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ServiceClientRow(Base):
+    """A service that signs in with its own id and secret (OAuth2 client credentials), no user behind it.
+
+    Secrets are stored as their SHA-256 (app.core.credentials says why that suffices); after a rotation
+    the previous one still works until `previous_expires_at`, so the service can be redeployed."""
+
+    __tablename__ = "service_clients"
+
+    client_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(255))  # space-separated, as User.scopes
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # Unix time
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class ApiKeyRow(Base):
+    """An API key (`pk_<id>_<secret>`), by its public id and the SHA-256 of its secret (never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # A username, or `client:<client_id>`: whose key it is (their scopes bound the key's).
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[str] = mapped_column(String(255))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)  # Unix times, as the revocations'
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()

@@ -26,6 +26,7 @@ def auth_failed(reason: str, request: Request, why: str) -> None:
                 "reason": reason,
                 "why": why,
                 "user": state.get("user"),
+                "key_owner": state.get("key_owner"),  # an API key's user or client (user is key:<id>)
                 "client": client,
                 "route": request.url.path[:200],
                 "request_id": state.get("request_id"),

@@ -44,7 +44,12 @@ AUTH_FAILURE_REASONS = (
     "unverifiable",  # a fail-closed scope's token while the revocation store does not answer
     "refresh_invalid",  # an unknown, expired or withdrawn refresh token
     "refresh_reuse",  # a refresh token presented a second time: its family is revoked
+    "invalid_client",  # a service client's unknown id, wrong secret, or a disabled client
+    "invalid_key",  # an unknown, tampered, expired or revoked API key
 )
+# How callers authenticate (app.core.security.METHODS), and how it went.
+AUTH_METHODS = ("password", "client_credentials", "api_key", "oidc")
+AUTH_RESULTS = ("ok", "refused")
 RELOAD_RESULTS = ("success", "refused")
 
 HTTP_REQUESTS = Counter(
@@ -121,6 +126,12 @@ MODEL_TRAINED = Gauge(
 )
 
 TOKENS_ISSUED = Counter("tokens_issued", "Access tokens issued.", namespace=NAMESPACE)
+AUTH = Counter(
+    "auth",
+    "Authentications by method: tokens issued (password, client_credentials), API keys checked.",
+    ["method", "result"],
+    namespace=NAMESPACE,
+)
 DATABASE_ERRORS = Counter(
     "database_errors",
     "Requests answered 503 because the database failed: down, unreachable, locked or out of connections.",
@@ -285,6 +296,9 @@ SHADOW_INFERENCE_SECONDS = Histogram(
 # Series that exist from the start, so rate() sees zeros rather than nothing.
 for _reason in AUTH_FAILURE_REASONS:
     AUTH_FAILURES.labels(reason=_reason)
+for _method in AUTH_METHODS:
+    for _result in AUTH_RESULTS:
+        AUTH.labels(method=_method, result=_result)
 for _result in RELOAD_RESULTS:
     MODEL_RELOADS.labels(result=_result)
 for _result in MODEL_IMPORT_RESULTS:

@@ -31,6 +31,7 @@ def test_metrics_are_exposed_with_the_prefix(client: TestClient):
         "predictor_model_loaded 1.0",
         "predictor_model_trained_timestamp_seconds",
         'predictor_auth_failures_total{reason="locked"}',
+        'predictor_auth_total{method="api_key",result="refused"}',
         'predictor_model_reloads_total{result="refused"}',
     ):
         assert name in response.text, name

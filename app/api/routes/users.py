@@ -7,9 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.orm import Session
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep, revoke, services
 from app.api.errors import ErrorDetail
+from app.api.routes.api_keys import withdraw_keys
 from app.core.config import Settings
 from app.core.revocation import revoke_user
 from app.db import crud
@@ -30,11 +32,11 @@ class UserOut(BaseModel):
             username=user.username,
             scopes=user.scope_list,
             disabled=user.disabled,
-            created_at=_as_utc(user.created_at),
+            created_at=as_utc(user.created_at),
         )
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # The app writes UTC (app.db.models); SQLite keeps no time zone, so it reads back naive.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
@@ -74,9 +76,17 @@ class ScopesIn(BaseModel):
     scopes: list[str] = Field(min_length=1)
 
 
-def _withdraw_tokens(request: Request, settings: Settings, username: str) -> None:
+def _withdraw_tokens(
+    request: Request,
+    settings: Settings,
+    username: str,
+    session: Session,
+    kept_scopes: list[str] | None = None,
+) -> None:
     """Every token the user holds fails from now on (within REVOCATION_REFRESH_SECONDS on the other
-    replicas), and none of their refresh tokens works."""
+    replicas), and none of their refresh tokens works; so do their API keys (only those with a scope
+    outside `kept_scopes`, when given: a demotion)."""
+    withdraw_keys(request, session, username, kept_scopes)
     refresh_tokens = services(request).refresh_tokens
     refresh_tokens.withdraw_user(username)
     # The change itself is made; the client must know the tokens may live on until they expire.
@@ -96,7 +106,7 @@ def disable_user(
         user = UserOut.of(crud.set_disabled(session, username, True))
     except crud.UserError as exc:
         raise _bad(exc) from None
-    _withdraw_tokens(request, settings, username)
+    _withdraw_tokens(request, settings, username, session)
     return user
 
 
@@ -109,7 +119,7 @@ def set_scopes(
         user = UserOut.of(crud.set_scopes(session, username, body.scopes))
     except crud.UserError as exc:
         raise _bad(exc) from None
-    _withdraw_tokens(request, settings, username)
+    _withdraw_tokens(request, settings, username, session, user.scopes)
     return user
 
 
@@ -123,4 +133,4 @@ def delete_user(
         crud.delete_user(session, username)
     except crud.UserError as exc:
         raise _bad(exc) from None
-    _withdraw_tokens(request, settings, username)
+    _withdraw_tokens(request, settings, username, session)
