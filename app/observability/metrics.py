@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.core.oidc import REASONS as OIDC_REFUSALS
+
 if TYPE_CHECKING:
     from app.observability.confidence import ConfidenceWindow
     from app.observability.drift import DriftMonitor
@@ -44,6 +46,7 @@ AUTH_FAILURE_REASONS = (
     "unverifiable",  # a fail-closed scope's token while the revocation store does not answer
     "refresh_invalid",  # an unknown, expired or withdrawn refresh token
     "refresh_reuse",  # a refresh token presented a second time: its family is revoked
+    *OIDC_REFUSALS,  # an external issuer's token: bad alg, signature, iss, aud, expired, unknown kid
 )
 RELOAD_RESULTS = ("success", "refused")
 
@@ -151,6 +154,17 @@ RATE_LIMIT_STORE_UP = Gauge(
 REVOCATION_STORE_UP = Gauge(
     "revocation_store_up",
     "1 when the revocation store answered this replica's last read, 0 when it did not.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
+
+# 0 while this replica cannot fetch the OpenID Connect issuer's keys: tokens signed by the keys it has
+# still verify, those signed by a new key are refused. Labelled by OIDC_ISSUER, so that without one
+# there is no series (an unlabelled gauge would read 0, down).
+OIDC_ISSUER_UP = Gauge(
+    "oidc_issuer_up",
+    "1 when the OpenID Connect issuer answered this replica's last key fetch, 0 when it did not.",
+    ["issuer"],
     namespace=NAMESPACE,
     multiprocess_mode="livemin",
 )
