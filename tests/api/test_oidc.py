@@ -117,6 +117,17 @@ def test_revoking_the_issuers_subject_refuses_its_tokens(oidc_app: TestClient, i
     assert oidc_app.post("/predict", json=BODY, headers=bearer(issuer.token("rs-reader"))).status_code == 200
 
 
+def test_an_issuer_admin_calls_admin_routes_and_logs_out(oidc_app: TestClient, issuer: Issuer):
+    token = issuer.token("rs-admin")
+    assert _verifier(oidc_app).verify(token).scopes == ("predict", "admin")
+
+    reloaded = oidc_app.post("/model/reload", headers=bearer(token))
+    assert reloaded.status_code == 200, reloaded.text
+
+    assert oidc_app.post("/logout", headers=bearer(token)).status_code == 204
+    refused(oidc_app, token, "revoked")
+
+
 def test_a_token_signed_with_a_new_key_is_accepted_once_the_keys_are_fetched_again(
     oidc_app: TestClient, issuer: Issuer
 ):
