@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "NoPredictions", "FeatureDrift", "PredictionDrift", "StaleModel",
     "ModelStoreUnreachable", "ModelCacheFull", "ReplicasDisagree",
     "RevocationStoreUnreachable", "RateLimitStoreUnreachable", "RefreshTokenReuse", "LiveQualityLow",
+    "OidcIssuerUnreachable",
 }  # fmt: skip
 
 
