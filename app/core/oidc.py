@@ -209,7 +209,11 @@ class OidcVerifier:
         if jwk is None:
             self.on_unknown_kid()
             raise OidcRefused("oidc_unknown_kid", f"no key {kid!r} in the issuer's key set (asked for it)")
-        if jwk.get("alg", alg) != alg or jwk.get("kty") != _KEY_TYPES[alg]:
+        if (
+            jwk.get("alg", alg) != alg
+            or jwk.get("kty") != _KEY_TYPES[alg]
+            or (alg == "ES256" and jwk.get("crv") != "P-256")
+        ):
             raise OidcRefused("oidc_alg", f"key {kid!r} is not for {alg}")
         found = self._jwks.get((kid, alg))
         if found is None:

@@ -4,6 +4,9 @@ against a real issuer)."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from jose import jwt as jose_jwt
 
@@ -67,3 +70,19 @@ def test_only_signing_keys_of_allowed_types_and_listed_algorithms_are_kept():
     assert set(keys.keys) == {"rsa", "ec"}
     assert keys.algorithms == {"RS256", "ES256"}
     assert KeySet.from_documents({}, jwks).algorithms == {"RS256", "PS256", "ES256"}
+
+
+def test_a_key_is_used_only_with_the_algorithm_it_is_for():
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from app.core.oidc import OidcConfig, OidcRefused, OidcVerifier
+
+    p384 = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key(), as_dict=True)
+    verifier = OidcVerifier(OidcConfig("https://issuer.example", "api://predictor"))
+    verifier.use_keys(KeySet({"p384": p384 | {"kid": "p384"}, "rsa": {"kid": "rsa", "kty": "RSA"}}))
+    for kid, alg in (("p384", "ES256"), ("rsa", "ES256"), ("p384", "RS256")):
+        header = base64.urlsafe_b64encode(json.dumps({"alg": alg, "kid": kid}).encode()).decode().rstrip("=")
+        with pytest.raises(OidcRefused) as refused:
+            verifier.verify(f"{header}.e30.c2ln")
+        assert refused.value.reason == "oidc_alg"
