@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.api.services import Services
 from app.core.config import Settings
 from app.core.lockout import Throttle
-from app.core.oidc import OidcRefused, issuer_token
+from app.core.oidc import OidcRefused, OidcVerifier, issuer_token
 from app.core.revocation import Revocation, StoreUnreadable
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
 from app.db import crud
@@ -168,14 +168,14 @@ PREDICT_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": ["pred
 ANY_SCOPE_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": []}]}
 
 
-def _ours_or_the_issuers(token: str, found: Services, request: Request) -> TokenClaims:
+def _ours_or_the_issuers(token: str, secret: str, oidc: OidcVerifier | None, request: Request) -> TokenClaims:
     """Our token (decode_access_token, which raises InvalidToken), or, when OIDC_ISSUER is set and
     the token's header is not ours, the external issuer's (app.core.oidc), its refusals counted by
     their own reasons (oidc_alg, oidc_signature, ...)."""
-    if found.oidc is None or not issuer_token(token):
-        return decode_access_token(token, secret=found.settings.secret_key.get_secret_value())
+    if oidc is None or not issuer_token(token):
+        return decode_access_token(token, secret=secret)
     try:
-        return found.oidc.verify(token)
+        return oidc.verify(token)
     except OidcRefused as exc:
         auth_failed(exc.reason, request, str(exc))
         raise HTTPException(
@@ -185,8 +185,9 @@ def _ours_or_the_issuers(token: str, found: Services, request: Request) -> Token
 
 def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:
     found = services(request)  # not SettingsDep: one dependency less per request
+    settings = found.settings
     try:
-        claims = _ours_or_the_issuers(token, found, request)
+        claims = _ours_or_the_issuers(token, settings.secret_key.get_secret_value(), found.oidc, request)
     except InvalidToken as exc:
         # Quiet to the caller (one 401 whatever the cause), loud in metrics and logs.
         auth_failed("expired" if isinstance(exc, ExpiredToken) else "invalid_token", request, str(exc))
