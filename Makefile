@@ -33,8 +33,9 @@ help:
 	@echo "make obs-tools                 install Debian's prometheus and prometheus-alertmanager if missing"
 	@echo "make stack-tools               install Debian's nginx (make stack's load balancer) if missing"
 	@echo "make chart-tools               install checkov (the Helm chart's security scan) into .venv-chart"
+	@echo "make oidc-tools                install the tests' OpenID Connect issuer (npm's oidc-provider)"
 	@echo "make lock                      refresh requirements.lock from the pins in pyproject.toml"
-	@echo "make clean                     remove .venv, .venv-chart and the pytest and ruff caches"
+	@echo "make clean                     remove .venv, .venv-chart, the OIDC issuer's node_modules and the caches"
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -103,11 +104,24 @@ $(CHART_TOOLS): deploy/helm/checkov.lock
 .PHONY: chart-tools
 chart-tools: $(CHART_TOOLS)
 
+# A real OpenID Connect issuer for tests/api/test_oidc.py: panva's oidc-provider from npm, at the
+# version tests/support/oidc/package-lock.json pins, installed again only when that changes.
+OIDC_DIR := tests/support/oidc
+OIDC_TOOLS := $(OIDC_DIR)/node_modules/.installed
+$(OIDC_TOOLS): $(OIDC_DIR)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: oidc-tools
+oidc-tools: $(OIDC_TOOLS)
+
 # Lint first, so a ruff or mypy error fails CI before the suite runs. Then the whole suite over
 # TEST_WORKERS processes (tests/support/scheduling.py: a file per unit, the longest first), with
 # every tool installed: --fail-on-skip turns any skipped test into a failure.
 TEST_WORKERS ?= auto
-test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools
+test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools oidc-tools
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --fail-on-skip \
 		--durations=10 $(PYTEST_ARGS)
@@ -141,7 +155,7 @@ lock:
 	.venv-lock/bin/pip freeze --exclude mlops-api-predictor > requirements.lock && rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) $(CHART_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHART_VENV) $(OIDC_DIR)/node_modules .pytest_cache .ruff_cache
 
 # The DVC remote: bucket and endpoint from DVC_REMOTE_URL / DVC_S3_ENDPOINT_URL (see .env.example).
 .PHONY: push pull

@@ -20,11 +20,12 @@ from starlette.requests import HTTPConnection
 
 from app.api.services import Services
 from app.core.config import Settings
-from app.core.credentials import KEY_PREFIX, ExpiredKey, InvalidKey
+from app.core.credentials import CLIENT_SUBJECT, KEY_PREFIX, ExpiredKey, InvalidKey
 from app.core.lockout import Throttle
+from app.core.oidc import OidcRefused, OidcVerifier, issuer_token
 from app.core.revocation import Revocation, StoreUnreadable
 from app.core.security import SCOPES, ExpiredToken, InvalidToken, TokenClaims, decode_access_token
-from app.db import crud
+from app.db import crud, service_clients
 from app.db.jobs import JobQueue
 from app.db.models import User
 from app.db.prediction_log import PredictionLogStore
@@ -194,6 +195,21 @@ PREDICT_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": ["pred
 ANY_SCOPE_SECURITY: dict[str, Any] = {"security": [{"OAuth2PasswordBearer": []}]}
 
 
+def _ours_or_the_issuers(token: str, secret: str, oidc: OidcVerifier | None, request: Request) -> TokenClaims:
+    """Our token (decode_access_token, which raises InvalidToken), or, when OIDC_ISSUER is set and
+    the token's header is not ours, the external issuer's (app.core.oidc), its refusals counted by
+    their own reasons (oidc_alg, oidc_signature, ...)."""
+    if oidc is None or not issuer_token(token):
+        return decode_access_token(token, secret=secret)
+    try:
+        return oidc.verify(token)
+    except OidcRefused as exc:
+        auth_failed(exc.reason, request, str(exc))
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
+        ) from None
+
+
 def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:
     found = services(request)  # not SettingsDep: one dependency less per request
     settings = found.settings
@@ -201,7 +217,7 @@ def _verified_claims(token: str, security_scopes: SecurityScopes, request: Reque
         if token.startswith(KEY_PREFIX):
             claims = _api_key_claims(token, found, request)
         else:
-            claims = decode_access_token(token, secret=settings.secret_key.get_secret_value())
+            claims = _ours_or_the_issuers(token, settings.secret_key.get_secret_value(), found.oidc, request)
     except InvalidToken as exc:
         # Quiet to the caller (one 401 whatever the cause), loud in metrics and logs.
         auth_failed(_refusal(exc), request, str(exc))
@@ -253,8 +269,20 @@ AdminClaimsDep = Annotated[TokenClaims, Security(current_claims, scopes=["admin"
 
 
 def current_admin(claims: AdminClaimsDep, session: SessionDep, request: Request) -> User:
-    """Admin actions are rare and powerful: check the user still exists and is enabled. An API key
-    acts for its owner; a service client's token is no user's, so it is refused here."""
+    """Admin actions are rare and powerful: check the caller still exists, is enabled and holds admin.
+    An API key acts for its owner; a service client is checked in its own table; an external issuer
+    vouches for its users. The last two act as a User of their subject's name, held nowhere."""
+    if claims.method == "oidc":
+        # The external issuer vouches for its users (OIDC_SCOPE_MAP granted admin): no local row.
+        return User(username=claims.sub, hashed_password="", scopes=" ".join(claims.scopes), disabled=False)
+    if claims.method == "client_credentials":
+        client = service_clients.get_client(session, claims.sub.removeprefix(CLIENT_SUBJECT))
+        if client is None or client.disabled or "admin" not in client.scopes.split():
+            auth_failed("invalid_token", request, "admin token of a removed, disabled or demoted client")
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
+            )
+        return User(username=claims.sub, hashed_password="", scopes=client.scopes, disabled=False)
     user = crud.get_user(session, getattr(request.state, "key_owner", claims.sub))
     if user is None or user.disabled or "admin" not in user.scope_list:
         auth_failed("invalid_token", request, "admin token of a removed, disabled or demoted user")

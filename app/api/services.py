@@ -18,9 +18,11 @@ import anyio
 
 from app.adapters.mlflow_alias import update_champion_alias
 from app.adapters.model_store import ModelStore
+from app.adapters.oidc_issuer import IssuerKeys
 from app.api.rate_limits import RateLimits
 from app.core.config import Settings
 from app.core.credentials import ApiKeys
+from app.core.oidc import OidcVerifier
 from app.core.periodic import Periodic
 from app.core.revocation import RevocationList
 from app.db.api_keys import ApiKeyStore
@@ -34,7 +36,7 @@ from app.db.session import Database
 from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.live_quality import LiveQuality, publish_thresholds
-from app.observability.metrics import REVOCATION_STORE_UP
+from app.observability.metrics import OIDC_ISSUER_UP, REVOCATION_STORE_UP
 from app.serving.champion_alias import ChampionAlias
 from app.serving.inference import scoring_limiter
 from app.serving.prediction_log import PredictionLog
@@ -73,6 +75,7 @@ class Services:
     live_quality: LiveQuality
     scoring: anyio.CapacityLimiter  # the threads that score large or slow requests
     draining: Draining  # /ready answers 503 once the preStop hook (python -m app.drain) ran
+    oidc: OidcVerifier | None = None  # an external issuer's tokens (OIDC_ISSUER); None when unset
 
 
 @asynccontextmanager
@@ -117,6 +120,7 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
         # loop stops, then what is left is written, before the database goes.
         stack.callback(api_keys.flush)
         stack.callback(Periodic("api-key-use", LAST_USE_SECONDS, api_keys.flush).start().stop)
+        oidc = _oidc(settings, stack)
 
         predictions = PredictionLogStore(database.session)
         prediction_log = None
@@ -159,4 +163,24 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
             live_quality=live_quality,
             scoring=scoring_limiter(),
             draining=Draining(settings.drain_file),
+            oidc=oidc,
         )
+
+
+def _oidc(settings: Settings, stack: AsyncExitStack) -> OidcVerifier | None:
+    """The external issuer's verifier, its keys fetched in the background: start-up does not wait
+    for the issuer (a token before its keys arrive is refused, 401)."""
+    config = settings.oidc
+    if config is None:
+        return None
+    up = OIDC_ISSUER_UP.labels(issuer=config.issuer)
+    verifier = OidcVerifier(config)
+    keys = IssuerKeys(
+        verifier,
+        refresh_seconds=settings.oidc_jwks_refresh_seconds,
+        min_refetch_seconds=settings.oidc_jwks_min_refetch_seconds,
+        on_change=lambda answered: up.set(1 if answered else 0),
+    )
+    verifier.on_unknown_kid = keys.unknown_kid
+    stack.callback(keys.watch().stop)
+    return verifier

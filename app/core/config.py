@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.security import PRODUCTION_COST, PasswordCost
+from app.core.oidc import OidcConfig, ScopeMap
+from app.core.security import PRODUCTION_COST, SCOPES, PasswordCost
 
 # The values .env.example ships with: fine on a laptop, refused in production.
 EXAMPLE_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105
@@ -40,6 +41,19 @@ class Settings(BaseSettings):
     # against what the replica read last.
     revocation_max_staleness_seconds: float = Field(default=30.0, gt=0)
     revocation_fail_closed_scopes: str = "admin"
+    # An external OpenID Connect issuer whose access tokens are accepted beside ours (docs/identity.md);
+    # unset: none. OIDC_AUDIENCE is the `aud` its tokens must carry for this API. OIDC_SCOPES_CLAIM is
+    # the claim with their scopes or roles (a dotted path for a nested one: realm_access.roles), and
+    # OIDC_SCOPE_MAP maps them to ours (theirs:ours,...; unset: taken as they are). Clocks may differ
+    # by OIDC_LEEWAY_SECONDS. The keys are fetched again every OIDC_JWKS_REFRESH_SECONDS, and when a
+    # token names an unknown key, at most once per OIDC_JWKS_MIN_REFETCH_SECONDS.
+    oidc_issuer: str | None = None
+    oidc_audience: str = ""
+    oidc_scopes_claim: str = Field(default="scope", min_length=1)
+    oidc_scope_map: str = ""
+    oidc_leeway_seconds: float = Field(default=60.0, ge=0, le=300)
+    oidc_jwks_refresh_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    oidc_jwks_min_refetch_seconds: float = Field(default=30.0, ge=0, le=3600)
     # Limits (app/api/rate_limits.py), as the `limits` library reads them ("20/minute", "200/second");
     # empty: none. /token per client address across usernames, the prediction routes per user.
     rate_limit_token: str = "20/minute"  # noqa: S105 - a rate, not a secret
@@ -143,7 +157,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
 
-    @field_validator("start_worker", "redis_url", "live_mae_max", mode="before")
+    @field_validator("start_worker", "redis_url", "live_mae_max", "oidc_issuer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # START_WORKER= in .env (as .env.example ships it) means "decide from DATABASE_URL".
@@ -162,6 +176,38 @@ class Settings(BaseSettings):
                     f"{value!r} is not a rate limit: write e.g. 20/minute or 200/second"
                 ) from None
         return value
+
+    @field_validator("oidc_scope_map")
+    @classmethod
+    def _a_scope_map(cls, value: str) -> str:
+        unknown = {ours for targets in ScopeMap.parse(value).pairs.values() for ours in targets} - set(SCOPES)
+        if unknown:
+            raise ValueError(f"maps to {', '.join(sorted(unknown))}: not a scope here ({', '.join(SCOPES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _an_issuer_with_its_audience(self) -> Settings:
+        if self.oidc_issuer is None:
+            return self
+        if not self.oidc_audience.strip():
+            raise ValueError("OIDC_AUDIENCE is empty: set the audience the issuer puts in this API's tokens")
+        local = self.oidc_issuer.startswith(("http://127.0.0.1", "http://localhost"))
+        if not self.oidc_issuer.startswith("https://") and (self.app_env == "production" or not local):
+            raise ValueError("OIDC_ISSUER must be an https:// URL (http:// only to localhost in development)")
+        return self
+
+    @property
+    def oidc(self) -> OidcConfig | None:
+        """The external issuer's settings, or None when OIDC_ISSUER is unset."""
+        if self.oidc_issuer is None:
+            return None
+        return OidcConfig(
+            issuer=self.oidc_issuer,
+            audience=self.oidc_audience,
+            scopes_claim=self.oidc_scopes_claim,
+            scope_map=ScopeMap.parse(self.oidc_scope_map),
+            leeway_seconds=self.oidc_leeway_seconds,
+        )
 
     @property
     def longest_token_seconds(self) -> float:

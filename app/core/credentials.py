@@ -68,9 +68,12 @@ def new_client_id() -> str:
     return CLIENT_PREFIX + secrets.token_urlsafe(12)  # 16 url-safe characters
 
 
+CLIENT_SUBJECT = "client:"  # before the client_id, in the sub of a client's tokens
+
+
 def client_subject(client_id: str) -> str:
     """The sub of a client's tokens, and the subject of the user-kind revocation that withdraws them."""
-    return f"client:{client_id}"
+    return f"{CLIENT_SUBJECT}{client_id}"
 
 
 def new_key() -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """Password hashing and access tokens: the only module that knows which libraries do them.
 
-No FastAPI here: the API maps InvalidToken to 401, the CLI uses the hashing directly.
+No FastAPI here: the API maps InvalidToken to 401, the CLI uses the hashing directly. Tokens of an
+external OpenID Connect issuer are app.core.oidc's.
 """
 
 from __future__ import annotations

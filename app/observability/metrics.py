@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.core.oidc import REASONS as OIDC_REFUSALS
+
 if TYPE_CHECKING:
     from app.observability.confidence import ConfidenceWindow
     from app.observability.drift import DriftMonitor
@@ -46,6 +48,7 @@ AUTH_FAILURE_REASONS = (
     "refresh_reuse",  # a refresh token presented a second time: its family is revoked
     "invalid_client",  # a service client's unknown id, wrong secret, or a disabled client
     "invalid_key",  # an unknown, tampered, expired or revoked API key
+    *OIDC_REFUSALS,  # an external issuer's token: bad alg, signature, iss, aud, expired, unknown kid
 )
 # How callers authenticate (app.core.security.METHODS), and how it went.
 AUTH_METHODS = ("password", "client_credentials", "api_key", "oidc")
@@ -162,6 +165,17 @@ RATE_LIMIT_STORE_UP = Gauge(
 REVOCATION_STORE_UP = Gauge(
     "revocation_store_up",
     "1 when the revocation store answered this replica's last read, 0 when it did not.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemin",
+)
+
+# 0 while this replica cannot fetch the OpenID Connect issuer's keys: tokens signed by the keys it has
+# still verify, those signed by a new key are refused. Labelled by OIDC_ISSUER, so that without one
+# there is no series (an unlabelled gauge would read 0, down).
+OIDC_ISSUER_UP = Gauge(
+    "oidc_issuer_up",
+    "1 when the OpenID Connect issuer answered this replica's last key fetch, 0 when it did not.",
+    ["issuer"],
     namespace=NAMESPACE,
     multiprocess_mode="livemin",
 )

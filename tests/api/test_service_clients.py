@@ -234,3 +234,16 @@ def test_swagger_ui_is_offered_the_client_credentials_flow(client: TestClient) -
     schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
     flows = schemes["OAuth2PasswordBearer"]["flows"]
     assert flows["password"]["tokenUrl"] == flows["clientCredentials"]["tokenUrl"] == "token"
+
+
+def test_a_client_with_the_admin_scope_passes_admin_routes_until_it_is_disabled(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    created = _create(client, admin_headers, ["predict", "admin"])
+    token = _grant(client, created).json()["access_token"]
+    assert client.get("/clients", headers=bearer(token)).status_code == 200
+    narrowed = _grant(client, created, scope="predict").json()["access_token"]
+    assert client.get("/clients", headers=bearer(narrowed)).status_code == 403
+
+    assert client.post(f"/clients/{created['client_id']}/disable", headers=admin_headers).status_code == 200
+    assert client.get("/clients", headers=bearer(token)).status_code == 401

@@ -142,3 +142,33 @@ def test_argon2_memory_must_cover_its_lanes() -> None:
     with pytest.raises(ValidationError) as caught:
         _settings(password_hash_memory_kib=16, password_hash_parallelism=4)
     assert "at least 8 KiB per lane" in settings_error(caught.value)
+
+
+def test_an_external_issuer_is_off_unless_set_and_then_needs_its_audience() -> None:
+    assert _settings(oidc_issuer="").oidc is None
+    config = _settings(
+        oidc_issuer="https://keycloak.example.com/realms/acme",
+        oidc_audience="predictor-api",
+        oidc_scopes_claim="realm_access.roles",
+        oidc_scope_map="predictor-admins:admin,predictor-admins:predict",
+    ).oidc
+    assert config is not None and config.scope_map.apply(["predictor-admins"]) == ("admin", "predict")
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"oidc_issuer": "https://issuer.example"}, "OIDC_AUDIENCE is empty"),
+        ({"oidc_issuer": "http://issuer.example", "oidc_audience": "a"}, "must be an https:// URL"),
+        (
+            {"oidc_issuer": "http://127.0.0.1:8080", "oidc_audience": "a", "app_env": "production"},
+            "must be an https:// URL",
+        ),
+        ({"oidc_scope_map": "predictor.read"}, "theirs:ours"),
+        ({"oidc_scope_map": "predictor.read:predcit"}, "predcit: not a scope here"),
+    ],
+)
+def test_a_wrong_issuer_setting_is_refused_with_one_line(values: dict, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(**({"secret_key": STRONG, "admin_password": ADMIN_PW} | values))
+    assert reason in settings_error(caught.value)

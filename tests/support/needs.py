@@ -60,6 +60,11 @@ NEEDS: dict[str, Need] = {
     ),
     "nginx": Need(_on_path("nginx"), "nginx (Debian's package)", "make stack-tools"),
     "chromium": Need(_on_path("chromium"), "Chromium (Debian's package)", "make ui-tools"),
+    "oidc": Need(
+        lambda: _on_path("node")() and (ROOT / "tests/support/oidc/node_modules/.installed").exists(),
+        "Node.js and npm's oidc-provider in tests/support/oidc",
+        "make oidc-tools",
+    ),
     "checkov": Need(
         lambda: (ROOT / ".venv-chart" / "bin" / "checkov").exists(),
         "checkov in .venv-chart",
