@@ -202,12 +202,15 @@ def _ours_or_the_issuers(token: str, secret: str, oidc: OidcVerifier | None, req
     if oidc is None or not issuer_token(token):
         return decode_access_token(token, secret=secret)
     try:
-        return oidc.verify(token)
+        claims = oidc.verify(token)
     except OidcRefused as exc:
+        AUTH.labels(method="oidc", result="refused").inc()
         auth_failed(exc.reason, request, str(exc))
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None
+    AUTH.labels(method="oidc", result="ok").inc()
+    return claims
 
 
 def _verified_claims(token: str, security_scopes: SecurityScopes, request: Request) -> TokenClaims:

@@ -131,7 +131,8 @@ MODEL_TRAINED = Gauge(
 TOKENS_ISSUED = Counter("tokens_issued", "Access tokens issued.", namespace=NAMESPACE)
 AUTH = Counter(
     "auth",
-    "Authentications by method: tokens issued (password, client_credentials), API keys checked.",
+    "Authentications by method: tokens issued (password, client_credentials), API keys and external "
+    "issuers' tokens checked (api_key, oidc).",
     ["method", "result"],
     namespace=NAMESPACE,
 )

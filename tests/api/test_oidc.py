@@ -71,6 +71,10 @@ def issuer_up(issuer: Issuer) -> float | None:
     return REGISTRY.get_sample_value("predictor_oidc_issuer_up", {"issuer": issuer.url})
 
 
+def by_method(result: str) -> float:
+    return REGISTRY.get_sample_value("predictor_auth_total", {"method": "oidc", "result": result}) or 0.0
+
+
 def refused(client: TestClient, token: str, reason: str) -> None:
     before = refusals(reason)
     answer = client.post("/predict", json=BODY, headers=bearer(token))
@@ -92,10 +96,12 @@ def encode(part: dict) -> str:
 def test_an_issuer_token_predicts_with_its_mapped_scopes(oidc_app: TestClient, issuer: Issuer, client_id):
     token = issuer.token(client_id)
     assert segments(token)[0]["alg"] == ("RS256" if client_id == "rs-reader" else "ES256")
+    accepted = by_method("ok")
 
     answer = oidc_app.post("/predict", json=BODY, headers=bearer(token))
 
     assert answer.status_code == 200, answer.text
+    assert by_method("ok") == accepted + 1
     claims = _verifier(oidc_app).verify(token)
     assert (claims.sub, claims.scopes, claims.method) == (f"oidc:{client_id}", ("predict",), "oidc")
     # predictor.read maps to predict alone: an admin route wants more.
