@@ -35,12 +35,16 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from bench import engines
+from bench.auth import AuthResult, auth_json, auth_verdicts, format_auth
 from bench.harness import (
     BASELINE,
     BENTOML_VERSION,
@@ -186,6 +190,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=_flag("BENCH_CEILING", default=True),
         help="also measure ours against a bare FastAPI app, /predict and /health (BENCH_CEILING=0 skips)",
+    )
+    parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=_flag("BENCH_AUTH", default=True),
+        help="also measure one-row /predict with an API key and an external issuer's token against a "
+        "JWT, on one server (BENCH_AUTH=0 skips; the issuer needs `make oidc-tools`)",
     )
     parser.add_argument(
         "--servers",
@@ -857,6 +868,60 @@ def bench_ceiling(scratch: Path, processes: Processes, args: argparse.Namespace)
     ]
 
 
+AUTH_ROUNDS = 4
+# The external issuer's scope for predictions, as tests/support/oidc_issuer.py's clients ask for it.
+ISSUER_SCOPE_MAP = "predictor.read:predict"
+
+
+def bench_auth(scratch: Path, processes: Processes, args: argparse.Namespace) -> list[AuthResult]:
+    """One server, one-row /predict at c=32 with a JWT, an API key and (when oidc-provider is
+    installed) an issuer's token, driven in turns as the ceiling's runs are."""
+    from tests.support.needs import missing as missing_tool
+    from tests.support.oidc_issuer import AUDIENCE, rsa_key, running_issuer
+
+    work, metadata = trained(scratch, CEILING_CHAMPION, args)
+    columns = [f["name"] for f in metadata["features"]]
+    body = work / "body-auth-1.json"
+    body.write_text(request_body("ours", sample_rows(metadata["features"], 1), columns))
+    missing = missing_tool("oidc")
+    if missing:
+        say(f"credentials: no issuer token measured ({missing})")
+    issuer = nullcontext(None) if missing else running_issuer(work, [rsa_key("bench")])
+    with issuer as running:
+        env = {"DATABASE_URL": f"sqlite:///{work / 'users-auth.db'}"}  # its own admin
+        if running is not None:  # an http:// issuer on 127.0.0.1 is for development only
+            env |= {"APP_ENV": "development", "OIDC_ISSUER": running.url, "OIDC_AUDIENCE": AUDIENCE}
+            env["OIDC_SCOPE_MAP"] = ISSUER_SCOPE_MAP
+        ours, username, password = start_ours(processes, work, args, CEILING_CHAMPION, env, label="ours-auth")
+        try:
+            token, _ = first_prediction_ours(ours, username, password, body.read_bytes())
+            created = httpx.post(
+                f"{ours.base_url}/api-keys",
+                json={"name": "bench", "scopes": ["predict"]},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            if created.status_code != 201:
+                raise BenchError(f"POST /api-keys answered {created.status_code}: {created.text[:300]}")
+            credentials: dict[str, Callable[[], str]] = {
+                "jwt": lambda: f"Bearer {token}",
+                "api_key": lambda: f"Bearer {created.json()['key']}",
+            }
+            if running is not None:  # a fresh token per run: the issuer's live a few minutes
+                credentials["oidc"] = lambda: f"Bearer {running.token('rs-reader')}"
+            case = Case(CEILING_CHAMPION, 1, TARGET_CONCURRENCY)
+            runs: dict[str, list[LoadResult]] = {}
+            for round_number in range(AUTH_ROUNDS):
+                order = list(credentials) if round_number % 2 == 0 else list(reversed(credentials))
+                for method in order:
+                    url = f"{ours.base_url}/predict"
+                    result = measure(ours, url, body, case, args, credentials[method]())
+                    runs.setdefault(method, []).append(result)
+        finally:
+            processes.stop(ours)
+    return [AuthResult(method, runs[method], runs["jwt"]) for method in runs if method != "jwt"]
+
+
 def git(*arguments: str) -> str:
     try:
         done = subprocess.run(
@@ -950,6 +1015,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overhead = None
     variants: tuple[list[VariantResult], list[Ratio]] | None = None
     ceiling: list[CeilingResult] = []
+    credentials: list[AuthResult] = []
     timings: list[engines.EngineTiming] = []
     try:
         if args.engines and not args.cold_only:
@@ -963,6 +1029,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             overhead = bench_overhead(scratch, processes, args)
         if args.ceiling and not args.cold_only:
             ceiling = bench_ceiling(scratch, processes, args)
+        if args.auth and not args.cold_only:
+            credentials = bench_auth(scratch, processes, args)
     finally:
         processes.stop_all()
         if args.keep:
@@ -1000,6 +1068,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if timings:
         document["engines"] = engines.as_json(timings)
+    if credentials:
+        document["credentials"] = auth_json(credentials)
+        document["targets"] += auth_verdicts(credentials)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
 
     print()
@@ -1014,6 +1085,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(", ".join(f"RSS per worker {name}: {mib:.0f} MiB" for name, mib in rss.items()))
     if ceiling:
         print(format_ceiling(ceiling, CEILING_CHAMPION))
+    if credentials:
+        print(format_auth(credentials))
     if variants is not None:
         print()
         print(format_variants(*variants, ROWS, args.csv_rows, VARIANTS_CHAMPION))

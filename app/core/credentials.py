@@ -39,6 +39,9 @@ ROTATION_GRACE_SECONDS = 24 * 3600.0
 # How long a replica trusts what it read about a key (its scopes, whether it was revoked) without
 # asking the database again; a revocation covers this long (revoke_key), so no cached entry outlives it.
 KEY_CACHE_SECONDS = 60.0
+# Names, owners and scopes as the routes take them: no control characters (PostgreSQL refuses a NUL in
+# text, and a log line must not be forged by a newline).
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 # A key without an expiry, as a token's exp: the year 9999.
 NEVER = 253402300799
 _CACHE_MAX = 4096  # keys remembered per replica; when full, the cache starts over

@@ -144,7 +144,7 @@ PREDICT_OPERATION = {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
     },
-    "security": [{"OAuth2PasswordBearer": ["predict"]}],
+    "security": [{"OAuth2PasswordBearer": ["predict"]}, {"APIKeyHeader": []}],
     "parameters": [
         {
             "name": "compare",

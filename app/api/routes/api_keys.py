@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import ClaimsDep, SessionDep, revoke, services
 from app.api.errors import ErrorDetail
-from app.core.credentials import revoke_key
+from app.core.credentials import PRINTABLE, revoke_key
 from app.core.security import TokenClaims
 from app.db import api_keys, crud, service_clients
 from app.db.models import ApiKeyRow
@@ -54,10 +54,17 @@ class ApiKeyOut(BaseModel):
 
 
 class ApiKeyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    scopes: list[str] = Field(default=["predict"], min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
+    scopes: list[Annotated[str, Field(max_length=64, pattern=PRINTABLE)]] = Field(
+        default=["predict"], min_length=1
+    )
     expires_in_days: float | None = Field(default=None, gt=0, le=3650, description="None: never expires")
-    owner: str | None = Field(default=None, description="Admins only: a username or client:<client_id>")
+    owner: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=PRINTABLE,
+        description="Admins only: a username or client:<client_id>",
+    )
 
 
 class ApiKeyCreated(BaseModel):

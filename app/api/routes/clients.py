@@ -7,7 +7,7 @@ ROTATION_GRACE_SECONDS (24 h), time to deploy the new one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import AwareDatetime, BaseModel, Field
@@ -17,7 +17,7 @@ from app.api.errors import ErrorDetail
 from app.api.routes.api_keys import withdraw_keys
 from app.api.routes.users import as_utc
 from app.core.config import Settings
-from app.core.credentials import client_subject
+from app.core.credentials import PRINTABLE, client_subject
 from app.core.revocation import revoke_user
 from app.db import crud, service_clients
 from app.db.models import ServiceClientRow
@@ -44,8 +44,10 @@ class ClientOut(BaseModel):
 
 
 class ClientIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    scopes: list[str] = Field(default=["predict"], min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=PRINTABLE)
+    scopes: list[Annotated[str, Field(max_length=64, pattern=PRINTABLE)]] = Field(
+        default=["predict"], min_length=1
+    )
 
 
 class ClientSecret(BaseModel):
