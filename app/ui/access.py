@@ -196,7 +196,8 @@ def client_actions(api: ApiClient, clients: dict[str, dict[str, Any]]) -> None:
         key="access-client",
     )
     rotate, disable, delete = st.columns(3)
-    confirmed = delete.checkbox("Confirm deleting", key="access-confirm-delete")
+    # Keyed by client: ticking it for one client never arms the button for the next one chosen.
+    confirmed = delete.checkbox("Confirm deleting", key=f"access-confirm-delete-{client_id}")
     try:
         if rotate.button("Rotate secret"):
             secret = api.rotate_client(client_id)["client_secret"]

@@ -308,7 +308,7 @@ def test_admin_creates_a_client_and_rotates_its_secret(ui_env: str) -> None:
 
     app.selectbox(key="access-client").set_value(client_id)
     assert button(app, "Delete").disabled
-    app.checkbox(key="access-confirm-delete").check().run()
+    app.checkbox(key=f"access-confirm-delete-{client_id}").check().run()
     button(app, "Delete").click().run()
     assert not app.error, texts(app.error)
     assert texts(app.success) == [f"Client {client_id} deleted, with its tokens and API keys."]
