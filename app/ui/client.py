@@ -112,3 +112,33 @@ class ApiClient:
 
     def monitoring(self, hours: int = 24, limit: int = 50) -> dict[str, Any]:
         return self._request("GET", "/monitoring", params={"hours": hours, "limit": limit}).json()
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        """Every key (an admin's view), without its secret."""
+        return self._request("GET", "/api-keys").json()
+
+    def create_api_key(
+        self, name: str, scopes: list[str], expires_in_days: float | None, owner: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "scopes": scopes, "expires_in_days": expires_in_days}
+        if owner:
+            body["owner"] = owner
+        return self._request("POST", "/api-keys", json=body).json()
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._request("DELETE", f"/api-keys/{key_id}")
+
+    def service_clients(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/clients").json()
+
+    def create_client(self, name: str, scopes: list[str]) -> dict[str, Any]:
+        return self._request("POST", "/clients", json={"name": name, "scopes": scopes}).json()
+
+    def rotate_client(self, client_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/clients/{client_id}/rotate").json()
+
+    def disable_client(self, client_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/clients/{client_id}/disable").json()
+
+    def delete_client(self, client_id: str) -> None:
+        self._request("DELETE", f"/clients/{client_id}")

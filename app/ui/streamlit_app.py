@@ -1,5 +1,6 @@
 """The predictor's web UI: log in, predict with a form built from the model's schema, batch a CSV,
-and (for admins) retrain, roll back and monitor. It only talks to the API over HTTP.
+and (for admins) retrain, roll back, monitor, and manage API keys and service clients. It only talks
+to the API over HTTP.
 
     make ui          (streamlit run app/ui/streamlit_app.py; API_URL says where the API is)
 """
@@ -12,32 +13,19 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app.ui.access import access_page
 from app.ui.client import ApiClient, ApiError, SessionExpired
 from app.ui.monitoring import monitoring_page
+from app.ui.session import logout, show_error
 from app.ui.settings import get_ui_settings
 
 PAGES = ("Predict", "Batch", "Model")
-ADMIN_PAGES = ("Monitoring",)  # GET /monitoring needs the admin scope
+ADMIN_PAGES = ("Monitoring", "Access")  # GET /monitoring, /clients and everyone's keys need admin
 
 
 def client() -> ApiClient:
     settings = get_ui_settings()
     return ApiClient(settings.api_url, st.session_state.get("token"), settings.api_timeout)
-
-
-def logout(message: str | None = None) -> None:
-    for key in ("token", "username", "scopes", "job_id"):
-        st.session_state.pop(key, None)
-    if message:
-        st.session_state["flash"] = message
-
-
-def show_error(exc: ApiError) -> None:
-    """Readable, never a traceback; an expired session goes back to the login page."""
-    if isinstance(exc, SessionExpired):
-        logout("Your session has expired: please log in again.")
-        st.rerun()
-    st.error(f"Error: {exc}")
 
 
 def login_page() -> None:
@@ -304,6 +292,8 @@ def main() -> None:
             batch_page(api)
         elif page == "Monitoring":
             monitoring_page(api)
+        elif page == "Access":
+            access_page(api, st.session_state.get("scopes", []))
         else:
             model_page(api, admin)
     except ApiError as exc:  # anything a page did not handle itself

@@ -198,3 +198,123 @@ def test_monitoring_is_an_admin_page_of_quality_drift_shadow_and_feedback(ui_env
         assert metrics["Agrees with the champion"].endswith("%")
     finally:
         httpx.delete(f"{ui_env}/model/shadow", headers=headers, timeout=30)
+
+
+def test_access_is_an_admin_page() -> None:
+    assert "Access" not in logged_in(USER).sidebar.radio[0].options
+    assert "Access" in logged_in(ADMIN).sidebar.radio[0].options
+
+
+def access(app: AppTest) -> AppTest:
+    app.sidebar.radio[0].set_value("Access").run()
+    assert not app.exception and not app.error, texts(app.error)
+    assert [s.value for s in app.subheader] == ["API keys", "Service clients"]
+    return app
+
+
+def test_admin_creates_an_api_key_sees_it_once_and_revokes_it(ui_env: str) -> None:
+    app = access(logged_in(ADMIN))
+    # The scopes offered are the admin's own.
+    assert sorted(app.multiselect(key="key-scopes").options) == sorted(app.session_state["scopes"])
+    app.text_input(key="key-name").input("ui-ci")
+    app.multiselect(key="key-scopes").set_value(["predict"])
+    app.number_input(key="key-days").set_value(30)
+    app.text_input(key="key-owner").input(USER[0])
+    button(app, "Create API key").click().run()
+    assert not app.exception and not app.error, texts(app.error)
+    secret = app.code[0].value
+    assert secret.startswith("pk_")
+    assert "Copy it now: it is not shown again." in texts(app.warning)
+    keys = app.dataframe[0].value
+    key_id = keys.loc[keys["name"] == "ui-ci", "id"].item()
+    assert texts(app.success) == [f"API key {key_id} (ui-ci) created for {USER[0]}; the key:"]
+
+    # The key works, for its owner's scopes.
+    answer = httpx.post(
+        f"{ui_env}/predict", json={"instances": [IRIS_ROW]}, headers={"X-API-Key": secret}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+
+    app.run()  # any next run: the secret is gone, the key is listed without it
+    assert not app.code and "Copy it now: it is not shown again." not in texts(app.warning)
+    keys = app.dataframe[0].value.set_index("id")
+    assert list(keys.columns) == ["name", "owner", "scopes", "created", "expires", "last used", "status"]
+    row = keys.loc[key_id]
+    assert row[["owner", "scopes", "status"]].tolist() == [USER[0], "predict", "active"]
+    assert row["expires"] != "never"
+    assert secret not in app.dataframe[0].value.to_csv()
+
+    app.selectbox(key="access-key").set_value(key_id)
+    button(app, "Revoke key").click().run()
+    assert not app.error, texts(app.error)
+    assert texts(app.success) == [f"API key {key_id} revoked."]
+    assert app.dataframe[0].value.set_index("id").loc[key_id, "status"] == "revoked"
+    assert not any(o.startswith(f"{key_id}:") for o in options(app, "access-key"))
+
+    def refused() -> bool:
+        headers = {"X-API-Key": secret}
+        response = httpx.post(
+            f"{ui_env}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=10
+        )
+        return response.status_code == 401
+
+    wait_until(refused, 15, "the revoked key refused")
+
+
+def test_an_api_error_on_the_access_page_is_one_readable_line() -> None:
+    app = access(logged_in(ADMIN))
+    app.text_input(key="key-name").input("for-nobody")
+    app.text_input(key="key-owner").input("nobody-at-all")
+    button(app, "Create API key").click().run()
+    assert texts(app.error) == ["Error: no user or client 'nobody-at-all'"]
+    assert not app.code
+    assert [s.value for s in app.subheader] == ["API keys", "Service clients"]
+
+
+def test_admin_creates_a_client_and_rotates_its_secret(ui_env: str) -> None:
+    app = access(logged_in(ADMIN))
+    app.text_input(key="client-name").input("ui-billing")
+    app.multiselect(key="client-scopes").set_value(["predict"])
+    button(app, "Create client").click().run()
+    assert not app.exception and not app.error, texts(app.error)
+    first = app.code[0].value
+    assert "Copy it now: it is not shown again." in texts(app.warning)
+    clients = app.dataframe[-1].value
+    client_id = clients.loc[clients["name"] == "ui-billing", "client_id"].item()
+    assert clients.set_index("client_id").loc[client_id, "disabled"] == ""
+    assert first not in clients.to_csv()
+
+    app.selectbox(key="access-client").set_value(client_id)
+    button(app, "Rotate secret").click().run()
+    assert not app.error, texts(app.error)
+    second = app.code[0].value
+    assert second != first
+    assert "Copy it now: it is not shown again." in texts(app.warning)
+    assert texts(app.info) == ["The previous secret keeps working for 24 hours, time to deploy this one."]
+
+    def token(secret: str) -> int:
+        form = {"grant_type": "client_credentials"}
+        return httpx.post(f"{ui_env}/token", data=form, auth=(client_id, secret), timeout=10).status_code
+
+    assert token(first) == 200 and token(second) == 200  # the old one, in its grace period
+
+    app.run()
+    assert not app.code
+    app.selectbox(key="access-client").set_value(client_id)
+    button(app, "Disable").click().run()
+    assert not app.error, texts(app.error)
+    assert app.dataframe[-1].value.set_index("client_id").loc[client_id, "disabled"] == "yes"
+    assert token(second) == 401
+
+    app.selectbox(key="access-client").set_value(client_id)
+    assert button(app, "Delete").disabled
+    app.checkbox(key=f"access-confirm-delete-{client_id}").check().run()
+    button(app, "Delete").click().run()
+    assert not app.error, texts(app.error)
+    assert texts(app.success) == [f"Client {client_id} deleted, with its tokens and API keys."]
+    assert not any(o.startswith(f"{client_id}:") for o in options(app, "access-client"))
+
+
+def options(app: AppTest, key: str) -> list[str]:
+    """A select box's options as shown, or none when the page left it out (nothing to choose)."""
+    return [str(option) for box in app.selectbox if box.key == key for option in box.options]
