@@ -55,6 +55,28 @@ def live_quality_units(unit: str, threshold: str, bounds: tuple[float, float] | 
     return {"fieldConfig": {"defaults": defaults, "overrides": [line]}}
 
 
+# A 0/1 gauge as a stat: "down" on red, "up" on green.
+UP_DOWN = {
+    "fieldConfig": {
+        "defaults": {
+            "unit": "none",
+            "mappings": [
+                {
+                    "type": "value",
+                    "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}},
+                }
+            ],
+            "thresholds": {
+                "mode": "absolute",
+                "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}],
+            },
+        },
+        "overrides": [],
+    },
+    "options": {"colorMode": "background", "graphMode": "none"},
+}
+
+
 @dataclass(frozen=True)
 class Dashboard:
     uid: str
@@ -254,7 +276,17 @@ DASHBOARDS = [
                 "Lockouts (last hour)",
                 [('sum(increase(predictor_auth_failures_total{reason="locked"}[1h]))', "locked")],
                 kind="stat",
-                width=12,
+                width=6,
+            ),
+            Panel(
+                "OpenID Connect issuer",
+                [("min by (issuer) (predictor_oidc_issuer_up)", "{{issuer}}")],
+                kind="stat",
+                width=6,
+                description="Whether every replica's last fetch of the issuer's keys (OIDC_ISSUER) "
+                "succeeded; OidcIssuerUnreachable names the replica after 10 minutes down. "
+                "No data: no issuer is configured.",
+                extra=UP_DOWN,
             ),
             Panel(
                 "401 / 403 / 429 responses",

@@ -196,6 +196,26 @@ def test_replicas_run_the_api_only_and_the_worker_runs_the_jobs():
     assert "ports" not in worker and "expose" not in worker
 
 
+def test_the_replicas_take_the_oidc_settings_from_env_with_the_settings_defaults():
+    """Every OIDC_* setting passes through from .env or the environment; unset, it is what the API
+    would use without it (OIDC_ISSUER empty: no issuer)."""
+    from app.core.config import Settings
+
+    settings = [name for name in Settings.model_fields if name.startswith("oidc_")]
+    assert len(settings) >= 7
+    for replica in REPLICAS:
+        environment = SERVICES[replica]["environment"]
+        defaults = {}
+        for name in settings:
+            match = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(environment.get(name.upper())))
+            assert match and match[1] == name.upper(), f"{replica}: {name.upper()} = {match}"
+            defaults[name] = match[2]
+        # _env_file=None: the repository's .env, if any, has no say here.
+        passed = Settings(_env_file=None, **defaults)
+        for name in settings:
+            assert getattr(passed, name) == Settings.model_fields[name].default, f"{replica}: {name}"
+
+
 def test_mlflow_uses_postgres_and_minio_on_both_sides():
     server = SERVICES["mlflow"]["environment"]
     assert server["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")

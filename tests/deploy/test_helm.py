@@ -24,9 +24,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from app.api.body_limit import MAX_BODY_BYTES
 from app.core.config import Settings
+from app.core.oidc import OidcConfig, ScopeMap
+from app.core.security import SCOPES
 from tests.support.paths import ROOT
 
 CHART = ROOT / "deploy" / "helm" / "predictor"
@@ -603,6 +606,150 @@ def test_a_network_policy_with_no_peer_is_refused():
     values = merged(REQUIRED, {"networkPolicy": {"allowSameNamespace": False, "ingressFrom": []}})
     with pytest.raises(helm.HelmRenderError, match="nothing could reach the API"):
         render(values)
+
+
+# --- an external OpenID Connect issuer (identity.oidc) ----------------------------------------------
+
+OIDC = {
+    "issuer": "https://keycloak.example.com/realms/acme",
+    "audience": "predictor-api",
+    "scopesClaim": "realm_access.roles",
+    # A name of theirs may hold colons (Auth0's permissions): only the last one separates ours.
+    "scopeMap": {"predictor-admins": ["admin", "predict"], "read:predictions": ["predict"]},
+    "leewaySeconds": 30,
+}
+# Each value of identity.oidc and the setting it renders.
+OIDC_VALUES = {
+    "issuer": "oidc_issuer",
+    "audience": "oidc_audience",
+    "scopesClaim": "oidc_scopes_claim",
+    "scopeMap": "oidc_scope_map",
+    "leewaySeconds": "oidc_leeway_seconds",
+    "jwksRefreshSeconds": "oidc_jwks_refresh_seconds",
+    "jwksMinRefetchSeconds": "oidc_jwks_min_refetch_seconds",
+}
+SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+OIDC_SCHEMA: dict[str, Any] = SCHEMA["properties"]["identity"]["properties"]["oidc"]
+
+
+def oidc_env(container: dict[str, Any]) -> dict[str, str]:
+    return {name: entry["value"] for name, entry in env(container).items() if name.startswith("OIDC_")}
+
+
+def policy_for(documents: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The NetworkPolicy that selects this component's pods."""
+    (workload,) = [
+        document
+        for document in documents
+        if document["kind"] in WORKLOADS
+        and document["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    (policy,) = [
+        document
+        for document in documents
+        if document["kind"] == "NetworkPolicy"
+        and selects(document["spec"]["podSelector"], pod_labels(workload))
+    ]
+    return policy
+
+
+def test_every_oidc_setting_has_a_value_and_the_values_default_to_the_settings_defaults():
+    assert set(OIDC_VALUES.values()) == {name for name in Settings.model_fields if name.startswith("oidc_")}
+    assert set(VALUES["identity"]["oidc"]) == set(OIDC_VALUES) == set(OIDC_SCHEMA["properties"])
+    defaults = VALUES["identity"]["oidc"]
+    assert defaults["issuer"] == "" and defaults["audience"] == "" and defaults["scopeMap"] == {}
+    for value in ("scopesClaim", "leewaySeconds", "jwksRefreshSeconds", "jwksMinRefetchSeconds"):
+        assert defaults[value] == Settings.model_fields[OIDC_VALUES[value]].default, value
+
+
+def test_the_schema_bounds_are_the_settings_bounds():
+    """A value the API would refuse at start (and crash-loop on) is refused at install instead."""
+    words = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "min_length": "minLength"}
+    for value, setting in OIDC_VALUES.items():
+        constraints = Settings.model_fields[setting].metadata
+        bounds = {
+            word: getattr(c, name) for c in constraints for name, word in words.items() if hasattr(c, name)
+        }
+        schema = OIDC_SCHEMA["properties"][value]
+        assert bounds == {word: schema[word] for word in words.values() if word in schema}, value
+    scopes = OIDC_SCHEMA["properties"]["scopeMap"]["additionalProperties"]["items"]["enum"]
+    assert sorted(scopes) == sorted(SCOPES)
+
+
+def test_no_issuer_renders_no_oidc_setting_and_opens_nothing_for_it():
+    for workload in workloads("default"):
+        for container in pod_spec(workload)["containers"]:
+            assert not oidc_env(container), workload["metadata"]["name"]
+    documents = list(rendered("default"))
+    assert policy_for(documents, "api")["spec"]["egress"] == policy_for(documents, "worker")["spec"]["egress"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_an_issuer_reaches_the_api_and_the_worker_as_the_settings_it_stands_for(example: str):
+    values = merged(REQUIRED if example == "default" else PRODUCTION, {})
+    values["identity"] = {"oidc": OIDC}  # in place of the production example's, scope map included
+    documents = render(values, RELEASES[example])
+    by_component = {
+        document["metadata"]["labels"]["app.kubernetes.io/component"]: document
+        for document in documents
+        if document["kind"] in WORKLOADS
+    }
+    (api,) = pod_spec(by_component["api"])["containers"]
+    (worker,) = pod_spec(by_component["worker"])["containers"]
+    assert oidc_env(api) == oidc_env(worker)
+    # The trainer takes no token: it gets none of them.
+    assert not oidc_env(pod_spec(by_component["trainer"])["containers"][0])
+    # What the API makes of them: the issuer's settings as the values say.
+    settings = Settings(_env_file=None, **{name.lower(): value for name, value in oidc_env(api).items()})
+    assert settings.oidc == OidcConfig(
+        issuer=OIDC["issuer"],
+        audience=OIDC["audience"],
+        scopes_claim=OIDC["scopesClaim"],
+        scope_map=ScopeMap({"predictor-admins": ("admin", "predict"), "read:predictions": ("predict",)}),
+        leeway_seconds=30,
+    )
+    assert settings.oidc_jwks_refresh_seconds == VALUES["identity"]["oidc"]["jwksRefreshSeconds"]
+    assert settings.oidc_jwks_min_refetch_seconds == VALUES["identity"]["oidc"]["jwksMinRefetchSeconds"]
+    # Egress: one rule more for the API pods, networkPolicy.egress.oidcIssuer; none for the jobs.
+    api_egress = policy_for(documents, "api")["spec"]["egress"]
+    jobs_egress = policy_for(documents, "worker")["spec"]["egress"]
+    issuer_rule = merged(VALUES, values)["networkPolicy"]["egress"]["oidcIssuer"]
+    expected = {"ports": issuer_rule["ports"]} | ({"to": issuer_rule["to"]} if issuer_rule["to"] else {})
+    assert api_egress == [*jobs_egress, expected]
+    assert expected["ports"] == [{"port": 443, "protocol": "TCP"}]
+
+
+def test_the_production_example_shows_an_issuer_narrowed_to_public_addresses():
+    (api,) = pod_spec(one("production", "Deployment", "api"))["containers"]
+    assert oidc_env(api)["OIDC_ISSUER"] == PRODUCTION["identity"]["oidc"]["issuer"]
+    rules = policy_for(list(rendered("production")), "api")["spec"]["egress"]
+    assert rules[-1] == PRODUCTION["networkPolicy"]["egress"]["oidcIssuer"]
+
+
+@pytest.mark.parametrize(
+    ("oidc", "where"),
+    [
+        ({"issuer": OIDC["issuer"]}, "/identity/oidc/audience"),
+        ({"issuer": OIDC["issuer"], "audience": "  "}, "/identity/oidc/audience"),
+        ({"issuer": "http://keycloak.example.com/realms/acme", "audience": "x"}, "/identity/oidc/issuer"),
+        ({**OIDC, "scopeMap": {"predictor-admins": ["root"]}}, "/identity/oidc/scopeMap/predictor-admins/0"),
+        # Refused at the root: the schema engine reports a property name's error there.
+        ({**OIDC, "scopeMap": {"a,b": ["predict"]}}, "invalid propertyName 'a,b'"),
+        ({**OIDC, "leewaySeconds": 301}, "/identity/oidc/leewaySeconds"),
+        ({**OIDC, "jwksRefreshSeconds": 0}, "/identity/oidc/jwksRefreshSeconds"),
+    ],
+)
+def test_the_schema_refuses_an_issuer_the_api_would_refuse(oidc: dict[str, Any], where: str):
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
+        render(merged(REQUIRED, {"identity": {"oidc": oidc}}))
+    # The API says no to the same, at start (APP_ENV=production: https only).
+    given = merged(VALUES["identity"]["oidc"], oidc)
+    fields = {OIDC_VALUES[value]: setting for value, setting in given.items()}
+    pairs = given["scopeMap"].items()
+    fields["oidc_scope_map"] = ",".join(f"{theirs}:{one}" for theirs, ours in pairs for one in ours)
+    production = {"app_env": "production", "secret_key": "s" * 32, "admin_password": "p" * 12}
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, **production, **fields)
 
 
 # --- monitoring: the same rules and dashboards as dashboards/ ---------------------------------------

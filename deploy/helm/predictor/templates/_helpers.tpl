@@ -151,6 +151,36 @@ Settings, so each gets the database, the store and the secrets that production r
 {{- end }}
 {{- end }}
 
+{{/*
+The external OpenID Connect issuer's settings (contracts: app/core/config.py, docs/identity.md), for the
+API and the worker, included only when identity.oidc.issuer is set (empty: off). scopeMap is rendered
+as OIDC_SCOPE_MAP's theirs:ours pairs, sorted by their name.
+*/}}
+{{- define "predictor.oidcEnv" -}}
+{{- with .Values.identity.oidc }}
+{{- $pairs := list }}
+{{- range $theirs, $ours := .scopeMap }}
+{{- range $ours }}
+{{- $pairs = append $pairs (printf "%s:%s" (trim $theirs) .) }}
+{{- end }}
+{{- end }}
+- name: OIDC_ISSUER
+  value: {{ .issuer | quote }}
+- name: OIDC_AUDIENCE
+  value: {{ .audience | quote }}
+- name: OIDC_SCOPES_CLAIM
+  value: {{ .scopesClaim | quote }}
+- name: OIDC_SCOPE_MAP
+  value: {{ join "," $pairs | quote }}
+- name: OIDC_LEEWAY_SECONDS
+  value: {{ .leewaySeconds | quote }}
+- name: OIDC_JWKS_REFRESH_SECONDS
+  value: {{ .jwksRefreshSeconds | quote }}
+- name: OIDC_JWKS_MIN_REFETCH_SECONDS
+  value: {{ .jwksMinRefetchSeconds | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "predictor.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -176,16 +206,21 @@ securityContext:
 {{- $wanted = append $wanted $egress.redis }}
 {{- end }}
 {{- range $wanted }}
+{{- include "predictor.egressRule" . }}
+{{- end }}
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* One entry of networkPolicy.egress ({ports, to}) as a NetworkPolicyEgressRule. */}}
+{{- define "predictor.egressRule" }}
 - ports:
     {{- toYaml .ports | nindent 4 }}
   {{- with .to }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-{{- end }}
-{{- with .Values.networkPolicy.extraEgress }}
-{{ toYaml . }}
-{{- end }}
 {{- end }}
 
 {{/*
