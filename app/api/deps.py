@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.openapi.models import OAuth2 as OAuth2Model
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
@@ -152,7 +153,9 @@ TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
 async def current_claims(security_scopes: SecurityScopes, token: TokenDep, request: Request) -> TokenClaims:
-    """The verified token: no database access, the token carries the scopes."""
+    """The verified token: no database access, the token carries the scopes (an API key this replica
+    has not seen lately is read first, in a thread)."""
+    await read_key_off_loop(request, token)
     return _verified_claims(token, security_scopes, request)
 
 
@@ -160,7 +163,22 @@ async def prediction_claims(security_scopes: SecurityScopes, request: Request) -
     """current_claims for the prediction routes, as one dependency: FastAPI's solving of each
     dependency costs more than a one-row prediction. The routes declare the OAuth2 requirement in
     their OpenAPI themselves (PREDICT_SECURITY)."""
+    await read_key_off_loop(request)
     return bearer_claims(request, security_scopes)
+
+
+async def read_key_off_loop(request: Request, credential: str | None = None) -> None:
+    """An API key missing from this replica's cache, read from the database in a thread, so that the
+    synchronous check after it (bearer_claims, _verified_claims) finds it cached and never blocks the
+    event loop on the database. A JWT, or a cached key, costs a prefix test."""
+    credential = credential or request.headers.get(API_KEY_HEADER) or request.headers.get("authorization", "")
+    credential = credential.removeprefix("Bearer ").removeprefix("bearer ")
+    if not credential.startswith(KEY_PREFIX):
+        return
+    api_keys = services(request).api_keys
+    key_id = api_keys.to_read(credential)
+    if key_id is not None:
+        await anyio.to_thread.run_sync(api_keys.read, key_id)
 
 
 def bearer_claims(request: Request, security_scopes: SecurityScopes = PREDICT_SCOPES) -> TokenClaims:

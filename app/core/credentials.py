@@ -20,6 +20,7 @@ database does not have are remembered as long, so a made-up key costs one read p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -166,6 +167,23 @@ class ApiKeys:
             raise ExpiredKey(f"API key {key_id} expired")
         self._used[key_id] = now
         return known
+
+    def to_read(self, key: str) -> str | None:
+        """The key's id when verify() would ask the database for it (not in this replica's cache, or
+        stale), else None: the async routes read it first in a thread (read), off the event loop."""
+        parsed = parse_key(key)
+        if parsed is None:
+            return None
+        key_id, now = parsed[0], self._clock()
+        known = self._known.get(key_id)
+        if (known is not None and known.until > now) or self._unknown.get(key_id, 0.0) > now:
+            return None
+        return key_id
+
+    def read(self, key_id: str) -> None:
+        """Read the key's record into the cache (asks the database: call it from a thread)."""
+        with contextlib.suppress(InvalidKey):  # an unknown id is cached as unknown
+            self._read(key_id, self._clock())
 
     def forget(self, key_id: str) -> None:
         """Read this key from the database next time (this replica revoked it)."""

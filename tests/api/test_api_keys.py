@@ -4,6 +4,7 @@ within the revocation bound, refused when made up or tampered with, rate limited
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -239,3 +240,30 @@ def test_logout_with_a_key_says_how_to_revoke_it(client: TestClient, user_header
     answer = client.post("/logout", headers=bearer(key))
     assert answer.status_code == 400 and "DELETE /api-keys" in answer.json()["detail"]
     assert _predicts(client, key) == 200
+
+
+def test_a_key_this_replica_has_not_seen_is_read_off_the_event_loop(
+    settings_factory: Callable[..., Settings], user_headers: dict[str, str], client: TestClient
+) -> None:
+    """A second replica meets the key for the first time: its database read runs in a thread, never
+    in the thread that runs the event loop (where it would stall every other request)."""
+    key = _key(client, user_headers)["key"]
+    with TestClient(create_app(settings_factory())) as other:
+        engine = other.app.state.services.database.engine  # type: ignore[attr-defined]
+        on_the_loop: list[str] = []
+
+        def listener(*args: object) -> None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # a thread without a loop: the thread pool
+            on_the_loop.append(str(args[2]))
+
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            assert _predicts(other, key) == 200
+            assert _predicts(other, key, "x-api-key") == 200
+            assert other.get("/model-info", headers={"X-API-Key": key}).status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        assert on_the_loop == []

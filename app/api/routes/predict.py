@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from app.api.deps import PREDICT_SECURITY, bearer_claims, services, serving_predictor
+from app.api.deps import PREDICT_SECURITY, bearer_claims, read_key_off_loop, services, serving_predictor
 from app.serving.comparison import Served
 from app.serving.data_plane import DataPlane
 from app.serving.inference import off_loop
@@ -98,6 +98,7 @@ async def predict(request: Request) -> Response:
     # Nothing for FastAPI to solve: the token, the model, the query and the body are read here, in
     # the order the dependencies would be (401/403, then 503, then 422). Solving them cost this
     # route more than decoding and scoring a row does (python -m bench.inprocess).
+    await read_key_off_loop(request)  # an API key not cached here: read in a thread, not on the loop
     claims = bearer_claims(request)
     found = services(request)
     if found.rate_limits.predict is not None:  # RATE_LIMIT_PREDICT, off by default
