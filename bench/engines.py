@@ -63,6 +63,31 @@ def _data(task: str) -> tuple[list[Any], np.ndarray, np.ndarray]:
     return features, x, y
 
 
+def _both(
+    task: str,
+    name: str,
+    library: Callable[[np.ndarray], Any],
+    onnx: Callable[[np.ndarray], Any],
+    x: np.ndarray,
+    rng: np.random.Generator,
+    repeats: int,
+) -> list[EngineTiming]:
+    """The library's call and the ONNX model's, on 1 and on 100 rows of `x`."""
+    timings = []
+    for rows in ROWS:
+        batch = x[rng.integers(0, len(x), rows)]
+        onnx(batch), library(batch)  # warm both
+        # Alternate in rounds, so a burst of other load hits both engines alike.
+        library_us, onnx_us = [], []
+        for _ in range(5):
+            library_us.append(_median_us(lambda f=library, b=batch: f(b), max(repeats // 5, 1)))
+            onnx_us.append(_median_us(lambda f=onnx, b=batch: f(b), max(repeats // 5, 1)))
+        timings.append(
+            EngineTiming(task, name, rows, statistics.median(library_us), statistics.median(onnx_us))
+        )
+    return timings
+
+
 def measure(repeats: int = 200) -> list[EngineTiming]:
     from app.adapters.onnx_model import OnnxModel
     from app.pipeline.candidates import CLASSIFIERS, REGRESSORS, build_pipeline
@@ -79,17 +104,7 @@ def measure(repeats: int = 200) -> list[EngineTiming]:
                 pipeline.fit(x, y)
             model = OnnxModel.from_bytes(export(pipeline, task, features))  # type: ignore[arg-type]
             reference = pipeline.predict if task == "regression" else pipeline.predict_proba
-            for rows in ROWS:
-                batch = x[rng.integers(0, len(x), rows)]
-                model(batch), reference(batch)  # warm both
-                # Alternate in rounds, so a burst of other load hits both engines alike.
-                pipeline_us, onnx_us = [], []
-                for _ in range(5):
-                    pipeline_us.append(_median_us(lambda f=reference, b=batch: f(b), max(repeats // 5, 1)))
-                    onnx_us.append(_median_us(lambda f=model, b=batch: f(b), max(repeats // 5, 1)))
-                timings.append(
-                    EngineTiming(task, name, rows, statistics.median(pipeline_us), statistics.median(onnx_us))
-                )
+            timings += _both(task, name, reference, model, x, rng, repeats)
     return timings
 
 
@@ -120,17 +135,7 @@ def measure_imported(repeats: int = 200) -> list[EngineTiming]:
             warnings.simplefilter("ignore")
             _, compiled = compiled_model(loaded, infer_schema(loaded, sample, None))
         reference = model.predict if task == "regression" else model.predict_proba
-        for rows in ROWS:
-            batch = x[rng.integers(0, len(x), rows)]
-            compiled(batch), reference(batch)  # warm both
-            library_us, onnx_us = [], []
-            for _ in range(5):
-                library_us.append(_median_us(lambda f=reference, b=batch: f(b), max(repeats // 5, 1)))
-                onnx_us.append(_median_us(lambda f=compiled, b=batch: f(b), max(repeats // 5, 1)))
-            name = f"{flavor} (imported)"
-            timings.append(
-                EngineTiming(task, name, rows, statistics.median(library_us), statistics.median(onnx_us))
-            )
+        timings += _both(task, f"{flavor} (imported)", reference, compiled, x, rng, repeats)
     return timings
 
 
