@@ -222,8 +222,7 @@ def _ours_or_the_issuers(token: str, secret: str, oidc: OidcVerifier | None, req
     try:
         claims = oidc.verify(token)
     except OidcRefused as exc:
-        AUTH.labels(method="oidc", result="refused").inc()
-        auth_failed(exc.reason, request, str(exc))
+        auth_failed(exc.reason, request, str(exc), method="oidc")
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Could not validate credentials", headers=_BEARER
         ) from None

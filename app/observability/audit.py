@@ -10,13 +10,17 @@ import logging
 
 from starlette.requests import Request
 
-from app.observability.metrics import AUTH_FAILURES
+from app.observability.metrics import AUTH, AUTH_FAILURES
 
 security_log = logging.getLogger("predictor.security")
 
 
-def auth_failed(reason: str, request: Request, why: str) -> None:
+def auth_failed(reason: str, request: Request, why: str, method: str | None = None) -> None:
+    """Counted by reason, and with `method` (password, client_credentials, ...) as that method's
+    refusal in predictor_auth_total."""
     AUTH_FAILURES.labels(reason=reason).inc()
+    if method is not None:
+        AUTH.labels(method=method, result="refused").inc()
     state = request.scope.get("state", {})
     client = request.client.host if request.client else None
     security_log.warning(

@@ -127,8 +127,7 @@ def _password(
     request.state.user = username
     retry_after = throttle.retry_after(username)
     if retry_after is not None:
-        AUTH.labels(method="password", result="refused").inc()
-        auth_failed("locked", request, f"login refused for {retry_after} s more")
+        auth_failed("locked", request, f"login refused for {retry_after} s more", method="password")
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins for this username: try again in {retry_after} s",
@@ -139,8 +138,9 @@ def _password(
     valid = verify_password_or_dummy(password, user.hashed_password if user else None)
     if user is None or not valid or user.disabled:
         throttle.record_failure(username)
-        AUTH.labels(method="password", result="refused").inc()
-        auth_failed("bad_credentials", request, "wrong username or password, or a disabled user")
+        auth_failed(
+            "bad_credentials", request, "wrong username or password, or a disabled user", method="password"
+        )
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "Incorrect username or password",
@@ -171,15 +171,15 @@ def _client_credentials(
     if basic is not None:  # RFC 6749 section 2.3.1: HTTP Basic first, the form's fields otherwise
         client_id, client_secret = basic
     if not client_id or client_secret is None:
-        AUTH.labels(method="client_credentials", result="refused").inc()
-        auth_failed("invalid_client", request, "no client credentials")
+        auth_failed("invalid_client", request, "no client credentials", method="client_credentials")
         return _invalid_client("client authentication required (HTTP Basic, or client_id and client_secret)")
     throttle_key = client_subject(client_id)
     request.state.user = throttle_key
     retry_after = throttle.retry_after(throttle_key)
     if retry_after is not None:
-        AUTH.labels(method="client_credentials", result="refused").inc()
-        auth_failed("locked", request, f"client refused for {retry_after} s more")
+        auth_failed(
+            "locked", request, f"client refused for {retry_after} s more", method="client_credentials"
+        )
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed attempts for this client: try again in {retry_after} s",
@@ -188,8 +188,12 @@ def _client_credentials(
     client = service_clients.authenticate(session, client_id, client_secret)
     if client is None:
         throttle.record_failure(throttle_key)
-        AUTH.labels(method="client_credentials", result="refused").inc()
-        auth_failed("invalid_client", request, "unknown client, wrong secret, or a disabled client")
+        auth_failed(
+            "invalid_client",
+            request,
+            "unknown client, wrong secret, or a disabled client",
+            method="client_credentials",
+        )
         return _invalid_client("client authentication failed")
     throttle.reset(throttle_key)
     held = client.scope_list
