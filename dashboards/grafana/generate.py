@@ -19,8 +19,10 @@ OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 RATE = "$__rate_interval"
 
 
-def quantile(q: float, histogram: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))"
+def quantile(q: float, histogram: str, by: str = "") -> str:
+    """The q-quantile of a histogram, over all its series or per the labels `by` ("model_version, role")."""
+    labels = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket[{RATE}])))"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Panel:
     width: int = 12
     description: str = ""
     extra: dict = field(default_factory=dict)
+    new_row: bool = False  # start a row (a group of panels), even if this one fits beside the last
 
 
 # The live quality gauges, merged over replicas (they all read the same database), by version and role.
@@ -53,6 +56,24 @@ def live_quality_units(unit: str, threshold: str, bounds: tuple[float, float] | 
         ],
     }
     return {"fieldConfig": {"defaults": defaults, "overrides": [line]}}
+
+
+# A canary's figures, by version and role (champion or canary), while it runs.
+CANARY = "model_version, role"
+CANARY_NO_DATA = "No data: no canary ran in the time range (POST /model/canary starts one)."
+
+
+def canary_rate(counter: str) -> str:
+    return f"sum by ({CANARY}) (rate(predictor_model_{counter}_total[{RATE}]))"
+
+
+def on_right_axis(series: str, unit: str, defaults: dict) -> dict:
+    """The series named `series` in its own unit, on the right axis."""
+    moved = {
+        "matcher": {"id": "byName", "options": series},
+        "properties": [{"id": "unit", "value": unit}, {"id": "custom.axisPlacement", "value": "right"}],
+    }
+    return {"fieldConfig": {"defaults": defaults, "overrides": [moved]}}
 
 
 # A 0/1 gauge as a stat: "down" on red, "up" on green.
@@ -110,7 +131,7 @@ def render(dashboard: Dashboard) -> dict:
     panels, x, y, row_height = [], 0, 0, 8
     for panel_id, panel in enumerate(dashboard.panels, start=1):
         height = 5 if panel.kind == "stat" else row_height
-        if x + panel.width > 24:  # wrap to the next row
+        if x + panel.width > 24 or (panel.new_row and x > 0):  # wrap to the next row
             x, y = 0, y + row_height
         panels.append(_panel_json(panel, panel_id, x, y, height))
         x += panel.width
@@ -254,6 +275,58 @@ DASHBOARDS = [
                 description="Ground truth received, per version and role; LiveQualityLow waits for "
                 "LIVE_QUALITY_MIN_LABELS of them.",
                 extra=live_quality_units("short", "LIVE_QUALITY_MIN_LABELS"),
+            ),
+            Panel(
+                "Canary: traffic split by role",
+                [
+                    (canary_rate("requests"), BY_ROLE),
+                    ("max(predictor_canary_percent)", "canary share"),
+                ],
+                unit="reqps",
+                new_row=True,
+                description="Requests answered per second by the champion and the canary while a canary "
+                "runs, and the share of requests the canary is set to answer now (right axis; 0 when "
+                f"none runs). {CANARY_NO_DATA}",
+                extra=on_right_axis("canary share", "percent", {"unit": "reqps", "min": 0}),
+            ),
+            Panel(
+                "Canary: error ratio by role",
+                [
+                    (
+                        f"{canary_rate('errors')} / {canary_rate('requests')}"
+                        f" or {canary_rate('requests')} * 0",
+                        BY_ROLE,
+                    )
+                ],
+                unit="percentunit",
+                description="The share of each version's requests answered 5xx or whose model call failed, "
+                f"while a canary runs: what the errors guard judges. {CANARY_NO_DATA}",
+            ),
+            Panel(
+                "Canary: latency p99 by role",
+                [(quantile(0.99, "predictor_model_request_seconds", by=CANARY), BY_ROLE)],
+                unit="s",
+                description="The whole request's p99 latency for the champion and the canary while a canary "
+                f"runs: the latency guard compares the canary's with the champion's. {CANARY_NO_DATA}",
+            ),
+            Panel(
+                "Canary: guards breached and rollbacks",
+                [
+                    ("max by (guard) (predictor_canary_guard_breached)", "breached: {{guard}}"),
+                    (
+                        "sum by (reason) (increase(predictor_canary_rollbacks_total[1h]))",
+                        "rollbacks in 1h: {{reason}}",
+                    ),
+                ],
+                description="1 while a guard (errors, latency, quality, drift) is breached on a replica; the "
+                "automatic rollbacks of the last hour by reason, each of which fires CanaryRolledBack. "
+                "GET /model/canary gives the last decision's figures.",
+                extra={
+                    "fieldConfig": {
+                        "defaults": {"unit": "short", "min": 0, "custom": {"lineInterpolation": "stepAfter"}},
+                        "overrides": [],
+                    }
+                },
             ),
         ],
     ),

@@ -32,8 +32,16 @@ METRICS_TOKEN = "e2e-metrics-token"
 GRAFANA = ROOT / "dashboards" / "grafana" / "dashboards"
 # Panels only a regression gives data to (and LIVE_MAE_MAX, unset here).
 REGRESSION_PANELS = {"Live quality: MAE / RMSE by version"}
-# Panels of a feature this stack does not turn on: the issuer's gauge has a series only with OIDC_ISSUER.
-FEATURE_PANELS = {"OpenID Connect issuer"}
+# Panels of a feature this stack does not turn on: the issuer's gauge has a series only with OIDC_ISSUER;
+# the canary's per-version series (predictor_model_requests_total, ...) exist only while a canary runs,
+# and no canary is started here.
+FEATURE_PANELS = {
+    "OpenID Connect issuer",
+    "Canary: traffic split by role",
+    "Canary: error ratio by role",
+    "Canary: latency p99 by role",
+    "Canary: guards breached and rollbacks",
+}
 
 
 class _Webhook(BaseHTTPRequestHandler):
