@@ -20,6 +20,7 @@ from app.api.direct_routes import direct_route
 from app.api.routes import (
     api_keys,
     auth,
+    canary,
     clients,
     feedback,
     health,
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model,
         model_import,
         shadow,
+        canary,
         monitoring,
         train,
         users,

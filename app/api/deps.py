@@ -33,6 +33,7 @@ from app.db.prediction_log import PredictionLogStore
 from app.db.session import Database
 from app.observability.audit import auth_failed
 from app.observability.metrics import AUTH, REVOCATIONS
+from app.observability.role_outcomes import RoleOutcomes
 from app.serving.champion_alias import ChampionAlias
 from app.serving.predictor import Predictor
 from app.serving.state import ServingState
@@ -119,6 +120,17 @@ def serving_predictor(request: Request) -> Predictor:
     if predictor is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded: {serving.error}")
     return predictor
+
+
+def answering(request: Request, champion: Predictor, user: str) -> tuple[Predictor, RoleOutcomes | None]:
+    """The version answering this scoring request, the champion or, for its share, the canary; and,
+    while a canary runs, the window its outcome counts in (the middleware adds its latency)."""
+    canary = services(request).serving.canary
+    if canary is None:
+        return champion, None
+    predictor, outcomes = canary.choose(champion, user, request.headers)
+    request.state.answered_by = outcomes
+    return predictor, outcomes
 
 
 async def get_predictor(request: Request) -> Predictor:

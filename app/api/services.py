@@ -37,6 +37,7 @@ from app.db.throttle import DatabaseLoginThrottle
 from app.observability.drift import DriftSettings
 from app.observability.live_quality import LiveQuality, publish_thresholds
 from app.observability.metrics import OIDC_ISSUER_UP, REVOCATION_STORE_UP
+from app.serving.canary_guard import CanaryGuard
 from app.serving.champion_alias import ChampionAlias
 from app.serving.inference import scoring_limiter
 from app.serving.prediction_log import PredictionLog
@@ -73,6 +74,7 @@ class Services:
     prediction_log: PredictionLog | None  # the sampled writer; None when PREDICTION_LOG_SAMPLE is 0
     tracing: Tracing  # ids, log and shadow for every answered row
     live_quality: LiveQuality
+    canary_guard: CanaryGuard  # the canary's guards and steps, judged on this replica
     scoring: anyio.CapacityLimiter  # the threads that score large or slow requests
     draining: Draining  # /ready answers 503 once the preStop hook (python -m app.drain) ran
     oidc: OidcVerifier | None = None  # an external issuer's tokens (OIDC_ISSUER); None when unset
@@ -100,6 +102,7 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
             DatabasePointer(database.session),
             threads=settings.onnx_intra_op_threads,
             shadow_queue_batches=settings.shadow_queue_batches,
+            canary_window_seconds=settings.canary_window_seconds,
         )
         serving.load_initial()
         stack.callback(serving.watch(settings.watch_seconds).stop)
@@ -137,6 +140,18 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
         # The shadow challenger, if the pointer names one; stopped before the log it writes to.
         stack.callback(serving.trace_with(tracing))
 
+        canary_guard = CanaryGuard(
+            serving.canaries,
+            predictions,
+            settings.canary_limits,
+            lambda canary, evidence: champion_alias.follow(
+                serving.promote_canary(canary.version, "guard", evidence.figures()).metadata
+            ),
+            settings.promotion_min_labels,
+            settings.promotion_tolerance,
+        )
+        stack.callback(canary_guard.watch(settings.canary_check_seconds).stop)
+
         live_quality = LiveQuality(predictions, settings.live_quality_window_hours)
         if settings.metrics_enabled:
             publish_thresholds(
@@ -161,6 +176,7 @@ async def start_services(settings: Settings) -> AsyncIterator[Services]:
             prediction_log=prediction_log,
             tracing=tracing,
             live_quality=live_quality,
+            canary_guard=canary_guard,
             scoring=scoring_limiter(),
             draining=Draining(settings.drain_file),
             oidc=oidc,

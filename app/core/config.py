@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.canary_guards import CanaryLimits
 from app.core.oidc import OidcConfig, ScopeMap
 from app.core.security import PRODUCTION_COST, SCOPES, PasswordCost
 
@@ -140,6 +141,28 @@ class Settings(BaseSettings):
     # predictions both models answered that it needs before it compares their live metric.
     shadow_queue_batches: int = Field(default=256, ge=1, le=10_000)
     promotion_min_labels: int = Field(default=100, ge=1)
+    # Canary releases (POST /model/canary): each replica judges the canary every CANARY_CHECK_SECONDS
+    # on what each role answered in the last CANARY_WINDOW_SECONDS, and rolls it back on every replica
+    # once a guard stays breached for CANARY_HOLD_SECONDS. Errors: the canary's rate of 5xx answers
+    # and failed model calls above the champion's plus CANARY_MAX_ERROR_RATE; latency: its p99 above
+    # CANARY_MAX_P99_RATIO times the champion's and above CANARY_P99_FLOOR_MS; both once each role
+    # answered CANARY_MIN_REQUESTS in the window. Quality: on CANARY_QUALITY_MIN_LABELS labelled
+    # predictions of each in the last CANARY_QUALITY_WINDOW_SECONDS, the canary's live metric below the
+    # champion's minus CANARY_QUALITY_TOLERANCE (MAE: above it plus). Drift: a feature's PSI above
+    # CANARY_MAX_PSI. A step's defaults: CANARY_STEP_SECONDS and CANARY_STEP_MIN_LABELS.
+    canary_check_seconds: float = Field(default=1.0, gt=0, le=60)
+    canary_window_seconds: float = Field(default=60.0, ge=1, le=3600)
+    canary_hold_seconds: float = Field(default=5.0, ge=0, le=3600)
+    canary_min_requests: int = Field(default=20, ge=1)
+    canary_max_error_rate: float = Field(default=0.02, ge=0, le=1)
+    canary_max_p99_ratio: float = Field(default=2.0, ge=1)
+    canary_p99_floor_ms: float = Field(default=50.0, ge=0)
+    canary_quality_min_labels: int = Field(default=50, ge=1)
+    canary_quality_tolerance: float = Field(default=0.05, ge=0)
+    canary_quality_window_seconds: float = Field(default=3600.0, ge=1)
+    canary_max_psi: float = Field(default=0.2, gt=0)
+    canary_step_seconds: float = Field(default=600.0, ge=0, le=7 * 24 * 3600)
+    canary_step_min_labels: int = Field(default=50, ge=0)
     # The server, for python -m app.serve.
     # Graceful shutdown, as Kubernetes does it (app/drain.py): the pod's preStop hook, python -m
     # app.drain, creates DRAIN_FILE, after which /ready answers 503 while the replica still serves, and
@@ -195,6 +218,21 @@ class Settings(BaseSettings):
         if not self.oidc_issuer.startswith("https://") and (self.app_env == "production" or not local):
             raise ValueError("OIDC_ISSUER must be an https:// URL (http:// only to localhost in development)")
         return self
+
+    @property
+    def canary_limits(self) -> CanaryLimits:
+        return CanaryLimits(
+            window_seconds=self.canary_window_seconds,
+            hold_seconds=self.canary_hold_seconds,
+            min_requests=self.canary_min_requests,
+            max_error_rate=self.canary_max_error_rate,
+            max_p99_ratio=self.canary_max_p99_ratio,
+            p99_floor_seconds=self.canary_p99_floor_ms / 1000,
+            quality_min_labels=self.canary_quality_min_labels,
+            quality_tolerance=self.canary_quality_tolerance,
+            quality_window_seconds=self.canary_quality_window_seconds,
+            max_psi=self.canary_max_psi,
+        )
 
     @property
     def oidc(self) -> OidcConfig | None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from app.core.canary import CanaryDecision, CanaryPlan
 from app.core.messages import AliasOutcome
 
 
@@ -29,6 +30,10 @@ class ServingPointer(BaseModel):
     # Where MLflow's `champion` alias stands: the version it was last moved for, and how that went.
     alias_version: str | None = None
     alias: AliasOutcome | None = None
+    # The version answering a share of the traffic (POST /model/canary), if any, and the last thing
+    # that happened to a canary (started, advanced, rolled back, ...): moved only by set_canary.
+    canary: CanaryPlan | None = None
+    canary_decision: CanaryDecision | None = None
 
 
 class PointerStore(Protocol):
@@ -42,6 +47,18 @@ class PointerStore(Protocol):
 
     def set_shadow(self, version: str | None) -> bool:
         """Name the shadow challenger (None: no shadow); False when there is no pointer yet."""
+        ...
+
+    def set_canary(
+        self, plan: CanaryPlan | None, decision: CanaryDecision | None, expected: CanaryPlan | None
+    ) -> bool:
+        """Replace the canary with `plan` (None: no canary) and record `decision` (None: keep the
+        last one), only if the canary is still `expected`: False (nothing written) when another
+        replica moved it first, or there is no pointer yet."""
+        ...
+
+    def record_canary_decision(self, decision: CanaryDecision) -> None:
+        """Record a decision that leaves the canary as it is (a step held back)."""
         ...
 
     def set_alias(self, version: str, outcome: AliasOutcome) -> bool:

@@ -63,6 +63,9 @@ class ServingPointerRow(Base):
     # it went (an AliasOutcome as JSON; pending until the move ends).
     alias_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     alias_outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The canary (a CanaryPlan as JSON; POST /model/canary), and its last decision (a CanaryDecision).
+    canary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    canary_decision: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TrainingJobRow(Base):

@@ -308,6 +308,56 @@ SHADOW_INFERENCE_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 
+# A canary release (app/serving/canary.py): while one runs, every scoring request counted by the
+# version that answered it and its role (champion or canary), the guards' state on this replica, and
+# the automatic rollbacks by the guard that tripped.
+CANARY_ROLES = ("champion", "canary")
+CANARY_GUARDS = ("errors", "latency", "quality", "drift")
+MODEL_REQUESTS = Counter(
+    "model_requests",
+    "Scoring requests answered by each version in its role, while a canary runs.",
+    ["model_version", "role"],
+    namespace=NAMESPACE,
+)
+MODEL_ERRORS = Counter(
+    "model_errors",
+    "Of those, the 5xx answers and the failed model calls (rows the model has no answer for).",
+    ["model_version", "role"],
+    namespace=NAMESPACE,
+)
+MODEL_REQUEST_SECONDS = Histogram(
+    "model_request_seconds",
+    "Whole-request latency of the scoring requests each version answered in its role, while a canary runs.",
+    ["model_version", "role"],
+    namespace=NAMESPACE,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+CANARY_PERCENT = Gauge(
+    "canary_percent",
+    "The share of requests (percent) the canary answers on this replica; 0 when none runs.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+CANARY_STEP = Gauge(
+    "canary_step",
+    "The canary's step (0-based index in its steps); -1 when none runs.",
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+CANARY_GUARD_BREACHED = Gauge(
+    "canary_guard_breached",
+    "1 while this guard is breached on this replica (errors, latency, quality, drift).",
+    ["guard"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+CANARY_ROLLBACKS = Counter(
+    "canary_rollbacks",
+    "Canaries rolled back automatically, by the guard that tripped.",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+
 # Series that exist from the start, so rate() sees zeros rather than nothing.
 for _reason in AUTH_FAILURE_REASONS:
     AUTH_FAILURES.labels(reason=_reason)
@@ -319,6 +369,11 @@ for _result in RELOAD_RESULTS:
 for _result in MODEL_IMPORT_RESULTS:
     MODEL_IMPORTS.labels(result=_result)
 MODEL_LOADED.set(0)
+CANARY_PERCENT.set(0)
+CANARY_STEP.set(-1)
+for _guard in CANARY_GUARDS:
+    CANARY_ROLLBACKS.labels(reason=_guard)
+    CANARY_GUARD_BREACHED.labels(guard=_guard).set(0)
 MODEL_STORE_UP.set(1)
 REVOCATION_STORE_UP.set(1)
 RATE_LIMIT_STORE_UP.set(1)

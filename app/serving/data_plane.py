@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 
+from app.observability.role_outcomes import RoleOutcomes
 from app.serving.inference import INLINE_BODY_BYTES, off_loop, predictor_is_slow, score
 from app.serving.predictor import Answers, Predictor
 from app.serving.tracing import Tracing
@@ -50,13 +51,15 @@ class Codec(Protocol[T_co]):
 
 @dataclass(frozen=True, slots=True)
 class DataPlane:
-    """One request's inference: who asked (the token's subject: a username, never the token), and the
-    app's tracing and scoring threads."""
+    """One request's inference: who asked (the token's subject: a username, never the token), the
+    app's tracing and scoring threads, and, while a canary runs, the window of the version and role
+    answering (its failed model calls count against it)."""
 
     user: str
     tracing: Tracing
     scoring: anyio.CapacityLimiter
     metrics_enabled: bool
+    outcomes: RoleOutcomes | None = None
 
     def infer(self, predictor: Predictor, model_input: ModelInput) -> Inferred:
         """Validate, score, trace: the answers and ids of valid rows, or RowError naming every bad
@@ -66,8 +69,12 @@ class DataPlane:
         try:
             answers = score(predictor, matrix, self.metrics_enabled)
         except RowError as exc:  # the model's rows are the matrix's: number them as the validator does
+            if self.outcomes is not None:
+                self.outcomes.model_failed()
             raise exc.shifted(first) from None
-        ids = self.tracing.trace(predictor, self.user, matrix, answers, first, key)
+        # A shadow compares itself with the champion: a canary's answers are not offered to it.
+        shadowed = self.outcomes is None or self.outcomes.role == "champion"
+        ids = self.tracing.trace(predictor, self.user, matrix, answers, first, key, shadowed)
         return Inferred(answers, ids)
 
     def answer(self, codec: Codec[T], predictor: Predictor) -> T:

@@ -63,7 +63,7 @@ def score(predictor: Predictor, matrix: np.ndarray, metrics_enabled: bool = True
             predictor.confidence.observe(answers.probabilities)
         if predictor.drift is not None:
             predictor.drift.observe(matrix, answers.label_index)
-            if predictor.drift.refresh_due():
+            if predictor.publishes_drift and predictor.drift.refresh_due():
                 metrics.publish_drift(predictor.drift)
                 metrics.publish_expected_accuracy(predictor.version, predictor.confidence)
     return answers

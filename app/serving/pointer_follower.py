@@ -1,5 +1,6 @@
-"""Following the serving pointer: every WATCH_SECONDS, serve the version it names (and the shadow it
-names), so a rollback or promotion through any replica, the worker or `models publish` reaches this one.
+"""Following the serving pointer: every WATCH_SECONDS, serve the version it names (and the shadow
+and the canary it names), so a rollback or promotion through any replica, the worker or
+`models publish` reaches this one.
 
 A version that cannot be fetched now (the store is away, the cache is full) is retried every tick and
 said once; one that fails verification is refused until the pointer names another.
@@ -18,6 +19,7 @@ from app.core.periodic import Periodic
 from app.core.serving_pointer import PointerStore, ServingPointer
 from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
 from app.observability import metrics
+from app.serving.canary import CanaryLifecycle
 from app.serving.predictor import Predictor
 from app.serving.served_model import ServedModel
 from app.serving.shadow_lifecycle import ShadowLifecycle
@@ -34,6 +36,7 @@ class PointerFollower:
         pointer: PointerStore,
         model: ServedModel,
         shadows: ShadowLifecycle,
+        canaries: CanaryLifecycle,
         serve_version: Callable[[str], Predictor],
         store: ModelStore,
         store_health: StoreHealth,
@@ -41,6 +44,7 @@ class PointerFollower:
         self.pointer = pointer
         self.model = model
         self.shadows = shadows
+        self.canaries = canaries
         self.serve_version = serve_version
         self.store = store
         self.store_health = store_health
@@ -72,6 +76,7 @@ class PointerFollower:
         self.health.answered()
         self._follow_champion(pointer)
         self.shadows.follow(pointer, read_at)
+        self.canaries.follow(pointer, read_at)
 
     def check_store(self) -> None:
         """Whether the store answers now, for /ready and model_store_up while nothing changes."""

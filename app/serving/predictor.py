@@ -76,6 +76,8 @@ class Predictor:
     call_time: CallTime = field(default_factory=CallTime, compare=False, repr=False)
     # The label-free estimate of live accuracy (a classifier's top probabilities), kept with drift.
     confidence: ConfidenceWindow | None = field(default=None, compare=False, repr=False)
+    # False for a canary: its drift monitor feeds its guard, not the champion's gauges.
+    publishes_drift: bool = field(default=True, compare=False, repr=False)
 
     @property
     def version(self) -> str:

@@ -43,15 +43,17 @@ class Tracing:
         answers: Answers,
         first: int = 0,
         key: str | None = None,
+        shadowed: bool = True,
     ) -> list[str]:
-        """The rows' prediction ids (`first`, `key`: a CSV chunk continues its request's numbering)."""
+        """The rows' prediction ids (`first`, `key`: a CSV chunk continues its request's numbering);
+        `shadowed`: offered to the shadow, if one runs (not a canary's answers)."""
         ids = prediction_ids(len(answers), first, key)
         if self.log is not None:
             logged = self.log.record(predictor, user, matrix, answers, ids)
         else:
             logged = np.zeros(len(ids), dtype=bool)
         shadow = self.shadow
-        if shadow is not None:
+        if shadow is not None and shadowed:
             shadow.offer(predictor, matrix, answers, ids, logged)
         return ids
 

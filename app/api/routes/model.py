@@ -23,6 +23,24 @@ router = APIRouter(tags=["model"])
 log = logging.getLogger("predictor")
 
 
+class CanaryShare(BaseModel):
+    """The canary answering a share of the requests beside the champion (GET /model/canary for more)."""
+
+    version: str
+    percent: int
+    step: int  # the index in steps it is at
+    steps: list[int]
+
+
+def canary_share(serving: ServingState) -> CanaryShare | None:
+    """This replica's canary, as it answers now."""
+    running = serving.canary
+    if running is None:
+        return None
+    plan = running.plan
+    return CanaryShare(version=plan.version, percent=plan.percent, step=plan.step, steps=list(plan.steps))
+
+
 class ModelInfo(ModelMetadata):
     """model.json as served, and how: when it was loaded, what runs it, whether drift is measured."""
 
@@ -32,6 +50,8 @@ class ModelInfo(ModelMetadata):
     # "on", or "off: " and why: drift switched off, or no reference profile (an imported version
     # without a labelled sample has none).
     drift: str
+    # A canary answering a share of the requests instead of this model, if any.
+    canary: CanaryShare | None = None
 
 
 @router.get("/model-info")
@@ -43,6 +63,7 @@ def model_info(_: ClaimsDep, predictor: PredictorDep, serving: ServingDep) -> Mo
         loaded_at=predictor.loaded_at,
         served_by=predictor.model.source,
         drift=_drift(predictor, serving),
+        canary=canary_share(serving),
     )
 
 
@@ -128,6 +149,7 @@ class ModelVersion(BaseModel):
     trained_at: str
     serving: bool
     shadow: bool = False  # scoring the same traffic in the background (POST /model/shadow)
+    canary: bool = False  # answering a share of the requests (POST /model/canary)
     # accepted, or rejected: a challenger that failed the promotion gate
     status: str
     origin: str | None = None  # pipeline, retrain or import
@@ -147,6 +169,7 @@ class ModelVersion(BaseModel):
 class VersionsResponse(BaseModel):
     serving: str | None
     shadow: str | None = None  # the shadow challenger this replica runs, if any
+    canary: CanaryShare | None = None  # the canary this replica runs, if any, and its share
     versions: list[ModelVersion]
 
 
@@ -157,6 +180,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
     serving_version = current.version if current else None
     runner = serving.shadow
     shadow_version = runner.version if runner else None
+    canary = canary_share(serving)
     store = serving.store
     try:
         # A version being published or damaged is left out by versions(): listed once it reads.
@@ -176,6 +200,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 trained_at=meta.trained_at,
                 serving=meta.version == serving_version,
                 shadow=meta.version == shadow_version,
+                canary=canary is not None and meta.version == canary.version,
                 status=record.status if record else "accepted",
                 origin=record.origin if record else None,
                 source=_imported_from(meta.source),
@@ -189,7 +214,7 @@ def list_versions(_: ClaimsDep, serving: ServingDep) -> VersionsResponse:
                 candidates=[c.name for c in meta.candidates],
             )
         )
-    return VersionsResponse(serving=serving_version, shadow=shadow_version, versions=versions)
+    return VersionsResponse(serving=serving_version, shadow=shadow_version, canary=canary, versions=versions)
 
 
 def _imported_from(source: ModelSource | None) -> ImportedFrom | None:

@@ -14,7 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from app.api.deps import PREDICT_SECURITY, bearer_claims, read_key_off_loop, services, serving_predictor
+from app.api.deps import (
+    PREDICT_SECURITY,
+    answering,
+    bearer_claims,
+    read_key_off_loop,
+    services,
+    serving_predictor,
+)
 from app.serving.comparison import Served
 from app.serving.data_plane import DataPlane
 from app.serving.inference import off_loop
@@ -106,12 +113,14 @@ async def predict(request: Request) -> Response:
     predictor = serving_predictor(request)
     compare = query_flag(request, _COMPARE)
     body = await request.body()
-    plane = DataPlane(claims.sub, found.tracing, found.scoring, found.settings.metrics_enabled)
-    if compare:
+    if compare:  # the champion's training run's candidates: the champion answers
+        plane = DataPlane(claims.sub, found.tracing, found.scoring, found.settings.metrics_enabled)
         served = _with_candidates(found.serving)
         codec = JsonCodec(body, served.candidates or ())
         answer = await off_loop(found.scoring, plane.answer, codec, served.predictor)
     else:
+        predictor, outcomes = answering(request, predictor, claims.sub)
+        plane = DataPlane(claims.sub, found.tracing, found.scoring, found.settings.metrics_enabled, outcomes)
         answer = await plane.serve(JsonCodec(body), predictor, len(body))
     return Response(answer, media_type="application/json")
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from app.api.csv_stream import AnswerStream, ChunkSource, reader_of
 from app.api.csv_upload import csv_bytes
-from app.api.deps import PredictorDep, SettingsDep, current_claims, services
+from app.api.deps import PredictorDep, SettingsDep, answering, current_claims, services
 from app.api.routes.predict import Prediction
 from app.api.upload_spool import UploadSpool
 from app.api.uploads import CSV_BODY_DOC
@@ -86,6 +86,8 @@ async def predict_csv(
     """A CSV with a header naming the feature columns, as a text/csv body or the form field `file`."""
     found = services(request)
     await found.rate_limits.check_user(request)
+    # One version answers the whole file: chosen once, here.
+    predictor, outcomes = answering(request, predictor, claims.sub)
     pieces = csv_bytes(request)
     chunks = ChunkSource(reader_of(pieces))
     try:
@@ -94,7 +96,7 @@ async def predict_csv(
             predictor,
             header,
             answer_format(request.headers.get("accept", ""), predictor.metadata, header),
-            DataPlane(claims.sub, found.tracing, found.scoring, settings.metrics_enabled),
+            DataPlane(claims.sub, found.tracing, found.scoring, settings.metrics_enabled, outcomes),
             request_key(),  # the ids of every chunk's rows, numbered on under one key
         )
         # Until rows are answered, any problem refuses the request (a chunk may hold blank lines only).

@@ -30,6 +30,7 @@ from app.api.deps import (
     PredictorDep,
     ServingDep,
     SettingsDep,
+    answering,
     current_claims,
     known_features,
     prediction_claims,
@@ -242,25 +243,33 @@ async def infer(
 ) -> Response:
     """Predict for 1 to MAX_BATCH_ROWS rows given as V2 tensors: one per feature, or one [rows, features]
     tensor `input-0` for an all-numeric model."""
-    return await _infer(model, body, request, settings.metrics_enabled, claims)
+    return await _infer(model, body, request, settings.metrics_enabled, claims, split=True)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
 async def infer_version(
     model: ModelVersionDep, body: BodyDep, request: Request, settings: SettingsDep, claims: PredictClaimsDep
 ) -> Response:
-    """The same, for the serving version only."""
+    """The same, for the serving version only (never a canary's share: the version was asked for)."""
     return await _infer(model, body, request, settings.metrics_enabled, claims)
 
 
 async def _infer(
-    predictor: Predictor, body: bytes, request: Request, metrics_enabled: bool, claims: TokenClaims
+    predictor: Predictor,
+    body: bytes,
+    request: Request,
+    metrics_enabled: bool,
+    claims: TokenClaims,
+    split: bool = False,
 ) -> Response:
     found = services(request)
     await found.rate_limits.check_user(request)
+    outcomes = None
+    if split:  # one version answers the whole batch: the champion, or the canary for its share
+        predictor, outcomes = answering(request, predictor, claims.sub)
     encoding = request.headers.get("content-encoding", "identity")
     if encoding != "identity":
         raise V2Error(f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed", 415)
     codec = v2.V2Codec(body, request.headers.get(v2.JSON_LENGTH_HEADER))
-    plane = DataPlane(claims.sub, found.tracing, found.scoring, metrics_enabled)
+    plane = DataPlane(claims.sub, found.tracing, found.scoring, metrics_enabled, outcomes)
     return Response(await plane.serve(codec, predictor, len(body)), media_type="application/json")
