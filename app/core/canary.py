@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,7 @@ MAX_PERCENT = 50
 # The hash's buckets: a share is compared in hundredths of a percent.
 _BUCKETS = 10_000
 HEADER_PREFIX = "header:"
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 GuardName = Literal["errors", "latency", "quality", "drift"]
 GUARDS: tuple[GuardName, ...] = ("errors", "latency", "quality", "drift")
@@ -95,6 +97,6 @@ def sticky_by_error(value: str) -> str | None:
     name = value[len(HEADER_PREFIX) :] if value.startswith(HEADER_PREFIX) else None
     if name is None:
         return f"sticky_by is 'user', 'none' or 'header:<name>', not {value!r}"
-    if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 64:
+    if not _HEADER_NAME.fullmatch(name):
         return f"{name!r} is not a header name: letters, digits, '-' and '_', at most 64"
     return None

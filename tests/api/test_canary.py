@@ -448,6 +448,7 @@ def rolled_back_everywhere(
     assert state["canary"] is None and decision["action"] == "rolled_back" and decision["by"] == "guard"
     assert decision["reason"].startswith(f"{guard} guard breached")
     assert breached, "no replica saw the breach"
+    print(f"{guard}: rolled back on every replica {done - breached[0]:.2f} s after the breach was seen")
     return done - breached[0], decision
 
 
