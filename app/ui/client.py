@@ -34,6 +34,9 @@ def _message(response: httpx.Response) -> tuple[str, Any]:
         detail = None
     if isinstance(detail, str):
         return detail, detail
+    # A refusal with its figures (e.g. POST /model/canary/promote's 409): the message is the line to show.
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        return detail["message"], detail
     if isinstance(detail, list) and detail:
         first = detail[0]
         where = ", ".join(
@@ -109,6 +112,18 @@ class ApiClient:
 
     def rollback(self, version: str) -> dict[str, Any]:
         return self._request("POST", "/model/rollback", json={"version": version}).json()
+
+    def canary(self) -> dict[str, Any]:
+        """The canary (or null), its guards, what its next step waits for, and the last decision."""
+        return self._request("GET", "/model/canary").json()
+
+    def promote_canary(self) -> dict[str, Any]:
+        """Serve the canary as champion, if its live evidence passes; a refusal is an ApiError (409)."""
+        return self._request("POST", "/model/canary/promote").json()
+
+    def end_canary(self) -> dict[str, Any]:
+        """The champion answers everyone again; `ended` is the canary's version, or None if none ran."""
+        return self._request("DELETE", "/model/canary").json()
 
     def monitoring(self, hours: int = 24, limit: int = 50) -> dict[str, Any]:
         return self._request("GET", "/monitoring", params={"hours": hours, "limit": limit}).json()

@@ -1,5 +1,6 @@
 """The Monitoring page (admins): live quality and its estimate over time, drift per feature, the shadow
-challenger's agreement, and the newest predictions with their feedback, all from GET /monitoring.
+challenger's agreement, and the newest predictions with their feedback, all from GET /monitoring; and the
+canary (GET /model/canary), with its guards and the buttons to promote or end it.
 
 An ApiError is left to the page's caller, which shows it as every page's errors are shown.
 """
@@ -13,12 +14,25 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.ui.client import ApiClient
+from app.ui.client import ApiClient, ApiError, SessionExpired
+from app.ui.session import show_error
 
 WINDOWS = (1, 6, 24, 72, 168, 720)  # hours
 RECENT_ROWS = (50, 100, 500)
 # PSI reads: below 0.1 stable, 0.1 to 0.2 a shift worth a look, above 0.2 drift (docs/operations.md).
 PSI_SHIFT, PSI_DRIFT = 0.1, 0.2
+# What a canary decision did, in words (GET /model/canary's last_decision.action).
+DECISIONS = {
+    "started": "started",
+    "advanced": "advanced",
+    "held": "held",
+    "promoted": "promoted",
+    "rolled_back": "rolled back",
+    "ended": "ended",
+}
+# The outcome of the last canary button, shown once on the next run (the page reruns to show the canary
+# as it is after the action).
+CANARY_OUTCOME = "canary-outcome"
 
 
 def monitoring_page(api: ApiClient) -> None:
@@ -32,6 +46,7 @@ def monitoring_page(api: ApiClient) -> None:
     quality_section(report)
     drift_section(report)
     shadow_section(report)
+    canary_section(api)
     recent_section(report)
 
 
@@ -210,6 +225,114 @@ def shadow_table(shadow: dict[str, Any]) -> pd.DataFrame:
             for v in shadow["versions"]
         ]
     ).dropna(axis="columns", how="all")
+
+
+def canary_section(api: ApiClient) -> None:
+    st.subheader("Canary")
+    for kind, text in st.session_state.pop(CANARY_OUTCOME, []):
+        getattr(st, kind)(text)
+    status = api.canary()
+    canary, decision = status["canary"], status["last_decision"]
+    if canary is None:
+        last = f" Last: {describe_decision(decision)}" if decision is not None else ""
+        st.info(f"No canary runs: the champion answers every request.{last}")
+        return
+    steps = canary["steps"]
+    columns = st.columns(4)
+    columns[0].metric("Canary version", canary["version"])
+    columns[1].metric("Share", f"{canary['percent']}%")
+    columns[2].metric("Step", f"{canary['step'] + 1} of {len(steps)}" if steps else "—")
+    columns[3].metric("Champion version", status["model_version"] or "—")
+    st.caption(canary_plan(canary))
+    if status["guards"]:
+        st.dataframe(guards_table(status["guards"]), hide_index=True)
+    else:
+        st.caption("The guards have not judged it yet on this replica.")
+    if status["waiting_for"]:
+        st.caption(f"Waiting for: {status['waiting_for']}")
+    if decision is not None and decision["version"] == canary["version"]:
+        st.caption(f"Last decision: {describe_decision(decision)}")
+    left, right = st.columns(2)
+    if left.button("Promote canary", key="canary-promote"):
+        canary_action(lambda: promoted(api.promote_canary()))
+    if right.button("End canary", key="canary-end"):
+        canary_action(lambda: ended(api.end_canary(), status["model_version"]))
+
+
+def describe_decision(decision: dict[str, Any]) -> str:
+    action = DECISIONS.get(decision["action"], decision["action"])
+    return f"canary {decision['version']} {action}: {decision['reason']} ({decision['at']})"
+
+
+def canary_plan(canary: dict[str, Any]) -> str:
+    plan = f"Started by {canary['started_by']} at {canary['started_at']}, sticky by {canary['sticky_by']}"
+    if canary["steps"]:
+        shares = " → ".join(f"{share}%" for share in canary["steps"])
+        plan += (
+            f"; steps {shares}, each at least {canary['step_seconds']:g} s and "
+            f"{canary['step_labels']} labelled predictions"
+        )
+    if canary["auto_promote"]:
+        plan += "; promoted by itself past the last step when the promotion gate passes"
+    return plan + "."
+
+
+def guards_table(guards: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "guard": g["guard"],
+                "breached": "yes" if g["breached"] else "no",
+                "value": g["value"],
+                "limit": g["limit"],
+                "detail": g["detail"],
+                "breached since": pd.Timestamp(g["breached_since"]) if g["breached_since"] else None,
+            }
+            for g in guards
+        ]
+    )
+
+
+def canary_action(act: Any) -> None:
+    """Call the API, keep what came of it for the next run, and rerun: the section then shows the canary
+    as the action left it, under the outcome. A refusal (409) is a warning, any other failure an error."""
+    try:
+        outcome = act()
+    except SessionExpired as exc:
+        show_error(exc)
+        return
+    except ApiError as exc:
+        text = str(exc)
+        outcome = [("warning" if exc.status == 409 else "error", text[:1].upper() + text[1:])]
+    st.session_state[CANARY_OUTCOME] = outcome
+    st.rerun()
+
+
+def promoted(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    evidence, mlflow = answer["evidence"], answer.get("mlflow", {})
+    outcome = [
+        (
+            "success",
+            f"Canary promoted: now serving {answer['model_version']} (was {answer['previous_version']}); "
+            f"live {evidence['metric']} {_figure(evidence['canary'])} against the champion's "
+            f"{_figure(evidence['champion'])}, on {evidence['labelled']} labelled predictions.",
+        )
+    ]
+    if mlflow.get("status") == "pending":
+        outcome.append(("info", "MLflow's champion alias follows in the background."))
+    elif mlflow.get("status") != "updated":
+        outcome.append(("info", f"MLflow alias: {mlflow.get('status')}: {mlflow.get('reason', '')}"))
+    return outcome
+
+
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def ended(answer: dict[str, Any], champion: str | None) -> list[tuple[str, str]]:
+    if answer["ended"] is None:
+        return [("info", "No canary ran: nothing to end.")]
+    return [("success", f"Canary {answer['ended']} ended: the champion {champion} answers everyone again.")]
 
 
 def recent_section(report: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from tests.support.tokens import ADMIN, USER, login
 pytestmark = pytest.mark.usefixtures("ui_env")
 TIMEOUT = 30
 SERVING, OLDER = "2026-11-23T08-00-00", "2026-11-22T08-00-00"
+NO_CANARY = "No canary runs: the champion answers every request."
 
 
 def logged_in(user: tuple[str, str]) -> AppTest:
@@ -158,11 +159,13 @@ def test_monitoring_is_an_admin_page_of_quality_drift_shadow_and_feedback(ui_env
     app = logged_in(ADMIN)
     app.sidebar.radio[0].set_value("Monitoring").run()
     assert not app.exception and not app.error, texts(app.error)
-    sections = ["Live quality", "Drift", "Shadow challenger", "Recent predictions"]
+    sections = ["Live quality", "Drift", "Shadow challenger", "Canary", "Recent predictions"]
     assert [s.value for s in app.subheader] == sections
     unlabelled = "No labelled predictions in the last 24 h: send ground truth with POST /feedback."
     assert unlabelled in texts(app.info)
     assert "No shadow challenger answered in the last 24 h." in texts(app.info)
+    # No canary runs (another test's may have run before: then the line ends with its last decision).
+    assert any(t.startswith(NO_CANARY) for t in texts(app.info)), texts(app.info)
 
     truths = {"items": [{"prediction_id": i, "label": "setosa"} for i in ids]}
     assert httpx.post(f"{ui_env}/feedback", json=truths, headers=headers, timeout=10).json()["recorded"] == 2
@@ -198,6 +201,61 @@ def test_monitoring_is_an_admin_page_of_quality_drift_shadow_and_feedback(ui_env
         assert metrics["Agrees with the champion"].endswith("%")
     finally:
         httpx.delete(f"{ui_env}/model/shadow", headers=headers, timeout=30)
+
+
+def test_admin_sees_the_canary_ends_it_and_is_told_why_it_is_not_promoted(ui_env: str) -> None:
+    headers = login(ui_env, *ADMIN)
+
+    def canary() -> dict:
+        return httpx.get(f"{ui_env}/model/canary", headers=headers, timeout=10).json()
+
+    def start() -> None:
+        body = {"version": OLDER, "percent": 20}
+        answer = httpx.post(f"{ui_env}/model/canary", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: len(canary()["guards"]) == 4, 15, "the canary's guards judged")
+
+    try:
+        start()
+        app = logged_in(ADMIN)
+        app.sidebar.radio[0].set_value("Monitoring").run()
+        assert not app.exception and not app.error, texts(app.error)
+        subheaders = [s.value for s in app.subheader]
+        assert subheaders[subheaders.index("Shadow challenger") + 1] == "Canary"
+        metrics = {m.label: m.value for m in app.metric}
+        assert metrics["Canary version"] == OLDER and metrics["Share"] == "20%"
+        assert metrics["Step"] == "—" and metrics["Champion version"] == SERVING
+        guards = next(t.value for t in app.dataframe if "guard" in t.value.columns)
+        assert sorted(guards["guard"]) == ["drift", "errors", "latency", "quality"]
+        assert list(guards.columns[:5]) == ["guard", "breached", "value", "limit", "detail"]
+        assert any(c.startswith("Waiting for: ") for c in texts(app.caption)), texts(app.caption)
+
+        button(app, "End canary").click().run()
+        assert not app.exception and not app.error, texts(app.error)
+        assert texts(app.success) == [f"Canary {OLDER} ended: the champion {SERVING} answers everyone again."]
+        # The section now shows no canary, and why the last one stopped.
+        assert f"{NO_CANARY} Last: canary {OLDER} ended: ended by {ADMIN[0]}" in " ".join(texts(app.info))
+        assert not any(m.label == "Canary version" for m in app.metric)
+        after = canary()
+        assert after["canary"] is None
+        assert after["last_decision"]["action"] == "ended" and after["last_decision"]["version"] == OLDER
+
+        # A second canary, promoted at once: refused, for it has no labelled predictions yet; one line.
+        start()
+        app.run()
+        button(app, "Promote canary").click().run()
+        assert not app.exception and not app.error, texts(app.error)
+        assert not app.success
+        (refusal,) = texts(app.warning)
+        assert refusal.startswith("Promotion refused: ") and "labelled predictions" in refusal, refusal
+        assert "PROMOTION_MIN_LABELS" in refusal and "{" not in refusal and "\n" not in refusal
+        # Still the canary, the champion unchanged.
+        metrics = {m.label: m.value for m in app.metric}
+        assert metrics["Canary version"] == OLDER and metrics["Champion version"] == SERVING
+        app.run()  # shown once
+        assert not app.warning
+    finally:
+        httpx.delete(f"{ui_env}/model/canary", headers=headers, timeout=30)
 
 
 def test_access_is_an_admin_page() -> None:
