@@ -122,14 +122,17 @@ def serving_predictor(request: Request) -> Predictor:
     return predictor
 
 
-def answering(request: Request, champion: Predictor, user: str) -> tuple[Predictor, RoleOutcomes | None]:
+def answering(
+    request: Request, champion: Predictor, user: str, timed: bool = True
+) -> tuple[Predictor, RoleOutcomes | None]:
     """The version answering this scoring request, the champion or, for its share, the canary; and,
-    while a canary runs, the window its outcome counts in (the middleware adds its latency)."""
+    while a canary runs, the window its outcome counts in (the middleware adds it, with its latency
+    unless `timed` is False: a CSV file's time is its size's)."""
     canary = services(request).serving.canary
     if canary is None:
         return champion, None
     predictor, outcomes = canary.choose(champion, user, request.headers)
-    request.state.answered_by = outcomes
+    request.state.answered_by = outcomes.answered if timed else outcomes.answered_untimed
     return predictor, outcomes
 
 

@@ -61,7 +61,9 @@ def errors(canary: WindowFigures, champion: WindowFigures, limits: CanaryLimits)
     outage that fails both (the database, say) is not the canary's fault."""
     if canary.requests < limits.min_requests:
         return _waiting(
-            "errors", f"{canary.requests} canary requests in the window, {limits.min_requests} needed"
+            "errors",
+            f"{canary.requests} canary requests in the window, {limits.min_requests} needed",
+            limits.max_error_rate,
         )
     base = champion.error_rate if champion.requests >= limits.min_requests else 0.0
     limit = round(base + limits.max_error_rate, 6)
@@ -124,11 +126,12 @@ def drift(feature_psi: dict[str, float], limits: CanaryLimits) -> GuardReading:
     alert's threshold) from the canary's own training data."""
     measured = {name: value for name, value in feature_psi.items() if not math.isnan(value)}
     if not measured:
-        return _waiting("drift", "too few canary rows for drift yet (DRIFT_MIN_ROWS)")
+        return _waiting("drift", "too few canary rows for drift yet (DRIFT_MIN_ROWS)", limits.max_psi)
     name, value = max(measured.items(), key=lambda item: item[1])
     detail = f"PSI of {name} {value:.3f} against CANARY_MAX_PSI {limits.max_psi}"
     return GuardReading("drift", value > limits.max_psi, round(value, 6), limits.max_psi, detail)
 
 
-def _waiting(guard: GuardName, why: str) -> GuardReading:
-    return GuardReading(guard, False, None, None, f"not judged yet: {why}")
+def _waiting(guard: GuardName, why: str, limit: float | None = None) -> GuardReading:
+    """Not judged yet; the limit, where it does not depend on the champion's figure."""
+    return GuardReading(guard, False, None, limit, f"not judged yet: {why}")

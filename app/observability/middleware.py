@@ -68,11 +68,11 @@ class RequestContextMiddleware:
 
     def _finish(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-        # While a canary runs, a scoring route names the version and role that answered
-        # (app/observability/role_outcomes.py): its guards judge these.
+        # While a canary runs, a scoring route names where the version and role that answered count
+        # it (app/observability/role_outcomes.py): the canary's guards judge these.
         answered_by = scope["state"].get("answered_by")
         if answered_by is not None:
-            answered_by.answered(seconds, status >= 500)
+            answered_by(seconds, status >= 500)
         if self.metrics_enabled:
             metrics.HTTP_IN_FLIGHT.dec()
             # The route template, never the raw path: label values stay bounded.

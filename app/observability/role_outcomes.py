@@ -2,8 +2,9 @@
 read it, and the predictor_model_* metrics count it.
 
 Recorded only while a canary runs: the request-context middleware adds each scoring request's
-latency and whether it ended in a 5xx (app/observability/middleware.py, through the request's
-`answered_by`), and the data plane each model call that failed. The guard's thread reads the
+latency and whether it ended in a 5xx (app/observability/middleware.py calls the request's
+`answered_by`: `answered`, or `answered_untimed` for a CSV file, whose time is its size's), and the
+data plane each model call that failed. The guard's thread reads the
 window; an append takes a lock for a fraction of a microsecond, never a wait on anything slow.
 """
 
@@ -33,6 +34,7 @@ class RoleOutcomes:
         self._clock = clock
         self._answered: deque[tuple[float, float]] = deque(maxlen=MAX_ENTRIES)  # (at, seconds)
         self._errors: deque[float] = deque(maxlen=MAX_ENTRIES)  # when
+        self._untimed: deque[float] = deque(maxlen=MAX_ENTRIES)  # when: requests counted, not timed
         self._lock = threading.Lock()
         self._requests = metrics.MODEL_REQUESTS.labels(model_version=version, role=role)
         self._failed = metrics.MODEL_ERRORS.labels(model_version=version, role=role)
@@ -50,6 +52,17 @@ class RoleOutcomes:
         if server_error:
             self._failed.inc()
 
+    def answered_untimed(self, seconds: float, server_error: bool) -> None:
+        """A request whose time is its size's, not the model's (a CSV file): counted, not timed."""
+        now = self._clock()
+        with self._lock:
+            self._untimed.append(now)
+            if server_error:
+                self._errors.append(now)
+        self._requests.inc()
+        if server_error:
+            self._failed.inc()
+
     def model_failed(self) -> None:
         """A model call of this version that found rows it has no answer for."""
         with self._lock:
@@ -62,10 +75,11 @@ class RoleOutcomes:
         with self._lock:
             while self._answered and self._answered[0][0] < since:
                 self._answered.popleft()
-            while self._errors and self._errors[0] < since:
-                self._errors.popleft()
+            for times in (self._errors, self._untimed):
+                while times and times[0] < since:
+                    times.popleft()
             latencies = np.fromiter((s for _, s in self._answered), dtype=float, count=len(self._answered))
-            errors = len(self._errors)
-        if not len(latencies):
-            return WindowFigures(0, errors, None)
-        return WindowFigures(len(latencies), errors, float(np.quantile(latencies, 0.99)))
+            errors, untimed = len(self._errors), len(self._untimed)
+        requests = len(latencies) + untimed
+        p99 = float(np.quantile(latencies, 0.99)) if len(latencies) else None
+        return WindowFigures(requests, errors, p99)

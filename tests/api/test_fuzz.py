@@ -31,6 +31,7 @@ CREDENTIALS = {"authorization", "x-api-key"}
 CHANGING = [
     "DELETE /api-keys/{key_id}",
     "DELETE /clients/{client_id}",
+    "DELETE /model/canary",
     "DELETE /model/shadow",
     "DELETE /users/{username}",
     "POST /api-keys",
@@ -39,6 +40,8 @@ CHANGING = [
     "POST /clients/{client_id}/rotate",
     "POST /feedback",
     "POST /logout",
+    "POST /model/canary",
+    "POST /model/canary/promote",
     "POST /model/promote",
     "POST /model/reload",
     "POST /model/rollback",

@@ -30,6 +30,7 @@ READ_ONLY = [
     "/clients",
     "/health",
     "/model-info",
+    "/model/canary",
     "/models",
     "/monitoring",
     "/ready",
