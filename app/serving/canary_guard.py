@@ -117,7 +117,7 @@ class CanaryGuard:
         labelled: int | None = None
         try:
             counted = self._labelled(task, since)
-            at_step = self._labelled(task, plan.step_since) if plan.step_since > since else counted
+            at_step = counted if plan.step_since == since else self._labelled(task, plan.step_since)
         except Exception as exc:
             self.health.failed(exc)
             readings["quality"] = GuardReading(
@@ -171,7 +171,7 @@ class CanaryGuard:
     def _next_step(self, canary: Canary, labelled: int) -> None:
         plan = canary.plan
         if plan.last_step and not plan.auto_promote:
-            self.waiting_for = "nothing: at its last step; POST /model/canary/promote makes it champion"
+            self.waiting_for = "an admin: at its last step, POST /model/canary/promote makes it champion"
             return
         age = self._clock() - plan.step_since
         if age < plan.step_seconds:
