@@ -34,6 +34,9 @@ help:
 	@echo "make stack-tools               install Debian's nginx (make stack's load balancer) if missing"
 	@echo "make chart-tools               install checkov (the Helm chart's security scan) into .venv-chart"
 	@echo "make oidc-tools                install the tests' OpenID Connect issuer (npm's oidc-provider)"
+	@echo "make image                     build IMAGE:serving (API replicas) and IMAGE:full (trainer, worker, MLflow,"
+	@echo "                               UI) with docker, or podman where no Docker engine runs (PYTHON_IMAGE: the base)"
+	@echo "make container-tools           podman, podman-compose and debootstrap where no Docker engine runs"
 	@echo "make lock                      refresh requirements.lock from the pins in pyproject.toml"
 	@echo "make clean                     remove .venv, .venv-chart, the OIDC issuer's node_modules and the caches"
 
@@ -117,11 +120,22 @@ $(OIDC_TOOLS): $(OIDC_DIR)/package-lock.json
 .PHONY: oidc-tools
 oidc-tools: $(OIDC_TOOLS)
 
+# A container engine for the image and its tests: docker where one runs, else Debian's podman set up
+# for this kind of host (tools/containers/engine.sh). `make image` builds IMAGE:serving (the API
+# replicas) and IMAGE:full (trainer, worker, MLflow, UI) on the Dockerfile's base, or PYTHON_IMAGE's.
+IMAGE ?= mlops-api-predictor
+.PHONY: container-tools image
+container-tools:
+	@$(SUDO) tools/containers/engine.sh
+
+image: container-tools
+	PYTHON_IMAGE="$(PYTHON_IMAGE)" tools/containers/build.sh $(IMAGE)
+
 # Lint first, so a ruff or mypy error fails CI before the suite runs. Then the whole suite over
 # TEST_WORKERS processes (tests/support/scheduling.py: a file per unit, the longest first), with
 # every tool installed: --fail-on-skip turns any skipped test into a failure.
 TEST_WORKERS ?= auto
-test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools oidc-tools
+test: $(INSTALLED) obs-tools stack-tools ui-tools chart-tools oidc-tools container-tools
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --fail-on-skip \
 		--durations=10 $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ On SQLite (the embedded default, or START_WORKER=true) it also runs the retraini
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -106,7 +107,8 @@ def main() -> None:
         import app.main  # noqa: F401
 
         if _unpickles(settings.model_dir):
-            import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
+            with contextlib.suppress(ImportError):  # the serving image has none: the load says so
+                import sklearn.pipeline  # noqa: F401 - the bulk of unpickling the model
         else:
             import onnxruntime  # noqa: F401 - what serves the model
     setup.join()

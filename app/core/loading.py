@@ -51,7 +51,15 @@ def read_inside(model_dir: Path, relative: str, sha256: str, owner: str = "") ->
 
 def unpickle(payload: bytes, what: str) -> Any:
     """joblib is pickle: only ever called on bytes read_verified returned."""
-    import joblib  # here, not at import: an ONNX model never needs it
+    try:
+        import joblib  # here, not at import: an ONNX model never needs it
+        import sklearn  # noqa: F401 - what the pickle holds
+    except ImportError:
+        # The serving image (Dockerfile, --target serving) leaves the training stack out.
+        raise ModelLoadError(
+            f"{what} is a scikit-learn pickle and scikit-learn is not installed here: serve a version "
+            "with model.onnx, or run the full image"
+        ) from None
 
     try:
         return joblib.load(io.BytesIO(payload))

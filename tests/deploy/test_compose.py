@@ -81,8 +81,12 @@ def test_build_contexts_and_dockerfiles_exist():
         context = ROOT / build["context"]
         assert context.is_dir(), f"{name}: build context {context} missing"
         assert (context / build.get("dockerfile", "Dockerfile")).is_file(), f"{name}: Dockerfile missing"
-    # One image for the Python side, whatever the command.
-    assert len({SERVICES[name]["image"] for name in built}) == 1
+    # Two images for the Python side: the serving one for the API replicas, the full one for the
+    # rest (the trainer, the worker, MLflow, the UI).
+    images = {name: (SERVICES[name]["image"], built[name].get("target")) for name in built}
+    assert images["api-1"] == images["api-2"] == ("mlops-api-predictor:serving", "serving")
+    others = {images[name] for name in built if not name.startswith("api-")}
+    assert others == {("mlops-api-predictor:full", "full")}
 
 
 def test_every_bind_mounted_file_exists_in_the_repo():

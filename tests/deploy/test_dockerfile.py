@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -45,6 +47,20 @@ def stages() -> list[list[tuple[str, str]]]:
         if found:
             found[-1].append((keyword, arguments))
     return found
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage named `name` (FROM ... AS name)."""
+    (found,) = [each for each in stages() if each[0][1].split()[-1] == name]
+    return found
+
+
+def image_settings(name: str) -> list[tuple[str, str]]:
+    """What an image's final stage and the stages it is built FROM set, the first stage first."""
+    chain = [stage(name)]
+    while (parent := chain[0][0][1].split()[0]) != "${PYTHON_IMAGE}":
+        chain.insert(0, stage(parent))
+    return [instruction for each in chain for instruction in each]
 
 
 def copies() -> list[list[str]]:
@@ -94,7 +110,10 @@ def test_multi_stage_from_one_pinned_slim_python_311():
     image = base_image()
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), image
     froms = [arguments.split()[0] for keyword, arguments in INSTRUCTIONS if keyword == "FROM"]
-    assert set(froms) == {"${PYTHON_IMAGE}"}
+    names = {arguments.split()[-1] for keyword, arguments in INSTRUCTIONS if keyword == "FROM"}
+    # Every stage starts from the one base, or from another stage of this file.
+    assert set(froms) <= {"${PYTHON_IMAGE}"} | names
+    assert stages()[-1][0][1].split()[-1] == "full", "the default target is the full image"
 
 
 def test_every_copy_source_exists_and_is_in_the_build_context():
@@ -130,17 +149,28 @@ def test_dependencies_are_installed_before_the_code_is_copied():
     assert not any(keyword == "COPY" and "app" in shlex.split(arguments) for keyword, arguments in deps)
 
 
-def test_the_requirement_list_is_serving_plus_train_and_ui(tmp_path):
-    """Run the Dockerfile's own one-liner on pyproject.toml: serving, train and ui; dev stays out."""
-    install = next(args for keyword, args in stages()[0] if keyword == "RUN" and "tomllib" in args)
+def listed_by(name: str, tmp_path: Path) -> list[str]:
+    """Run a stage's own one-liner on pyproject.toml: the requirements it lists."""
+    install = next(args for keyword, args in stage(name) if keyword == "RUN" and "tomllib" in args)
     snippet = install.split("&&")[0]
     (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     subprocess.run(["sh", "-c", snippet], cwd=tmp_path, env=env, check=True)
-    listed = (tmp_path / "requirements.txt").read_text().split()
+    written = snippet.rsplit(">", 1)[1].strip()
+    return (tmp_path / written).read_text().split()
+
+
+def test_the_requirement_list_is_serving_plus_train_and_ui(tmp_path):
+    """The serving image's list is pyproject's dependencies; the full one's adds train and ui; dev
+    stays out of both."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
+    assert listed_by("serving-deps", tmp_path) == project["dependencies"]
+    listed = project["dependencies"] + listed_by("full-deps", tmp_path)
     assert listed == project["dependencies"] + extras["train"] + extras["ui"]
+    serving = " ".join(project["dependencies"])
+    for training in ("mlflow", "dvc", "scikit-learn", "pandas", "lightgbm", "xgboost", "catboost"):
+        assert training not in serving, f"{training} in the serving image"
     # Test-only tools stay out (httpx is in both: the UI's client, and the tests' TestClient).
     dev_only = set(extras["dev"]) - set(project["dependencies"] + extras["train"] + extras["ui"])
     assert dev_only and not set(listed) & dev_only
@@ -155,29 +185,34 @@ def test_the_requirement_list_is_serving_plus_train_and_ui(tmp_path):
         assert name in locked, f"{name} is not in requirements.lock"
 
 
-def test_runs_as_a_non_root_user():
-    runtime = stages()[-1]
-    users = [arguments for keyword, arguments in runtime if keyword == "USER"]
+IMAGES = ["serving", "full"]
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_runs_as_a_non_root_user(image: str):
+    users = [arguments for keyword, arguments in image_settings(image) if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
 
 
-def test_has_a_healthcheck_that_needs_no_curl():
-    checks = [arguments for keyword, arguments in stages()[-1] if keyword == "HEALTHCHECK"]
+@pytest.mark.parametrize("image", IMAGES)
+def test_has_a_healthcheck_that_needs_no_curl(image: str):
+    checks = [arguments for keyword, arguments in image_settings(image) if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
     command = checks[0].split("CMD", 1)[1]
     assert "python" in command and "/health" in command
     assert "curl" not in command and "wget" not in command
 
 
-def test_default_command_serves_the_api():
-    commands = [arguments for keyword, arguments in stages()[-1] if keyword == "CMD"]
+@pytest.mark.parametrize("image", IMAGES)
+def test_default_command_serves_the_api(image: str):
+    commands = [arguments for keyword, arguments in image_settings(image) if keyword == "CMD"]
     assert commands[-1] == '["python", "-m", "app.serve"]'
 
 
-def runtime_env() -> dict[str, str]:
+def runtime_env(image: str = "serving") -> dict[str, str]:
     env = {}
-    for keyword, arguments in stages()[-1]:
-        if keyword == "ENV":
+    for keyword, arguments in image_settings(image):
+        if keyword == "ENV" and "PIP_" not in arguments:
             env.update(pair.partition("=")[::2] for pair in shlex.split(arguments))
     return env
 
@@ -189,7 +224,7 @@ def test_the_model_store_cache_and_jobs_are_folders_the_app_user_owns():
     assert env["MODEL_STORE_URL"] == "/srv/versions"
     assert (env["MODEL_CACHE_DIR"], env["JOBS_DIR"]) == ("/srv/cache", "/srv/jobs")
     folders = {env[name] for name in ("MODEL_DIR", "MODEL_STORE_URL", "MODEL_CACHE_DIR", "JOBS_DIR")}
-    run = next(args for keyword, args in stages()[-1] if keyword == "RUN" and "chown" in args)
+    run = next(args for keyword, args in image_settings("serving") if keyword == "RUN" and "chown" in args)
     created = run.split("mkdir -p", 1)[1].split("&&")[0].split()
     owner, *owned = run.split("chown", 1)[1].split()
     assert owner == "app:app"

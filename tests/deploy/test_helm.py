@@ -849,3 +849,22 @@ def test_the_dashboard_label_and_datasource_are_configurable():
     shipped = {name: text for config_map in maps for name, text in config_map["data"].items()}
     # With the compose datasource's uid the files go out byte for byte.
     assert shipped == {path.name: path.read_text() for path in DASHBOARDS.glob("*.json")}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_api_pods_run_the_serving_image_and_the_rest_the_full_one(example: str):
+    (api,) = pod_spec(one(example, "Deployment", "api"))["containers"]
+    others = [
+        c["image"]
+        for w in workloads(example)
+        if w is not one(example, "Deployment", "api")
+        for c in containers(w)
+    ]
+    if example == "default":
+        assert api["image"] == "mlops-api-predictor:0.1.0-serving"
+        assert set(others) == {"mlops-api-predictor:0.1.0"}
+    else:
+        assert (
+            api["image"] == f"{PRODUCTION['image']['repository']}@{PRODUCTION['image']['serving']['digest']}"
+        )
+        assert set(others) == {f"{PRODUCTION['image']['repository']}@{PRODUCTION['image']['digest']}"}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.containers import engine as container_engine
 from tests.support.paths import ROOT
 from tests.support.postgres import server_url
 from tests.support.redis_db import REDIS_ADDRESS
@@ -69,6 +70,11 @@ NEEDS: dict[str, Need] = {
         lambda: (ROOT / ".venv-chart" / "bin" / "checkov").exists(),
         "checkov in .venv-chart",
         "make chart-tools",
+    ),
+    "containers": Need(
+        lambda: container_engine() is not None,
+        "a container engine that runs containers here (docker, or Debian's podman)",
+        "make container-tools",
     ),
     "root": Need(
         lambda: os.geteuid() == 0, "root, to mount a tmpfs (a full disk)", "run the suite as root, as CI does"

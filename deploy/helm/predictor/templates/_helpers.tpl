@@ -55,6 +55,17 @@ app.kubernetes.io/part-of: predictor
 {{- end }}
 {{- end }}
 
+{{/* The API pods' image: the serving one, named after the full one unless set. */}}
+{{- define "predictor.servingImage" -}}
+{{- $serving := .Values.image.serving | default dict }}
+{{- $repository := $serving.repository | default .Values.image.repository }}
+{{- if $serving.digest }}
+{{- printf "%s@%s" $repository $serving.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository ($serving.tag | default (printf "%s-serving" (default .Chart.AppVersion .Values.image.tag))) }}
+{{- end }}
+{{- end }}
+
 {{- define "predictor.pullPolicy" -}}
 {{- .Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (not (empty .Values.image.digest))) }}
 {{- end }}
