@@ -70,6 +70,10 @@ USER app
 
 # --- full: the trainer, the worker, MLflow and the UI (and an API that unpickles older versions) ---
 FROM runtime AS full
+# LightGBM's OpenMP runtime, which slim Debian images leave out (a candidate fails to import without it).
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=full-deps /opt/venv /opt/venv
 # The code runs from /app rather than being installed: dvc.yaml lists app/ files as stage
 # dependencies, so dvc needs them here anyway. The trainer writes data/, models/ and .dvc/ in /app.

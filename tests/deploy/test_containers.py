@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.serving_pointer import ServingPointer
 from app.db.pointer import DatabasePointer
 from app.db.session import Database
 from tests.deploy.test_helm import env, one, pod_spec
@@ -29,7 +31,7 @@ from tests.support.models import IRIS_ROW, write_model
 from tests.support.paths import ROOT
 from tests.support.postgres import scratch_database
 from tests.support.s3 import S3Server, moto_s3
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import free_port, http_ok, wait_until
 from tests.support.tokens import ADMIN
 
 pytestmark = [pytest.mark.containers, pytest.mark.postgres, pytest.mark.slow]
@@ -93,8 +95,11 @@ def publisher_env(database_url: str, store: S3Server, folder: Path, tmp_path: Pa
     )
 
 
-def pod_options(pod: dict[str, Any], port: int, settings: dict[str, str]) -> list[str]:
-    """`run` options for the chart's pod settings, on the host's network at `port`."""
+def pod_options(
+    pod: dict[str, Any], port: int | None, settings: dict[str, str], volumes: dict[str, str] | None = None
+) -> list[str]:
+    """`run` options for a chart container's settings, on the host's network (at `port`, if given).
+    `volumes`: the mounts shared between containers (a named volume each), by the chart's volume name."""
     context = pod["securityContext"]
     options = [
         "--network=host",
@@ -105,10 +110,14 @@ def pod_options(pod: dict[str, Any], port: int, settings: dict[str, str]) -> lis
     if context["readOnlyRootFilesystem"]:
         options.append("--read-only")
     for mount in pod["volumeMounts"]:
-        # An emptyDir: empty, writable by the pod's group (fsGroup), gone with the pod.
-        options.append(f"--tmpfs={mount['mountPath']}:rw,mode=1777")
+        if volumes and mount["name"] in volumes:
+            # Owned by the container's user (podman's :U), as fsGroup makes an emptyDir writable.
+            options.append(f"--volume={volumes[mount['name']]}:{mount['mountPath']}:U")
+        else:
+            # An emptyDir: empty, writable by the pod's user, gone with the pod.
+            options.append(f"--tmpfs={mount['mountPath']}:rw,mode=1777")
     values = {name: variable["value"] for name, variable in env(pod).items() if "value" in variable}
-    for name, value in (values | settings | {"PORT": str(port)}).items():
+    for name, value in (values | settings | ({"PORT": str(port)} if port else {})).items():
         options.append(f"--env={name}={value}")
     return options
 
@@ -239,48 +248,121 @@ def test_the_api_container_runs_as_the_chart_runs_a_pod(
     assert results == [(200, 100_001)] * 4, results
 
 
-def test_the_trainer_and_the_worker_commands_run_in_the_full_image(
-    images: tuple[str, str], database: str, store: S3Server, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def mlflow(images: tuple[str, str], store: S3Server) -> Iterator[str]:
+    """An MLflow tracking server from the full image, as compose runs one: runs in SQLite here,
+    artifacts in the store's S3 (written there by the clients)."""
     _, full = images
-    folder = tmp_path / "trained"
-    write_model(folder, "iris", version="c-v2")
-    # Readable by the image's user, as a volume the trainer wrote would be.
-    subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True)
-    settings = api_settings(database, store)
-    # The chart's scratch paths (its worker's /cache and /jobs): a tmpfs over a folder of the image
-    # would keep the folder's owner, root.
-    options = ["--network=host", "--read-only", "--tmpfs=/tmp", "--tmpfs=/cache:rw,mode=1777"]
-    options += [f"--env={name}={value}" for name, value in (settings | {"MODEL_CACHE_DIR": "/cache"}).items()]
-    # The trainer's last step: models/ (what dvc repro wrote, here mounted) to the store, served.
-    published = engine.one_shot(
-        full,
-        *options,
-        f"--volume={folder}:/app/models:ro",
-        "--env=MODEL_DIR=/app/models",
-        command=("python", "-m", "app.cli", "models", "publish", "--serve"),
-        timeout=300,
-    )
-    assert published.returncode == 0, published.stdout + published.stderr
-    database_handle = Database(database)
-    try:
-        pointer = DatabasePointer(database_handle.session).get()
-        assert pointer is not None and pointer.version == "c-v2"
-    finally:
-        database_handle.dispose()
+    port = free_port()
+    command = (
+        "mlflow", "server", "--host=127.0.0.1", f"--port={port}", "--workers=1", "--no-serve-artifacts",
+        "--backend-store-uri=sqlite:////tmp/mlflow.db", f"--default-artifact-root=s3://{store.bucket}/mlflow",
+    )  # fmt: skip
+    options = ["--network=host", "--read-only", "--tmpfs=/tmp:rw,mode=1777"]
+    options += [f"--env={name}={value}" for name, value in store.env.items()]
+    with engine.container(full, *options, command=command):
+        url = f"http://127.0.0.1:{port}"
+        wait_until(http_ok(f"{url}/health"), 120, "the MLflow server")
+        yield url
 
-    # The worker: in /app, the image's project (params.yaml), it waits for jobs; SIGTERM stops it.
-    with engine.container(
-        full,
-        *options,
-        "--tmpfs=/jobs:rw,mode=1777",
-        "--env=JOBS_DIR=/jobs",
-        "--env=LOG_LEVEL=INFO",
-        command=("python", "-m", "app.worker"),
-    ) as worker:
-        wait_until(lambda: "waiting for retraining jobs" in worker.logs(), 60, "the worker's start")
-        worker.signal("TERM")
-        assert worker.wait(60) == 0, worker.logs()[-3000:]
+
+def job_settings(database: str, store: S3Server, mlflow: str) -> dict[str, str]:
+    """A trainer's or worker's settings: the API's, and the tracking server's address."""
+    return api_settings(database, store) | {
+        "MLFLOW_TRACKING_URI": mlflow,
+        "MLFLOW_S3_ENDPOINT_URL": store.endpoint,
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def test_the_trainer_pod_trains_and_publishes_with_the_full_image(
+    images: tuple[str, str], database: str, store: S3Server, mlflow: str
+) -> None:
+    """The chart's trainer Job: an init container copies /app into the workspace volume, then the
+    trainer runs `dvc repro` and `models publish --serve` there, on a read-only root."""
+    _, full = images
+    pod = pod_spec(one("default", "Job", "trainer"))
+    (init,), (trainer,) = pod["initContainers"], pod["containers"]
+    volume = f"predictor-test-workspace-{uuid.uuid4().hex[:8]}"
+    engine.run("volume", "create", volume)
+    try:
+        settings = job_settings(database, store, mlflow)
+        copied = engine.one_shot(
+            full,
+            *pod_options(init, None, {}, {"workspace": volume}),
+            command=tuple(init["command"]),
+            timeout=120,
+        )
+        assert copied.returncode == 0, copied.stderr
+        started = time.monotonic()
+        trained = engine.one_shot(
+            full,
+            *pod_options(trainer, None, settings, {"workspace": volume}),
+            command=tuple(trainer["command"]),
+            timeout=900,
+        )
+        assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+        print(f"trainer pod: dvc repro and publish in {time.monotonic() - started:.0f} s")
+    finally:
+        engine.run("volume", "rm", "--force", volume, check=False)
+    pointer = read_pointer(database)
+    assert pointer is not None and pointer.reason.startswith("published"), pointer
+
+
+def read_pointer(database_url: str) -> ServingPointer | None:
+    handle = Database(database_url)
+    try:
+        return DatabasePointer(handle.session).get()
+    finally:
+        handle.dispose()
+
+
+def test_a_retraining_job_queued_through_the_api_container_is_run_by_the_worker_container(
+    images: tuple[str, str],
+    api_pod: dict[str, Any],
+    database: str,
+    store: S3Server,
+    mlflow: str,
+    tmp_path: Path,
+) -> None:
+    serving, full = images
+    first = served_from_the_store(database, store, tmp_path)
+    (worker,) = pod_spec(one("default", "Deployment", "worker"))["containers"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        engine.container(serving, *pod_options(api_pod, port, api_settings(database, store))),
+        engine.container(
+            full,
+            *pod_options(worker, None, job_settings(database, store, mlflow)),
+            command=tuple(worker["command"]),
+        ) as jobs,
+    ):
+        wait_until(http_ok(f"{url}/ready"), 60, "the API container's /ready")
+        headers = token(url)
+        queued = httpx.post(f"{url}/train", json={}, headers=headers, timeout=10)
+        assert queued.status_code in (200, 202), queued.text
+        job = queued.json()["id"]
+
+        def finished() -> bool:
+            return httpx.get(f"{url}/train/{job}", headers=headers, timeout=5).json()["status"] in (
+                "succeeded",
+                "failed",
+            )
+
+        wait_until(finished, 600, "the retraining job")
+        outcome = httpx.get(f"{url}/train/{job}", headers=headers, timeout=5).json()
+        assert outcome["status"] == "succeeded", (outcome, jobs.logs()[-3000:])
+        new = outcome["version"]
+        assert new != first
+        if outcome.get("promoted"):
+            wait_until(
+                lambda: httpx.get(f"{url}/health", timeout=5).json()["model_version"] == new,
+                30,
+                "the API container following the new version",
+            )
+        jobs.signal("TERM")
+        assert jobs.wait(60) == 0, jobs.logs()[-3000:]
 
 
 def test_a_version_without_model_onnx_is_refused_plainly_by_the_serving_image(
