@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.support.paths import ROOT
@@ -81,6 +82,14 @@ class Container:
 
     def state(self) -> dict[str, Any]:
         return json.loads(run("inspect", self.name).stdout)[0]["State"]
+
+    def started_at(self) -> float:
+        """When the engine started the container's process (Unix time): what came before, creating
+        the container, is the engine's time, not the image's."""
+        stamp = self.state()["StartedAt"]  # e.g. 2026-12-07T12:49:05.300251159Z
+        whole, _, fraction = stamp.rstrip("Z").partition(".")
+        moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+        return moment.timestamp() + float(f"0.{fraction or 0}")
 
     def running(self) -> bool:
         return bool(self.state().get("Running"))
