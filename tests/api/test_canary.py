@@ -114,23 +114,23 @@ def second(settings: Settings, client: TestClient) -> Iterator[TestClient]:
 def test_the_split_stays_within_binomial_bounds_at_10_and_50_percent(
     client: TestClient, admin_headers: Headers, challenger: str
 ) -> None:
-    # By user at 10%: 1,500 users, each its own token.
+    # By user at 10%: 2,000 users, each its own token.
     start(client, admin_headers, percent=10)
-    users = [user_headers_for(f"user-{i}") for i in range(1500)]
+    users = [user_headers_for(f"user-{i}") for i in range(2000)]
     answered = Counter(version_of(client, headers) for headers in users)
     assert set(answered) == {"v1", CANARY}
-    assert within_binomial(answered[CANARY], 1500, 0.10), answered
+    assert within_binomial(answered[CANARY], 2000, 0.10), answered
     assert client.request("DELETE", "/model/canary", headers=admin_headers).json()["ended"] == CANARY
 
-    # Every request drawn anew at 50%: one user, 1,500 requests.
+    # Every request drawn anew at 50%: one user, 2,000 requests.
     start(client, admin_headers, percent=50, sticky_by="none")
     one = users[0]
-    answered = Counter(version_of(client, one) for _ in range(1500))
-    assert within_binomial(answered[CANARY], 1500, 0.50), answered
+    answered = Counter(version_of(client, one) for _ in range(2000))
+    assert within_binomial(answered[CANARY], 2000, 0.50), answered
     # The prediction log keeps which version answered each.
     services = client.app.state.services  # type: ignore[attr-defined]
     assert services.prediction_log.flush()
-    logged = Counter(r.logged.model_version for r in services.predictions.recent(3000))
+    logged = Counter(r.logged.model_version for r in services.predictions.recent(5000))
     assert logged[CANARY] >= answered[CANARY] and logged["v1"] >= answered["v1"]
     requests = REGISTRY.get_sample_value(
         "predictor_model_requests_total", {"model_version": CANARY, "role": "canary"}
