@@ -11,12 +11,13 @@ docker-compose.yml says. What the test changes in its copy of docker-compose.yml
 - no grafana (no stand-in for it), and bind mounts by absolute path (the copy is not in the repo).
 
 podman-compose 1.0.3 ignores `depends_on: condition`: the infrastructure is brought up first and
-waited for (each service's own healthcheck, run with `podman healthcheck run`), then the rest.
+waited for (each service's own healthcheck, run with `podman exec`), then the rest.
 Every podman and podman-compose command runs under `nice -n 19`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -111,6 +112,7 @@ class Stack:
     env: dict[str, str]
     lb: str
     prometheus: str
+    healthchecks: dict[str, list[str]]
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         command = [*NICE, "podman-compose", "-p", self.project]
@@ -140,12 +142,15 @@ class Stack:
         done = podman("inspect", "--format", "json", self.container(service), check=False)
         if done.returncode != 0:
             return {}
-        import json
-
         return json.loads(done.stdout)[0]["State"]
 
     def healthy(self, service: str) -> bool:
-        return podman("healthcheck", "run", self.container(service), check=False, timeout=60).returncode == 0
+        """The service's healthcheck from docker-compose.yml, run in its container by `podman exec`:
+        podman-compose 1.0.3 passes a CMD test with spaces in an argument to podman mangled (mlflow's
+        `python -c '...'` becomes `/bin/sh -c python' '-c' ...`), so `podman healthcheck run` fails."""
+        test = self.healthchecks[service]
+        command = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1].replace("$$", "$")]
+        return podman("exec", self.container(service), *command, check=False, timeout=60).returncode == 0
 
     def logs(self, service: str) -> str:
         done = podman("logs", self.container(service), check=False)
@@ -204,6 +209,11 @@ def stack(stand_ins: None, tmp_path: Path) -> Iterator[Stack]:
         env=stack_env(tmp_path, ports),
         lb=f"http://127.0.0.1:{ports[0]}",
         prometheus=f"http://127.0.0.1:{ports[2]}",
+        healthchecks={
+            name: service["healthcheck"]["test"]
+            for name, service in yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"].items()
+            if "healthcheck" in service
+        },
     )
     try:
         yield stack
