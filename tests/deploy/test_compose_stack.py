@@ -8,7 +8,9 @@ docker-compose.yml says. What the test changes in its copy of docker-compose.yml
 
 - no `ports`: podman-compose 1.0.3 extends lists when it merges files, so an override can only add
   ports; the host's 8000 may be taken, so stand-ins.yml publishes free ones on 127.0.0.1 instead;
-- no grafana (no stand-in for it), and bind mounts by absolute path (the copy is not in the repo).
+- no grafana (no stand-in for it), and bind mounts by absolute path (the copy is not in the repo);
+- `${NAME:-}` spelled `${NAME}`: podman-compose 1.0.3 does not expand an empty default (the API
+  replicas read `${OIDC_SCOPE_MAP:-}` literally and refused to start).
 
 podman-compose 1.0.3 ignores `depends_on: condition`: the infrastructure is brought up first and
 waited for (each service's own healthcheck, run with `podman exec`), then the rest.
@@ -87,7 +89,8 @@ def stand_ins() -> None:
 
 def compose_copy(folder: Path) -> Path:
     """docker-compose.yml without ports and grafana, its bind mounts by absolute path."""
-    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    # podman-compose 1.0.3 leaves `${NAME:-}` (an empty default) as it is: `${NAME}` is empty when unset.
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text().replace(":-}", "}"))
     spec = {key: value for key, value in spec.items() if not key.startswith("x-")}
     del spec["services"]["grafana"]
     del spec["volumes"]["grafana-data"]
