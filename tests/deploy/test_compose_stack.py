@@ -58,6 +58,9 @@ SERVICES = (
     "ui",
 )
 ADMIN = ("admin", "compose-admin-password-1")
+# Created through the API before `down`: the admin alone would prove nothing, as every replica
+# creates it again when the users table is empty.
+USER = ("compose-user", "compose-user-password-1")
 NICE = ("nice", "-n", "19")
 
 
@@ -237,8 +240,8 @@ def stack(stand_ins: None, tmp_path: Path) -> Iterator[Stack]:
                 podman("volume", "rm", "-f", volume, check=False)
 
 
-def token(url: str) -> dict[str, str]:
-    answer = httpx.post(f"{url}/token", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10)
+def token(url: str, who: tuple[str, str] = ADMIN) -> dict[str, str]:
+    answer = httpx.post(f"{url}/token", data={"username": who[0], "password": who[1]}, timeout=10)
     assert answer.status_code == 200, answer.text
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
@@ -342,6 +345,16 @@ def test_the_compose_stack_trains_serves_scrapes_retrains_and_keeps_its_state(st
         assert both_serve(stack, first)
 
     # down (volumes kept) and up again: the users and the versions are still there.
+    created = httpx.post(
+        f"{stack.lb}/users",
+        json={"username": USER[0], "password": USER[1], "scopes": ["predict"]},
+        headers=headers,
+        timeout=30,
+    )
+    assert created.status_code in (200, 201), created.text
+    print(
+        f"compose stack: first {first}, retrained {outcome['version']} (promoted: {outcome.get('promoted')})"
+    )
     start = time.monotonic()
     stack.compose("down", timeout=300)
     bring_up(stack, timings)
@@ -349,10 +362,12 @@ def test_the_compose_stack_trains_serves_scrapes_retrains_and_keeps_its_state(st
     wait_until(lambda: both_serve(stack, serving), 180, "both replicas serving the same version after up")
     stack.up("lb")
     stack.wait_healthy("lb")
-    headers = token(stack.lb)
+    headers = token(stack.lb, USER)
     answer = httpx.post(f"{stack.lb}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=10)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == serving
+    replayed = [line for line in stack.logs("minio").splitlines() if "replayed" in line]
+    print("compose stack after up:", replayed)
     timings["down and up"] = time.monotonic() - start
     timings["total"] = time.monotonic() - begin
     print("compose stack timings (s):", {k: round(v) for k, v in timings.items()})
