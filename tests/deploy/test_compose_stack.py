@@ -160,14 +160,14 @@ class Stack:
 
     def logs(self, service: str) -> str:
         done = podman("logs", self.container(service), check=False)
-        return (done.stdout + done.stderr)[-4000:]
+        return done.stdout + done.stderr
 
     def wait_healthy(self, *services: str, timeout: float = 180) -> None:
         for service in services:
             try:
                 wait_until(lambda s=service: self.healthy(s), timeout, f"{service}'s healthcheck")
             except TimeoutError as exc:
-                raise AssertionError(f"{exc}\n{self.logs(service)}") from None
+                raise AssertionError(f"{exc}\n{self.logs(service)[-4000:]}") from None
 
     def wait_exited(self, service: str, timeout: float) -> None:
         def exited() -> bool:
@@ -176,7 +176,7 @@ class Stack:
 
         wait_until(exited, timeout, f"{service} to finish")
         code = self.state(service)["ExitCode"]
-        assert code == 0, f"{service} exited {code}:\n{self.logs(service)}"
+        assert code == 0, f"{service} exited {code}:\n{self.logs(service)[-4000:]}"
 
 
 def stack_env(folder: Path, ports: list[int]) -> dict[str, str]:
@@ -241,7 +241,7 @@ def stack(stand_ins: None, tmp_path: Path) -> Iterator[Stack]:
 
 
 def token(url: str, who: tuple[str, str] = ADMIN) -> dict[str, str]:
-    answer = httpx.post(f"{url}/token", data={"username": who[0], "password": who[1]}, timeout=10)
+    answer = httpx.post(f"{url}/token", data={"username": who[0], "password": who[1]}, timeout=30)
     assert answer.status_code == 200, answer.text
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
@@ -290,32 +290,38 @@ def test_the_compose_stack_trains_serves_scrapes_retrains_and_keeps_its_state(st
     stack.up("trainer", "api-1", "api-2", "worker")
     stack.wait_exited("trainer", 1200)
     timings["trainer"] = time.monotonic() - start
-    logs = stack.logs("trainer")
-    published = [line for line in logs.splitlines() if "published" in line.lower() or "serv" in line.lower()]
-    wait_until(lambda: None not in replica_versions(stack).values(), 120, "both replicas' /health")
-    wait_until(
-        lambda: (
-            len(set(replica_versions(stack).values())) == 1 and None not in replica_versions(stack).values()
-        ),
-        60,
-        "both replicas serving one version",
-    )
-    (first,) = set(replica_versions(stack).values())
-    assert first and first != "None", (replica_versions(stack), published, logs)
+    # `models publish --serve` says "published to s3://...: VERSION".
+    (first,) = [
+        line.rsplit(": ", 1)[1].strip()
+        for line in stack.logs("trainer").splitlines()
+        if line.startswith("published to ")
+    ]
+    wait_until(lambda: both_serve(stack, first), 120, f"both replicas serving {first}")
 
     # Through the load balancer: a token, a prediction, answered by the published version.
     stack.up("lb", "prometheus", "alertmanager", "ui")
     stack.wait_healthy("lb", "alertmanager", "prometheus")
     headers = token(stack.lb)
-    answer = httpx.post(f"{stack.lb}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=10)
+    answer = httpx.post(f"{stack.lb}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == first
-    seen = {httpx.get(f"{stack.lb}/health", timeout=5).json()["model_version"] for _ in range(6)}
+    seen = {httpx.get(f"{stack.lb}/health", timeout=15).json()["model_version"] for _ in range(6)}
     assert seen == {first}
+    # nginx spread them over both replicas: its log names the upstream that answered each.
+    upstreams = {
+        line.split("upstream=")[1].split()[0]
+        for line in stack.logs("lb").splitlines()
+        if '"GET /health ' in line and "upstream=" in line
+    }
+    assert len(upstreams) == 2, upstreams
 
     # Prometheus scrapes both replicas.
     def targets_up() -> bool:
-        active = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        try:
+            answer = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=15)
+        except httpx.HTTPError:
+            return False
+        active = answer.json()["data"]["activeTargets"]
         return {t["labels"]["instance"] for t in active if t["health"] == "up"} >= {
             "api-1:8000",
             "api-2:8000",
@@ -330,12 +336,16 @@ def test_the_compose_stack_trains_serves_scrapes_retrains_and_keeps_its_state(st
     job = queued.json()["id"]
 
     def finished() -> bool:
-        status = httpx.get(f"{stack.lb}/train/{job}", headers=headers, timeout=5).json()["status"]
+        # The machine is busy while the job trains: a slow answer is asked again, not a failure.
+        try:
+            status = httpx.get(f"{stack.lb}/train/{job}", headers=headers, timeout=15).json()["status"]
+        except httpx.HTTPError:
+            return False
         return status in ("succeeded", "failed")
 
     wait_until(finished, 900, "the retraining job")
-    outcome = httpx.get(f"{stack.lb}/train/{job}", headers=headers, timeout=5).json()
-    assert outcome["status"] == "succeeded", (outcome, stack.logs("worker"))
+    outcome = httpx.get(f"{stack.lb}/train/{job}", headers=headers, timeout=30).json()
+    assert outcome["status"] == "succeeded", (outcome, stack.logs("worker")[-4000:])
     timings["retraining job"] = time.monotonic() - start
     serving = first
     if outcome.get("promoted"):
@@ -363,10 +373,13 @@ def test_the_compose_stack_trains_serves_scrapes_retrains_and_keeps_its_state(st
     stack.up("lb")
     stack.wait_healthy("lb")
     headers = token(stack.lb, USER)
-    answer = httpx.post(f"{stack.lb}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=10)
+    answer = httpx.post(f"{stack.lb}/predict", json={"instances": [IRIS_ROW]}, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == serving
-    replayed = [line for line in stack.logs("minio").splitlines() if "replayed" in line]
+    # The S3 stand-in's objects came back from its volume (moto's recorded requests, replayed).
+    minio_logs = stack.logs("minio")
+    replayed = [line for line in minio_logs.splitlines() if "replayed" in line]
+    assert replayed, minio_logs[-3000:]
     print("compose stack after up:", replayed)
     timings["down and up"] = time.monotonic() - start
     timings["total"] = time.monotonic() - begin
