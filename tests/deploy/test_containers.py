@@ -65,10 +65,13 @@ def database() -> Iterator[str]:
         yield url
 
 
-def served_from_the_store(database_url: str, store: S3Server, tmp_path: Path) -> str:
-    """A version published to the store and named by the serving pointer, by this process's code."""
-    folder = tmp_path / "model"
-    metadata = write_model(folder, "iris", version="c-v1")
+def served_from_the_store(
+    database_url: str, store: S3Server, tmp_path: Path, version: str = "c-v1", onnx: bool = True
+) -> str:
+    """A version published to the store and named by the serving pointer, by this process's code
+    (onnx=False: without model.onnx, as an older train wrote it)."""
+    folder = tmp_path / version
+    metadata = write_model(folder, "iris", version=version, onnx=onnx)
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "models", "publish", "--serve"],
         env=publisher_env(database_url, store, folder, tmp_path),
@@ -368,17 +371,7 @@ def test_a_version_without_model_onnx_is_refused_plainly_by_the_serving_image(
     images: tuple[str, str], database: str, store: S3Server, tmp_path: Path
 ) -> None:
     serving, _ = images
-    folder = tmp_path / "pickled"
-    write_model(folder, "iris", version="c-pickle", onnx=False)
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "models", "publish", "--serve"],
-        env=publisher_env(database, store, folder, tmp_path),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    served_from_the_store(database, store, tmp_path, "c-pickle", onnx=False)
     port = free_port()
     settings = api_settings(database, store) | {"LOG_LEVEL": "INFO"}
     options = ["--network=host", "--read-only", "--tmpfs=/tmp", "--tmpfs=/cache:rw,mode=1777"]

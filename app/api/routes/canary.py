@@ -18,12 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.deps import AdminDep, ClaimsDep, PredictionsDep, PredictorDep, ServingDep, services
 from app.api.errors import ErrorDetail
-from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _store_unavailable, _swap
+from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _swap, loading_beside_the_champion
 from app.core.canary import MAX_PERCENT, CanaryDecision, CanaryPlan, sticky_by_error
 from app.core.live_evidence import LiveEvidence
-from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome
-from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
+from app.core.versions import UnknownVersion
 from app.db.hour_bucket import HOUR_SECONDS
 from app.serving.canary import CanaryRefused
 
@@ -161,16 +160,8 @@ def start_canary(body: CanaryRequest, admin: AdminDep, serving: ServingDep, requ
         step_since=at,
         started_by=admin.username,
     )
-    try:
+    with loading_beside_the_champion(body.version, "canary", CanaryRefused):
         serving.start_canary(plan)
-    except UnknownVersion:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None
-    except (CanaryRefused, ModelLoadError) as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"canary refused: {exc}") from None
-    except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
-    except CacheFull as exc:
-        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, f"canary refused: {exc}") from None
     log.info(
         f"canary {plan.version} started at {plan.percent}%",
         extra={"fields": {"user": admin.username, "version": plan.version, "sticky_by": plan.sticky_by}},

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, status
@@ -84,6 +85,26 @@ _CACHE_FULL = {
 
 def _store_unavailable(exc: StoreUnavailable) -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model store unavailable: {exc}")
+
+
+@contextmanager
+def loading_beside_the_champion(
+    version: str, role: str, refused: type[Exception] | tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """A stored version loaded to run beside the champion (a shadow, a canary): why it could not be,
+    as the HTTP answer (404, 409 for `refused` or a broken model, 503, 507); nothing changed then."""
+    try:
+        yield
+    except UnknownVersion:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {version!r}") from None
+    except StoreUnavailable as exc:
+        raise _store_unavailable(exc) from None
+    except CacheFull as exc:
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, f"{role} refused: {exc}") from None
+    except ModelLoadError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{role} refused: {exc}") from None
+    except refused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{role} refused: {exc}") from None
 
 
 def _swap(action: str, admin: User, load: Callable[[], Predictor]) -> Predictor:

@@ -16,11 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminDep, PredictionsDep, PredictorDep, ServingDep, services
 from app.api.errors import DATABASE_UNAVAILABLE, ErrorDetail
-from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _store_unavailable, _swap
+from app.api.routes.model import _CACHE_FULL, _STORE_DOWN, _swap, loading_beside_the_champion
 from app.core.live_evidence import LiveEvidence
-from app.core.loading import ModelLoadError
 from app.core.messages import AliasOutcome
-from app.core.versions import CacheFull, StoreUnavailable, UnknownVersion
+from app.core.versions import UnknownVersion
 from app.db.hour_bucket import HOUR_SECONDS
 from app.serving.shadow import ShadowRefused
 
@@ -87,16 +86,8 @@ def start_shadow(
 ) -> ShadowResponse:
     """Score the champion's traffic with another stored version too, in the background, on every
     replica: its agreement, latency and live quality go to the metrics; answers stay the champion's."""
-    try:
+    with loading_beside_the_champion(body.version, "shadow", ShadowRefused):
         runner = serving.start_shadow(body.version)
-    except UnknownVersion:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model version {body.version!r}") from None
-    except (ShadowRefused, ModelLoadError) as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"shadow refused: {exc}") from None
-    except StoreUnavailable as exc:
-        raise _store_unavailable(exc) from None
-    except CacheFull as exc:
-        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, f"shadow refused: {exc}") from None
     log.info(
         f"shadow {runner.version} started beside {champion.version}",
         extra={"fields": {"user": admin.username, "version": runner.version}},
